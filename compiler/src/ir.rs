@@ -1,0 +1,412 @@
+//! The typed IR: one step of an update rule as a pure dataflow graph.
+//!
+//! Nodes live in an arena ([`Graph`]) and refer to earlier nodes by
+//! [`Handle`], so children always come before parents and evaluating the
+//! arena in order is a valid schedule. Assignments in the source become new
+//! handles (the graph is in SSA form by construction); the rule's outputs are
+//! the final handles of `p` and of every state slot. Identical nodes are
+//! shared (hash-consing), which is common-subexpression elimination for free.
+//! Every node carries its [`Type`], inferred when it is added; lowering has
+//! already rejected ill-typed programs, so the graph is well typed by construction.
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// Index of a node in its [`Graph`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle(u32);
+
+impl Handle {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// How many values a node has per step: one for the whole group of tensors,
+/// one per tensor, or one per element. Ordered: `Group < Tensor < Elem`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shape {
+    Group,
+    Tensor,
+    Elem,
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Shape::Group => "group",
+            Shape::Tensor => "tensor",
+            Shape::Elem => "elem",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Float,
+    Bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Type {
+    pub shape: Shape,
+    pub kind: Kind,
+}
+
+impl Type {
+    pub const GROUP: Type = Type { shape: Shape::Group, kind: Kind::Float };
+    pub const TENSOR: Type = Type { shape: Shape::Tensor, kind: Kind::Float };
+    pub const ELEM: Type = Type { shape: Shape::Elem, kind: Kind::Float };
+}
+
+impl fmt::Display for Type {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::Float => write!(f, "{}", self.shape),
+            Kind::Bool => write!(f, "{} bool", self.shape),
+        }
+    }
+}
+
+/// Values that come from outside the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// `p`, the parameter before the step.
+    Param,
+    /// `g`, the gradient.
+    Grad,
+    /// `t`, the 1-based step number.
+    Step,
+    /// `numel`, the current tensor's element count.
+    Numel,
+    /// A hyperparameter, by index into [`Rule::hypers`].
+    Hyper(u32),
+    /// A state slot before the step, by index into [`Rule::states`]. On the
+    /// first step it takes the value of the slot's `init` node.
+    State(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Not,
+    Abs,
+    Sign,
+    Sqrt,
+    Rsqrt,
+    Exp,
+    Log,
+    Tanh,
+    Sigmoid,
+    Cos,
+    Floor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Min,
+    Max,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+}
+
+impl BinaryOp {
+    /// Comparisons take floats and give a bool.
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
+        )
+    }
+
+    /// `&&` and `||` take and give bools.
+    pub fn is_logical(self) -> bool {
+        matches!(self, BinaryOp::And | BinaryOp::Or)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+}
+
+/// What a reduction runs over: the current tensor, or every tensor of the step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Tensor,
+    Group,
+}
+
+impl Scope {
+    pub fn shape(self) -> Shape {
+        match self {
+            Scope::Tensor => Shape::Tensor,
+            Scope::Group => Shape::Group,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// A float constant, stored as its bits so that nodes hash.
+    Const(u64),
+    Bool(bool),
+    Input(Input, Type),
+    Unary(UnaryOp, Handle),
+    Binary(BinaryOp, Handle, Handle),
+    /// `select(cond, a, b)`.
+    Select(Handle, Handle, Handle),
+    /// `lerp(a, b, w) = a + w (b - a)`.
+    Lerp(Handle, Handle, Handle),
+    Reduce(ReduceOp, Scope, Handle),
+}
+
+impl Node {
+    pub fn constant(value: f64) -> Node {
+        Node::Const(value.to_bits())
+    }
+
+    /// The operands, in order.
+    pub fn children(&self) -> Vec<Handle> {
+        match *self {
+            Node::Const(_) | Node::Bool(_) | Node::Input(..) => Vec::new(),
+            Node::Unary(_, a) | Node::Reduce(_, _, a) => vec![a],
+            Node::Binary(_, a, b) => vec![a, b],
+            Node::Select(a, b, c) | Node::Lerp(a, b, c) => vec![a, b, c],
+        }
+    }
+}
+
+/// An arena of typed, hash-consed nodes.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    types: Vec<Type>,
+    interned: HashMap<Node, Handle>,
+}
+
+impl Graph {
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// Adds a node (or returns the existing identical one). Its type follows
+    /// from its operands: the largest shape, and bool for comparisons and logic.
+    pub fn add(&mut self, node: Node) -> Handle {
+        if let Some(&handle) = self.interned.get(&node) {
+            return handle;
+        }
+        let ty = self.infer(&node);
+        let handle = Handle(self.nodes.len() as u32);
+        self.nodes.push(node);
+        self.types.push(ty);
+        self.interned.insert(node, handle);
+        handle
+    }
+
+    fn infer(&self, node: &Node) -> Type {
+        let shape_of = |handles: &[Handle]| {
+            handles
+                .iter()
+                .map(|&h| self.ty(h).shape)
+                .max()
+                .unwrap_or(Shape::Group)
+        };
+        match *node {
+            Node::Const(_) => Type::GROUP,
+            Node::Bool(_) => Type { shape: Shape::Group, kind: Kind::Bool },
+            Node::Input(_, ty) => ty,
+            Node::Unary(op, a) => Type {
+                shape: self.ty(a).shape,
+                kind: if op == UnaryOp::Not { Kind::Bool } else { Kind::Float },
+            },
+            Node::Binary(op, a, b) => Type {
+                shape: shape_of(&[a, b]),
+                kind: if op.is_comparison() || op.is_logical() { Kind::Bool } else { Kind::Float },
+            },
+            Node::Select(c, a, b) => Type {
+                shape: shape_of(&[c, a, b]),
+                kind: self.ty(a).kind,
+            },
+            Node::Lerp(a, b, w) => Type { shape: shape_of(&[a, b, w]), kind: Kind::Float },
+            Node::Reduce(_, scope, _) => Type { shape: scope.shape(), kind: Kind::Float },
+        }
+    }
+
+    pub fn node(&self, handle: Handle) -> &Node {
+        &self.nodes[handle.index()]
+    }
+
+    pub fn ty(&self, handle: Handle) -> Type {
+        self.types[handle.index()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node with its handle, children before parents.
+    pub fn iter(&self) -> impl Iterator<Item = (Handle, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| (Handle(i as u32), node))
+    }
+
+    /// Writes one node as a line of the IR text format (`v3: elem = mul v1, v2`).
+    fn write_node(&self, f: &mut fmt::Formatter<'_>, handle: Handle, names: &Names<'_>) -> fmt::Result {
+        write!(f, "  {handle}: {} = ", self.ty(handle))?;
+        match *self.node(handle) {
+            Node::Const(bits) => write!(f, "{}", f64::from_bits(bits)),
+            Node::Bool(b) => write!(f, "{b}"),
+            Node::Input(input, _) => match input {
+                Input::Param => f.write_str("p"),
+                Input::Grad => f.write_str("g"),
+                Input::Step => f.write_str("t"),
+                Input::Numel => f.write_str("numel"),
+                Input::Hyper(i) => write!(f, "hyper {}", names.hyper(i)),
+                Input::State(i) => write!(f, "state {}", names.state(i)),
+            },
+            Node::Unary(op, a) => write!(f, "{} {a}", format!("{op:?}").to_lowercase()),
+            Node::Binary(op, a, b) => write!(f, "{} {a}, {b}", format!("{op:?}").to_lowercase()),
+            Node::Select(c, a, b) => write!(f, "select {c}, {a}, {b}"),
+            Node::Lerp(a, b, w) => write!(f, "lerp {a}, {b}, {w}"),
+            Node::Reduce(op, scope, a) => {
+                let prefix = match scope {
+                    Scope::Tensor => "",
+                    Scope::Group => "group_",
+                };
+                write!(f, "{prefix}{} {a}", format!("{op:?}").to_lowercase())
+            }
+        }?;
+        writeln!(f)
+    }
+}
+
+/// Names for inputs when printing.
+struct Names<'a> {
+    hypers: &'a [Hyper],
+    states: &'a [StateSlot],
+}
+
+impl Names<'_> {
+    fn hyper(&self, i: u32) -> &str {
+        self.hypers.get(i as usize).map_or("?", |h| h.name.as_str())
+    }
+
+    fn state(&self, i: u32) -> &str {
+        self.states.get(i as usize).map_or("?", |s| s.name.as_str())
+    }
+}
+
+/// A scalar program of `t` alone: a hyperparameter's default or a value set
+/// per call (a constant or a schedule).
+#[derive(Clone, Debug)]
+pub struct ScalarExpr {
+    pub graph: Graph,
+    pub output: Handle,
+    /// The source text it came from, for display.
+    pub text: String,
+}
+
+impl ScalarExpr {
+    pub fn kind(&self) -> Kind {
+        self.graph.ty(self.output).kind
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Hyper {
+    pub name: String,
+    pub kind: Kind,
+    /// `None`: the caller must give a value.
+    pub default: Option<ScalarExpr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateSlot {
+    pub name: String,
+    pub shape: Shape,
+    /// The value the slot takes on the first step (a node of the rule's graph).
+    pub init: Handle,
+}
+
+/// A compiled update rule: one step as a graph from inputs to outputs.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    /// The doc comment lines of the optimizer.
+    pub doc: Vec<String>,
+    pub hypers: Vec<Hyper>,
+    pub states: Vec<StateSlot>,
+    pub graph: Graph,
+    /// The parameter after the step.
+    pub param_out: Handle,
+    /// Each state slot after the step, in the order of `states`.
+    pub state_out: Vec<Handle>,
+}
+
+impl Rule {
+    pub fn hyper_index(&self, name: &str) -> Option<usize> {
+        self.hypers.iter().position(|h| h.name == name)
+    }
+
+    /// f32 words of state each parameter element carries.
+    pub fn elem_state_slots(&self) -> usize {
+        self.states.iter().filter(|s| s.shape == Shape::Elem).count()
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "optimizer {}", self.name)?;
+        for hyper in &self.hypers {
+            let kind = match hyper.kind {
+                Kind::Float => "",
+                Kind::Bool => ": bool",
+            };
+            match &hyper.default {
+                Some(default) => writeln!(f, "hyper {}{kind} = {}", hyper.name, default.text)?,
+                None => writeln!(f, "hyper {}{kind}", hyper.name)?,
+            }
+        }
+        for state in &self.states {
+            writeln!(f, "state {}: {} = {}", state.name, state.shape, state.init)?;
+        }
+        let names = Names {
+            hypers: &self.hypers,
+            states: &self.states,
+        };
+        for (handle, _) in self.graph.iter() {
+            self.graph.write_node(f, handle, &names)?;
+        }
+        writeln!(f, "out p = {}", self.param_out)?;
+        for (state, out) in self.states.iter().zip(&self.state_out) {
+            writeln!(f, "out {} = {out}", state.name)?;
+        }
+        Ok(())
+    }
+}

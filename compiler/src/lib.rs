@@ -1,0 +1,13 @@
+//! The `.opt` compiler: lowering from the AST to a typed IR (with type
+//! checking and inlining), the IR itself, the reference interpreter that
+//! defines its semantics, and diagnostics rendering.
+
+pub mod builtins;
+pub mod diagnostics;
+pub mod interpret;
+pub mod ir;
+mod lower;
+pub mod program;
+
+pub use optc_grammar::{Diagnostic, FileId, Span};
+pub use program::{Origin, Program, SourceFile};

@@ -1,0 +1,774 @@
+//! Lowering: from the AST to the typed IR. Resolves names, inlines `fn` calls
+//! and `use`d rules, turns assignments into new SSA values, and checks types
+//! (shape and kind) on the way, so every error carries the span of the source
+//! that caused it and the IR it produces is well typed by construction.
+
+use std::collections::HashMap;
+
+use optc_grammar::ast::{self, AssignOp, ExprKind, ItemBody, StateShape, Stmt};
+use optc_grammar::{Diagnostic, Span};
+
+use crate::builtins::{self, Builtin, RESERVED_NAMES};
+use crate::ir::{
+    BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, ReduceOp, Rule, ScalarExpr, Shape,
+    StateSlot, Type, UnaryOp,
+};
+use crate::program::Program;
+
+/// Upper bound on expressions lowered for one rule, inlining included: a
+/// chain of functions that each call the next twice must not hang the compiler.
+const MAX_WORK: usize = 1 << 20;
+/// Deepest chain of nested `fn` calls and `use`s.
+const MAX_INLINE_DEPTH: usize = 64;
+
+type Lowered<T> = Result<T, Diagnostic>;
+
+/// Names visible to the statements or expressions being lowered.
+#[derive(Default)]
+struct Frame {
+    /// Hyperparameters (in a rule) or parameters (in a function).
+    params: HashMap<String, Handle>,
+    lets: HashMap<String, Handle>,
+    /// Optimizer bodies see `p`, `g`, `numel` and state; functions do not.
+    body: bool,
+}
+
+struct Lowerer<'p> {
+    program: &'p Program,
+    graph: Graph,
+    hypers: Vec<Hyper>,
+    states: Vec<(StateSlot, Span)>,
+    state_now: Vec<Handle>,
+    p: Handle,
+    g: Handle,
+    /// Functions and rules being inlined, outermost first.
+    active: Vec<String>,
+    work: usize,
+}
+
+/// Compiles the optimizer `name`.
+pub(crate) fn rule(program: &Program, name: &str) -> Lowered<Rule> {
+    let item = match program.item(name) {
+        Some(item) => item,
+        None => {
+            let known = program.optimizers().join(", ");
+            return Err(Diagnostic::whole_file(format!("no optimizer named `{name}`"))
+                .with_hint(format!("known optimizers: {known}")));
+        }
+    };
+    let ItemBody::Optimizer(body) = &item.body else {
+        return Err(Diagnostic::error(
+            format!("`{name}` is a function, not an optimizer"),
+            item.name.span,
+            "defined here",
+        ));
+    };
+    let mut lowerer = Lowerer::new(program);
+    let mut frame = Frame {
+        body: true,
+        ..Frame::default()
+    };
+    for param in &item.params {
+        let hyper = &param.name.name;
+        if RESERVED_NAMES.contains(&hyper.as_str()) {
+            return Err(Diagnostic::error(
+                format!("`{hyper}` cannot be a hyperparameter"),
+                param.name.span,
+                "a built-in name",
+            )
+            .with_hint("`p`, `g`, `t`, `numel`, `pi` and `inf` have fixed meanings"));
+        }
+        if frame.params.contains_key(hyper) {
+            return Err(Diagnostic::error(
+                format!("hyperparameter `{hyper}` is declared twice"),
+                param.name.span,
+                "second declaration",
+            ));
+        }
+        let handle = lowerer.declare_hyper(hyper, param.default.as_ref())?;
+        frame.params.insert(hyper.clone(), handle);
+    }
+    lowerer.active.push(name.to_string());
+    lowerer.statements(body, &mut frame)?;
+    let Lowerer {
+        graph,
+        hypers,
+        states,
+        state_now,
+        p,
+        ..
+    } = lowerer;
+    Ok(Rule {
+        name: name.to_string(),
+        doc: item.doc.clone(),
+        hypers,
+        states: states.into_iter().map(|(slot, _)| slot).collect(),
+        graph,
+        param_out: p,
+        state_out: state_now,
+    })
+}
+
+/// Compiles a scalar expression of `t` (hyperparameter defaults and values).
+pub(crate) fn scalar(program: &Program, expr: &ast::Expr, text: &str) -> Lowered<ScalarExpr> {
+    let mut lowerer = Lowerer::new(program);
+    let output = lowerer.expr(expr, &Frame::default())?;
+    let ty = lowerer.graph.ty(output);
+    if ty.shape != Shape::Group {
+        return Err(Diagnostic::error(
+            "a hyperparameter value must be one scalar per step",
+            expr.span,
+            format!("this is {} (one value per {})", ty.shape, ty.shape),
+        ));
+    }
+    Ok(ScalarExpr {
+        graph: lowerer.graph,
+        output,
+        text: text.to_string(),
+    })
+}
+
+fn source_text(program: &Program, span: Span) -> String {
+    program
+        .file(span.file)
+        .text
+        .get(span.range())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "a number",
+        Kind::Bool => "a bool",
+    }
+}
+
+impl<'p> Lowerer<'p> {
+    fn new(program: &'p Program) -> Lowerer<'p> {
+        let mut graph = Graph::new();
+        let p = graph.add(Node::Input(Input::Param, Type::ELEM));
+        let g = graph.add(Node::Input(Input::Grad, Type::ELEM));
+        Lowerer {
+            program,
+            graph,
+            hypers: Vec::new(),
+            states: Vec::new(),
+            state_now: Vec::new(),
+            p,
+            g,
+            active: Vec::new(),
+            work: 0,
+        }
+    }
+
+    /// Adds a hyperparameter of the rule being compiled and returns its input node.
+    fn declare_hyper(&mut self, name: &str, default: Option<&ast::Expr>) -> Lowered<Handle> {
+        let default = match default {
+            Some(expr) => Some(scalar(self.program, expr, &source_text(self.program, expr.span))?),
+            None => None,
+        };
+        let kind = default.as_ref().map_or(Kind::Float, ScalarExpr::kind);
+        let index = self.hypers.len() as u32;
+        self.hypers.push(Hyper {
+            name: name.to_string(),
+            kind,
+            default,
+        });
+        Ok(self.graph.add(Node::Input(
+            Input::Hyper(index),
+            Type {
+                shape: Shape::Group,
+                kind,
+            },
+        )))
+    }
+
+    fn enter(&mut self, name: &str, span: Span) -> Lowered<()> {
+        if let Some(start) = self.active.iter().position(|n| n == name) {
+            let mut cycle = self.active[start..].to_vec();
+            cycle.push(name.to_string());
+            return Err(Diagnostic::error(
+                format!("`{name}` uses itself"),
+                span,
+                "recursive use",
+            )
+            .with_hint(format!("cycle: {}", cycle.join(" → "))));
+        }
+        if self.active.len() >= MAX_INLINE_DEPTH {
+            return Err(Diagnostic::error(
+                format!("functions and rules nested more than {MAX_INLINE_DEPTH} deep"),
+                span,
+                "here",
+            ));
+        }
+        self.active.push(name.to_string());
+        Ok(())
+    }
+
+    fn statements(&mut self, body: &[Stmt], frame: &mut Frame) -> Lowered<()> {
+        for stmt in body {
+            self.statement(stmt, frame)?;
+        }
+        Ok(())
+    }
+
+    fn statement(&mut self, stmt: &Stmt, frame: &mut Frame) -> Lowered<()> {
+        match stmt {
+            Stmt::State {
+                name, shape, init, ..
+            } => self.state(name, *shape, init, frame),
+            Stmt::Let { name, value, .. } => {
+                self.check_new_name(name, frame, "a `let`")?;
+                let value = self.expr(value, frame)?;
+                frame.lets.insert(name.name.clone(), value);
+                Ok(())
+            }
+            Stmt::Assign {
+                target, op, value, ..
+            } => self.assign(target, *op, value, frame),
+            Stmt::Use { rule, args, span } => self.use_rule(rule, args, *span, frame),
+        }
+    }
+
+    /// A `let` or `state` may not hide a built-in, hyperparameter or state.
+    fn check_new_name(&self, name: &ast::Ident, frame: &Frame, what: &str) -> Lowered<()> {
+        let clash = if RESERVED_NAMES.contains(&name.name.as_str()) {
+            Some("a built-in name")
+        } else if frame.params.contains_key(&name.name) {
+            Some("a hyperparameter")
+        } else if self.state_index(&name.name).is_some() {
+            Some("a state")
+        } else {
+            None
+        };
+        match clash {
+            Some(clash) => Err(Diagnostic::error(
+                format!("{what} cannot be named `{}`", name.name),
+                name.span,
+                format!("`{}` is {clash}", name.name),
+            )
+            .with_hint("choose another name")),
+            None => Ok(()),
+        }
+    }
+
+    fn state_index(&self, name: &str) -> Option<usize> {
+        self.states.iter().position(|(slot, _)| slot.name == name)
+    }
+
+    fn state(
+        &mut self,
+        name: &ast::Ident,
+        shape: Option<(StateShape, Span)>,
+        init: &ast::Expr,
+        frame: &mut Frame,
+    ) -> Lowered<()> {
+        if let Some(index) = self.state_index(&name.name) {
+            return Err(Diagnostic::error(
+                format!("state `{}` is declared twice", name.name),
+                name.span,
+                "second declaration",
+            )
+            .with_label(self.states[index].1, "first declaration")
+            .with_hint("a rule pulled in with `use` brings its state along; rename one of them"));
+        }
+        self.check_new_name(name, frame, "a state")?;
+        if frame.lets.contains_key(&name.name) {
+            return Err(Diagnostic::error(
+                format!("a state cannot be named `{}`", name.name),
+                name.span,
+                "already a `let` here",
+            ));
+        }
+        let shape = match shape.map(|(s, _)| s) {
+            None | Some(StateShape::Elem) => Shape::Elem,
+            Some(StateShape::Tensor) => Shape::Tensor,
+            Some(StateShape::Group) => Shape::Group,
+        };
+        let init_value = self.expr(init, frame)?;
+        self.expect_kind(init_value, Kind::Float, init.span)?;
+        self.expect_fits(init_value, shape, &name.name, init.span)?;
+        let index = self.states.len() as u32;
+        self.states.push((
+            StateSlot {
+                name: name.name.clone(),
+                shape,
+                init: init_value,
+            },
+            name.span,
+        ));
+        let handle = self.graph.add(Node::Input(
+            Input::State(index),
+            Type {
+                shape,
+                kind: Kind::Float,
+            },
+        ));
+        self.state_now.push(handle);
+        Ok(())
+    }
+
+    fn expect_fits(&self, value: Handle, shape: Shape, state: &str, span: Span) -> Lowered<()> {
+        let found = self.graph.ty(value).shape;
+        if found <= shape {
+            return Ok(());
+        }
+        Err(Diagnostic::error(
+            format!("`{state}` is {shape} state and cannot hold an {found} value"),
+            span,
+            format!("this is one value per {found}"),
+        )
+        .with_hint(match shape {
+            Shape::Tensor => "reduce it first (`sum`, `mean`, `norm`, `max`, `dot`), or declare the state per element",
+            Shape::Group => "reduce it over the group first (`group_sum`, `group_norm`, ...), or declare the state `: tensor` or per element",
+            Shape::Elem => "",
+        }))
+    }
+
+    fn assign(&mut self, target: &ast::Ident, op: AssignOp, value: &ast::Expr, frame: &mut Frame) -> Lowered<()> {
+        enum Place {
+            Param,
+            Grad,
+            State(usize),
+        }
+        let name = target.name.as_str();
+        let place = match name {
+            "p" => Place::Param,
+            "g" => Place::Grad,
+            _ => match self.state_index(name) {
+                Some(index) => Place::State(index),
+                None => return Err(self.not_assignable(target, frame)),
+            },
+        };
+        let rhs = self.expr(value, frame)?;
+        self.expect_kind(rhs, Kind::Float, value.span)?;
+        let current = match place {
+            Place::Param => self.p,
+            Place::Grad => self.g,
+            Place::State(index) => self.state_now[index],
+        };
+        let new = match op {
+            AssignOp::Set => rhs,
+            AssignOp::Add => self.graph.add(Node::Binary(BinaryOp::Add, current, rhs)),
+            AssignOp::Sub => self.graph.add(Node::Binary(BinaryOp::Sub, current, rhs)),
+            AssignOp::Mul => self.graph.add(Node::Binary(BinaryOp::Mul, current, rhs)),
+            AssignOp::Div => self.graph.add(Node::Binary(BinaryOp::Div, current, rhs)),
+        };
+        match place {
+            Place::Param => self.p = new,
+            Place::Grad => self.g = new,
+            Place::State(index) => {
+                let shape = self.states[index].0.shape;
+                self.expect_fits(new, shape, name, value.span)?;
+                self.state_now[index] = new;
+            }
+        }
+        Ok(())
+    }
+
+    fn not_assignable(&self, target: &ast::Ident, frame: &Frame) -> Diagnostic {
+        let name = &target.name;
+        let (label, hint) = if frame.params.contains_key(name) {
+            (
+                "a hyperparameter is fixed during a step",
+                "keep a changing value in a state: `state x = ...;`".to_string(),
+            )
+        } else if frame.lets.contains_key(name) {
+            ("a `let` binding is immutable", format!("write `let {name} = ...;` again to shadow it"))
+        } else if RESERVED_NAMES.contains(&name.as_str()) {
+            ("a built-in value", "only `p`, `g` and state can be assigned".to_string())
+        } else {
+            (
+                "not declared",
+                format!("declare it first: `state {name} = 0;` or `let {name} = ...;`"),
+            )
+        };
+        Diagnostic::error(format!("cannot assign to `{name}`"), target.span, label).with_hint(hint)
+    }
+
+    fn use_rule(&mut self, rule: &ast::Ident, args: &[ast::Arg], span: Span, frame: &mut Frame) -> Lowered<()> {
+        let item = self.item(rule)?;
+        let ItemBody::Optimizer(body) = &item.body else {
+            return Err(Diagnostic::error(
+                format!("`{}` is a function, not an optimizer", rule.name),
+                rule.span,
+                "`use` takes an optimizer",
+            )
+            .with_hint(format!("call it in an expression: `{}(...)`", rule.name)));
+        };
+        self.enter(&rule.name, span)?;
+        let bound = match_args(&item.params, args, &rule.name, span)?;
+        let mut inner = Frame {
+            body: true,
+            ..Frame::default()
+        };
+        for (param, arg) in item.params.iter().zip(bound) {
+            let hyper = &param.name.name;
+            let value = match arg {
+                Some(arg) => {
+                    let value = self.expr(arg, frame)?;
+                    let shape = self.graph.ty(value).shape;
+                    if shape != Shape::Group {
+                        return Err(Diagnostic::error(
+                            format!("hyperparameter `{hyper}` of `{}` must be one scalar per step", rule.name),
+                            arg.span,
+                            format!("this is one value per {shape}"),
+                        ));
+                    }
+                    value
+                }
+                None => match frame.params.get(hyper) {
+                    Some(&outer) => outer,
+                    None => match self.hypers.iter().position(|h| &h.name == hyper) {
+                        Some(index) => {
+                            let kind = self.hypers[index].kind;
+                            self.graph.add(Node::Input(
+                                Input::Hyper(index as u32),
+                                Type {
+                                    shape: Shape::Group,
+                                    kind,
+                                },
+                            ))
+                        }
+                        None => self.declare_hyper(hyper, param.default.as_ref())?,
+                    },
+                },
+            };
+            inner.params.insert(hyper.clone(), value);
+        }
+        self.statements(body, &mut inner)?;
+        self.active.pop();
+        Ok(())
+    }
+
+    fn item(&self, name: &ast::Ident) -> Lowered<&'p ast::Item> {
+        self.program.item(&name.name).ok_or_else(|| {
+            let candidates = self.program.optimizers();
+            let diagnostic = Diagnostic::error(
+                format!("unknown optimizer or function `{}`", name.name),
+                name.span,
+                "not defined",
+            );
+            match closest(&name.name, candidates.iter().copied()) {
+                Some(near) => diagnostic.with_hint(format!("did you mean `{near}`?")),
+                None => diagnostic,
+            }
+        })
+    }
+
+    fn expect_kind(&self, value: Handle, kind: Kind, span: Span) -> Lowered<()> {
+        let found = self.graph.ty(value).kind;
+        if found == kind {
+            return Ok(());
+        }
+        let diagnostic = Diagnostic::error(
+            format!("expected {}, found {}", kind_name(kind), kind_name(found)),
+            span,
+            format!("this is {}", kind_name(found)),
+        );
+        Err(match kind {
+            Kind::Float => diagnostic.with_hint("turn a condition into a number with `select(c, 1, 0)`"),
+            Kind::Bool => diagnostic.with_hint("compare it, e.g. `x > 0`"),
+        })
+    }
+
+    fn add(&mut self, node: Node) -> Handle {
+        self.graph.add(node)
+    }
+
+    fn expr(&mut self, expr: &ast::Expr, frame: &Frame) -> Lowered<Handle> {
+        self.work += 1;
+        if self.work > MAX_WORK {
+            return Err(Diagnostic::error(
+                "rule is too large after inlining its functions",
+                expr.span,
+                "while lowering this",
+            )
+            .with_hint(format!("the limit is {MAX_WORK} expressions")));
+        }
+        match &expr.kind {
+            ExprKind::Number(value) => Ok(self.add(Node::constant(*value))),
+            ExprKind::Bool(value) => Ok(self.add(Node::Bool(*value))),
+            ExprKind::Name(name) => self.name(name, expr.span, frame),
+            ExprKind::Unary(op, operand) => {
+                let value = self.expr(operand, frame)?;
+                let (op, kind) = match op {
+                    ast::UnaryOp::Neg => (UnaryOp::Neg, Kind::Float),
+                    ast::UnaryOp::Not => (UnaryOp::Not, Kind::Bool),
+                };
+                self.expect_kind(value, kind, operand.span)?;
+                Ok(self.add(Node::Unary(op, value)))
+            }
+            ExprKind::Binary(op, a, b) => {
+                let (op, operand_kind) = match op {
+                    ast::BinaryOp::Add => (BinaryOp::Add, Kind::Float),
+                    ast::BinaryOp::Sub => (BinaryOp::Sub, Kind::Float),
+                    ast::BinaryOp::Mul => (BinaryOp::Mul, Kind::Float),
+                    ast::BinaryOp::Div => (BinaryOp::Div, Kind::Float),
+                    ast::BinaryOp::Pow => (BinaryOp::Pow, Kind::Float),
+                    ast::BinaryOp::Eq => (BinaryOp::Eq, Kind::Float),
+                    ast::BinaryOp::Ne => (BinaryOp::Ne, Kind::Float),
+                    ast::BinaryOp::Lt => (BinaryOp::Lt, Kind::Float),
+                    ast::BinaryOp::Le => (BinaryOp::Le, Kind::Float),
+                    ast::BinaryOp::Gt => (BinaryOp::Gt, Kind::Float),
+                    ast::BinaryOp::Ge => (BinaryOp::Ge, Kind::Float),
+                    ast::BinaryOp::And => (BinaryOp::And, Kind::Bool),
+                    ast::BinaryOp::Or => (BinaryOp::Or, Kind::Bool),
+                };
+                let left = self.expr(a, frame)?;
+                self.expect_kind(left, operand_kind, a.span)?;
+                let right = self.expr(b, frame)?;
+                self.expect_kind(right, operand_kind, b.span)?;
+                Ok(self.add(Node::Binary(op, left, right)))
+            }
+            ExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let c = self.expr(cond, frame)?;
+                self.expect_kind(c, Kind::Bool, cond.span)?;
+                let a = self.expr(then, frame)?;
+                let b = self.expr(otherwise, frame)?;
+                let kind = self.graph.ty(a).kind;
+                self.expect_kind(b, kind, otherwise.span)?;
+                Ok(self.add(Node::Select(c, a, b)))
+            }
+            ExprKind::Call { func, args } => self.call(func, args, expr.span, frame),
+        }
+    }
+
+    fn name(&mut self, name: &str, span: Span, frame: &Frame) -> Lowered<Handle> {
+        if let Some(&handle) = frame.lets.get(name).or_else(|| frame.params.get(name)) {
+            return Ok(handle);
+        }
+        if frame.body {
+            match name {
+                "p" => return Ok(self.p),
+                "g" => return Ok(self.g),
+                "numel" => return Ok(self.add(Node::Input(Input::Numel, Type::TENSOR))),
+                _ => {}
+            }
+            if let Some(index) = self.state_index(name) {
+                return Ok(self.state_now[index]);
+            }
+        }
+        match name {
+            "t" => return Ok(self.add(Node::Input(Input::Step, Type::GROUP))),
+            "pi" => return Ok(self.add(Node::constant(std::f64::consts::PI))),
+            "inf" => return Ok(self.add(Node::constant(f64::INFINITY))),
+            _ => {}
+        }
+        let diagnostic = Diagnostic::error(format!("unknown name `{name}`"), span, "not defined here");
+        let body_only = matches!(name, "p" | "g" | "numel") || self.state_index(name).is_some();
+        if body_only {
+            return Err(diagnostic.with_hint(format!(
+                "functions see only their parameters and `t`; pass `{name}` as an argument"
+            )));
+        }
+        let mut visible: Vec<&str> = frame.lets.keys().chain(frame.params.keys()).map(String::as_str).collect();
+        visible.extend(["t", "pi", "inf"]);
+        if frame.body {
+            visible.extend(["p", "g", "numel"]);
+            visible.extend(self.states.iter().map(|(s, _)| s.name.as_str()));
+        }
+        Err(match closest(name, visible.into_iter()) {
+            Some(near) => diagnostic.with_hint(format!("did you mean `{near}`?")),
+            None => diagnostic,
+        })
+    }
+
+    fn call(&mut self, func: &ast::Ident, args: &[ast::Arg], span: Span, frame: &Frame) -> Lowered<Handle> {
+        let arities = builtins::arities(&func.name);
+        if !arities.is_empty() {
+            return self.builtin(func, &arities, args, span, frame);
+        }
+        let item = self.item(func)?;
+        let ItemBody::Function { lets, result } = &item.body else {
+            return Err(Diagnostic::error(
+                format!("`{}` is an optimizer, not a function", func.name),
+                func.span,
+                "cannot be called",
+            )
+            .with_hint(format!("run its statements with `use {};`", func.name)));
+        };
+        self.enter(&func.name, span)?;
+        let bound = match_args(&item.params, args, &func.name, span)?;
+        let mut inner = Frame::default();
+        for (param, arg) in item.params.iter().zip(bound) {
+            let value = match (arg, &param.default) {
+                (Some(arg), _) => self.expr(arg, frame)?,
+                (None, Some(default)) => self.expr(default, &inner)?,
+                (None, None) => {
+                    return Err(Diagnostic::error(
+                        format!("missing argument `{}` of `{}`", param.name.name, func.name),
+                        span,
+                        "in this call",
+                    )
+                    .with_label(param.name.span, "declared here without a default"))
+                }
+            };
+            inner.params.insert(param.name.name.clone(), value);
+        }
+        for (name, value) in lets {
+            let value = self.expr(value, &inner)?;
+            inner.lets.insert(name.name.clone(), value);
+        }
+        let value = self.expr(result, &inner)?;
+        self.active.pop();
+        Ok(value)
+    }
+
+    fn builtin(
+        &mut self,
+        func: &ast::Ident,
+        arities: &[usize],
+        args: &[ast::Arg],
+        span: Span,
+        frame: &Frame,
+    ) -> Lowered<Handle> {
+        if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
+            return Err(Diagnostic::error(
+                format!("built-in `{}` takes positional arguments only", func.name),
+                named.span,
+                "named argument",
+            ));
+        }
+        let Some(builtin) = builtins::lookup(&func.name, args.len()) else {
+            let expected = arities
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" or ");
+            return Err(Diagnostic::error(
+                format!(
+                    "`{}` takes {expected} argument{}, got {}",
+                    func.name,
+                    if arities == [1] { "" } else { "s" },
+                    args.len()
+                ),
+                span,
+                "wrong number of arguments",
+            ));
+        };
+        let mut values = Vec::with_capacity(args.len());
+        for (i, arg) in args.iter().enumerate() {
+            let value = self.expr(&arg.value, frame)?;
+            let kind = if builtin == Builtin::Select && i == 0 { Kind::Bool } else { Kind::Float };
+            if !(builtin == Builtin::Select && i > 0) {
+                self.expect_kind(value, kind, arg.value.span)?;
+            }
+            values.push(value);
+        }
+        if builtin == Builtin::Select {
+            let kind = self.graph.ty(values[1]).kind;
+            self.expect_kind(values[2], kind, args[2].value.span)?;
+        }
+        Ok(match builtin {
+            Builtin::Unary(op) => self.add(Node::Unary(op, values[0])),
+            Builtin::Binary(op) => self.add(Node::Binary(op, values[0], values[1])),
+            Builtin::Select => self.add(Node::Select(values[0], values[1], values[2])),
+            Builtin::Lerp => self.add(Node::Lerp(values[0], values[1], values[2])),
+            Builtin::Clamp => {
+                let low = self.add(Node::Binary(BinaryOp::Max, values[0], values[1]));
+                self.add(Node::Binary(BinaryOp::Min, low, values[2]))
+            }
+            Builtin::Reduce(op, scope) => self.add(Node::Reduce(op, scope, values[0])),
+            Builtin::Mean(scope) => {
+                let total = self.add(Node::Reduce(ReduceOp::Sum, scope, values[0]));
+                let one = self.add(Node::constant(1.0));
+                let count = self.add(Node::Reduce(ReduceOp::Sum, scope, one));
+                self.add(Node::Binary(BinaryOp::Div, total, count))
+            }
+            Builtin::Norm(scope) => {
+                let square = self.add(Node::Binary(BinaryOp::Mul, values[0], values[0]));
+                let total = self.add(Node::Reduce(ReduceOp::Sum, scope, square));
+                self.add(Node::Unary(UnaryOp::Sqrt, total))
+            }
+            Builtin::Dot(scope) => {
+                let product = self.add(Node::Binary(BinaryOp::Mul, values[0], values[1]));
+                self.add(Node::Reduce(ReduceOp::Sum, scope, product))
+            }
+        })
+    }
+}
+
+/// Matches call arguments to declared parameters: positional ones first, then
+/// named. Returns the argument for each parameter (None: use its default).
+fn match_args<'a>(
+    params: &[ast::Param],
+    args: &'a [ast::Arg],
+    callee: &str,
+    span: Span,
+) -> Lowered<Vec<Option<&'a ast::Expr>>> {
+    let mut bound: Vec<Option<&ast::Expr>> = vec![None; params.len()];
+    let mut seen_named = false;
+    for (position, arg) in args.iter().enumerate() {
+        match &arg.name {
+            None => {
+                if seen_named {
+                    return Err(Diagnostic::error(
+                        "positional argument after a named one",
+                        arg.value.span,
+                        "positional",
+                    ));
+                }
+                if position >= params.len() {
+                    return Err(Diagnostic::error(
+                        format!("`{callee}` takes at most {} arguments, got {}", params.len(), args.len()),
+                        arg.value.span,
+                        "extra argument",
+                    )
+                    .with_label(span, "in this call"));
+                }
+                bound[position] = Some(&arg.value);
+            }
+            Some(name) => {
+                seen_named = true;
+                let Some(index) = params.iter().position(|p| p.name.name == name.name) else {
+                    let names: Vec<&str> = params.iter().map(|p| p.name.name.as_str()).collect();
+                    return Err(Diagnostic::error(
+                        format!("`{callee}` has no parameter `{}`", name.name),
+                        name.span,
+                        "unknown name",
+                    )
+                    .with_hint(format!("its parameters: {}", names.join(", "))));
+                };
+                if bound[index].is_some() {
+                    return Err(Diagnostic::error(
+                        format!("parameter `{}` given twice", name.name),
+                        name.span,
+                        "again here",
+                    ));
+                }
+                bound[index] = Some(&arg.value);
+            }
+        }
+    }
+    Ok(bound)
+}
+
+/// The candidate nearest to `name` by edit distance, if it is near enough to be a typo.
+fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|&(d, c)| d <= (name.len().max(c.len()) / 3).max(1))
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}

@@ -1,0 +1,175 @@
+//! The runtime: what a training loop calls. An [`Optimizer`] holds a compiled
+//! rule, its hyperparameter values (constants or schedules of `t`) and its
+//! state, and applies one step to many tensors at once. Steps are atomic: a
+//! step that fails leaves parameters and state exactly as they were.
+//! [`trace`] replays recorded gradients in the golden-file schema.
+
+pub mod trace;
+
+use std::fmt;
+use std::sync::Arc;
+
+use optc_compiler::interpret::{self, StepInputs, Value};
+use optc_compiler::ir::{Kind, Rule, ScalarExpr};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Error {
+    UnknownHyper { name: String, known: Vec<String> },
+    HyperKind { name: String, expected: Kind },
+    MissingHyper(String),
+    TensorCount { expected: usize, found: usize },
+    Length { tensor: usize, expected: usize, found: usize },
+    Internal(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::UnknownHyper { name, known } => {
+                write!(f, "unknown hyperparameter `{name}` (this rule has: {})", known.join(", "))
+            }
+            Error::HyperKind { name, expected } => match expected {
+                Kind::Bool => write!(f, "hyperparameter `{name}` is a bool; give `true` or `false`"),
+                Kind::Float => write!(f, "hyperparameter `{name}` is a number, not a bool"),
+            },
+            Error::MissingHyper(name) => {
+                write!(f, "hyperparameter `{name}` has no default; give it a value (--set {name}=VALUE)")
+            }
+            Error::TensorCount { expected, found } => {
+                write!(f, "expected {expected} tensors (as on the first step), got {found}")
+            }
+            Error::Length {
+                tensor,
+                expected,
+                found,
+            } => write!(f, "tensor {tensor}: expected {expected} elements, got {found}"),
+            Error::Internal(message) => write!(f, "internal error: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A rule with bound hyperparameters and its state, ready to step.
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    rule: Arc<Rule>,
+    /// One program per hyperparameter, evaluated at every step.
+    hypers: Vec<ScalarExpr>,
+    /// Each state slot, once the first step has run.
+    state: Option<Vec<Value<f32>>>,
+    /// Steps taken so far.
+    step: u64,
+    /// Element counts of the tensors, fixed by the first step.
+    numels: Option<Vec<usize>>,
+}
+
+impl Optimizer {
+    /// Binds the rule's hyperparameters: each takes its value from
+    /// `overrides` (by name), else its default.
+    pub fn new(rule: Arc<Rule>, overrides: Vec<(String, ScalarExpr)>) -> Result<Optimizer, Error> {
+        let mut hypers: Vec<Option<ScalarExpr>> = rule.hypers.iter().map(|h| h.default.clone()).collect();
+        for (name, value) in overrides {
+            let index = rule.hyper_index(&name).ok_or_else(|| Error::UnknownHyper {
+                name: name.clone(),
+                known: rule.hypers.iter().map(|h| h.name.clone()).collect(),
+            })?;
+            let expected = rule.hypers[index].kind;
+            if value.kind() != expected {
+                return Err(Error::HyperKind { name, expected });
+            }
+            hypers[index] = Some(value);
+        }
+        let hypers = hypers
+            .into_iter()
+            .zip(&rule.hypers)
+            .map(|(value, hyper)| value.ok_or_else(|| Error::MissingHyper(hyper.name.clone())))
+            .collect::<Result<_, _>>()?;
+        Ok(Optimizer {
+            rule,
+            hypers,
+            state: None,
+            step: 0,
+            numels: None,
+        })
+    }
+
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// The hyperparameter values the next step will use, in the rule's order.
+    pub fn hyper_values(&self) -> Vec<f64> {
+        self.hypers
+            .iter()
+            .map(|h| interpret::scalar(h, self.step + 1))
+            .collect()
+    }
+
+    /// Applies one step to `params` given `grads`. On error nothing changes.
+    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<(), Error> {
+        let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        self.check_shapes(&numels, grads)?;
+        let hypers = self.hyper_values();
+        let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+        let outputs = interpret::step(
+            &self.rule,
+            &StepInputs {
+                params: &views,
+                grads,
+                step: self.step + 1,
+                hypers: &hypers,
+                state: self.state.as_deref(),
+            },
+        )
+        .map_err(Error::Internal)?;
+        for (param, new) in params.iter_mut().zip(outputs.params) {
+            param.copy_from_slice(&new);
+        }
+        self.state = Some(outputs.state);
+        self.numels = Some(numels);
+        self.step += 1;
+        Ok(())
+    }
+
+    fn check_shapes(&self, numels: &[usize], grads: &[&[f32]]) -> Result<(), Error> {
+        if grads.len() != numels.len() {
+            return Err(Error::TensorCount {
+                expected: numels.len(),
+                found: grads.len(),
+            });
+        }
+        for (tensor, (grad, &numel)) in grads.iter().zip(numels).enumerate() {
+            if grad.len() != numel {
+                return Err(Error::Length {
+                    tensor,
+                    expected: numel,
+                    found: grad.len(),
+                });
+            }
+        }
+        if let Some(first) = &self.numels {
+            if first.len() != numels.len() {
+                return Err(Error::TensorCount {
+                    expected: first.len(),
+                    found: numels.len(),
+                });
+            }
+            for (tensor, (&expected, &found)) in first.iter().zip(numels).enumerate() {
+                if expected != found {
+                    return Err(Error::Length {
+                        tensor,
+                        expected,
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

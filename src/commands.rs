@@ -1,0 +1,132 @@
+//! The subcommands of `optc`, one function each.
+
+use optc_compiler::ir::{Input, Kind, Node, Rule, Shape};
+use optc_runtime::trace::{self, Trace};
+
+use crate::load::{self, Failure};
+
+pub fn check(files: &[String]) -> Result<String, Failure> {
+    let mut failures = String::new();
+    let mut checked = 0;
+    for file in files {
+        match load::program(file) {
+            Ok((program, names)) => {
+                for name in &names {
+                    match program.compile(name) {
+                        Ok(_) => checked += 1,
+                        Err(diagnostic) => failures.push_str(&load::render(&program, &diagnostic)),
+                    }
+                }
+                if names.is_empty() {
+                    checked += 1;
+                }
+            }
+            Err(failure) => failures.push_str(&failure),
+        }
+    }
+    if failures.is_empty() {
+        Ok(format!("ok: {checked} item(s) in {} file(s)\n", files.len()))
+    } else {
+        Err(failures)
+    }
+}
+
+pub fn show(file: &str, rule: Option<&str>, ir: bool) -> Result<String, Failure> {
+    let (_, rule) = load::rule(file, rule)?;
+    let mut out = signature(&rule);
+    if ir {
+        out.push_str(&format!("\n{rule}"));
+    }
+    Ok(out)
+}
+
+/// The optimizer's doc, hyperparameters and state, as `optc show` prints them.
+fn signature(rule: &Rule) -> String {
+    let mut out = String::new();
+    for line in &rule.doc {
+        out.push_str(&format!("/// {line}\n"));
+    }
+    out.push_str(&format!("optimizer {}\n", rule.name));
+    out.push_str("hyperparameters:\n");
+    for hyper in &rule.hypers {
+        let value = hyper.default.as_ref().map_or("(required)".to_string(), |d| d.text.clone());
+        let kind = if hyper.kind == Kind::Bool { " (bool)" } else { "" };
+        out.push_str(&format!("  {} = {value}{kind}\n", hyper.name));
+    }
+    out.push_str("state:\n");
+    if rule.states.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for slot in &rule.states {
+        let init = match rule.graph.node(slot.init) {
+            Node::Const(bits) => f64::from_bits(*bits).to_string(),
+            Node::Input(Input::Param, _) => "p on the first step".to_string(),
+            Node::Input(Input::Grad, _) => "g on the first step".to_string(),
+            _ => "computed on the first step".to_string(),
+        };
+        let per = match slot.shape {
+            Shape::Elem => "one f32 per element",
+            Shape::Tensor => "one scalar per tensor",
+            Shape::Group => "one scalar per group",
+        };
+        out.push_str(&format!("  {}: {} = {init}  ({per})\n", slot.name, slot.shape));
+    }
+    let words = rule.elem_state_slots();
+    out.push_str(&format!(
+        "memory: {} bytes of state per parameter ({words} f32 slot{})\n",
+        4 * words,
+        if words == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+pub fn replay(
+    file: &str,
+    trace_path: &str,
+    rule: Option<&str>,
+    sets: &[String],
+    out: Option<&str>,
+    compare: bool,
+) -> Result<String, Failure> {
+    let (mut program, rule) = load::rule(file, rule)?;
+    let mut optimizer = load::optimizer(&mut program, rule, sets)?;
+    let text = std::fs::read_to_string(trace_path).map_err(|e| format!("error: cannot read {trace_path}: {e}"))?;
+    let reference = Trace::from_json(&text).map_err(|e| format!("error: {trace_path}: {e}"))?;
+    let result = trace::replay(&mut optimizer, &reference).map_err(|e| format!("error: {trace_path}: {e}"))?;
+    let mut report = String::new();
+    if compare {
+        let comparison = trace::compare(&result, &reference).map_err(|e| format!("error: {trace_path}: {e}"))?;
+        let (step, tensor, element) = comparison.worst;
+        report = format!(
+            "{}: {} steps, {} tensors: max error {:.3e} (|ours - ref| / max(|ref|, 1)), max abs {:.3e}, worst at step {}, tensor {tensor}, element {element}\n",
+            optimizer.rule().name,
+            reference.steps(),
+            reference.tensors.len(),
+            comparison.max_err,
+            comparison.max_abs,
+            step + 1,
+        );
+    }
+    match out {
+        Some(path) => {
+            std::fs::write(path, result.to_json()).map_err(|e| format!("error: cannot write {path}: {e}"))?;
+            Ok(report)
+        }
+        None if !compare => Ok(result.to_json() + "\n"),
+        None => Ok(report),
+    }
+}
+
+pub fn list() -> Result<String, Failure> {
+    let program = optc_stdlib::prelude();
+    let mut out = String::new();
+    for name in program.optimizers() {
+        let summary = program
+            .compile(name)
+            .ok()
+            .and_then(|rule| rule.doc.first().cloned())
+            .unwrap_or_default();
+        out.push_str(&format!("{name:<28} {summary}\n"));
+    }
+    Ok(out)
+}

@@ -1,0 +1,72 @@
+//! Turning command-line arguments into compiled rules: reading files (or
+//! naming stdlib optimizers), choosing the rule, binding `--set` values, and
+//! rendering diagnostics for the terminal.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use optc_compiler::diagnostics;
+use optc_compiler::ir::Rule;
+use optc_compiler::{Diagnostic, Origin, Program};
+use optc_runtime::Optimizer;
+
+/// A user error, already rendered.
+pub type Failure = String;
+
+pub fn render(program: &Program, diagnostic: &Diagnostic) -> String {
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    diagnostics::render(diagnostic, program.files(), color)
+}
+
+/// The stdlib plus `file` (a path, or the name of a stdlib optimizer), and
+/// the names of the optimizers that the argument designates.
+pub fn program(file: &str) -> Result<(Program, Vec<String>), Failure> {
+    let mut program = optc_stdlib::prelude();
+    match std::fs::read(file) {
+        Ok(bytes) => match program.add_source(file, &bytes, Origin::User) {
+            Ok(id) => {
+                let names = program.optimizers_in(id).into_iter().map(String::from).collect();
+                Ok((program, names))
+            }
+            Err(diagnostic) => Err(render(&program, &diagnostic)),
+        },
+        Err(error) => {
+            let is_stdlib_name = program.optimizers().contains(&file);
+            if is_stdlib_name && !file.contains(['/', '.']) {
+                Ok((program, vec![file.to_string()]))
+            } else {
+                Err(format!("error: cannot read {file}: {error}"))
+            }
+        }
+    }
+}
+
+/// Compiles the chosen optimizer of `file`: `rule`, or else the last one.
+pub fn rule(file: &str, rule: Option<&str>) -> Result<(Program, Rule), Failure> {
+    let (program, names) = program(file)?;
+    let name = match rule {
+        Some(name) => name.to_string(),
+        None => names
+            .last()
+            .cloned()
+            .ok_or_else(|| format!("error: {file} defines no optimizer"))?,
+    };
+    let compiled = program.compile(&name).map_err(|d| render(&program, &d))?;
+    Ok((program, compiled))
+}
+
+/// An optimizer for `rule` with `--set name=value` overrides applied.
+pub fn optimizer(program: &mut Program, rule: Rule, sets: &[String]) -> Result<Optimizer, Failure> {
+    let mut overrides = Vec::new();
+    for set in sets {
+        let Some((name, value)) = set.split_once('=') else {
+            return Err(format!("error: --set expects NAME=VALUE, got `{set}`"));
+        };
+        let name = name.trim();
+        let value = program
+            .compile_scalar(&format!("--set {name}"), value)
+            .map_err(|d| render(program, &d))?;
+        overrides.push((name.to_string(), value));
+    }
+    Optimizer::new(Arc::new(rule), overrides).map_err(|e| format!("error: {e}"))
+}

@@ -1,0 +1,109 @@
+//! `optc`: a thin command-line interface over the optc libraries. Every
+//! command exits 0 on success and 1 on a user error (with a diagnostic on
+//! stderr); it never panics on bad input.
+
+mod commands;
+mod load;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "optc",
+    version,
+    about = "A language and compiler for neural-network optimizers",
+    long_about = "optc compiles update rules written in .opt files (hyperparameters, state, \
+                  the statements of one step) and runs them.\n\n\
+                  Wherever a FILE is expected you may also name a standard-library optimizer \
+                  (`optc show adam`); `optc list` shows them all.",
+    after_help = "Examples:\n  optc check my_rule.opt\n  optc show adamw --ir\n  \
+                  optc replay lion --trace tests/golden/lion.json --set learning_rate=0.001 --compare"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and type-check .opt files; print diagnostics and exit 1 on any error.
+    #[command(after_help = "Example:\n  optc check stdlib/adam.opt my_rule.opt")]
+    Check {
+        /// .opt files (or standard-library optimizer names).
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Show an optimizer's signature: hyperparameters with defaults, state and
+    /// its memory per parameter, and optionally its typed IR.
+    #[command(after_help = "Examples:\n  optc show adam\n  optc show my_rule.opt --rule my_adam --ir")]
+    Show {
+        /// An .opt file or a standard-library optimizer name.
+        file: String,
+        /// Which optimizer of the file (default: the last one).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Also print the typed IR.
+        #[arg(long)]
+        ir: bool,
+    },
+    /// Run a rule over recorded gradients (a trace in the golden-file schema:
+    /// tensors[].p0, tensors[].grads) and write the trace with params filled in.
+    #[command(after_help = "Examples:\n  optc replay adam --trace tests/golden/adam.json --compare\n  \
+                  optc replay my_rule.opt --trace grads.json --set learning_rate=1e-3 --out result.json\n  \
+                  optc replay sgd --trace t.json --set 'learning_rate=cosine_decay(0.1, 1000)'")]
+    Replay {
+        /// An .opt file or a standard-library optimizer name.
+        file: String,
+        /// The trace to replay (JSON).
+        #[arg(long)]
+        trace: String,
+        /// Which optimizer of the file (default: the last one).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Set a hyperparameter: `name=value`, where value is a number, `true`/`false`,
+        /// or a schedule such as `warmup_cosine_decay(0, 1e-3, 100, 1000)`. Repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Where to write the result (default: standard output unless --compare is given).
+        #[arg(long)]
+        out: Option<String>,
+        /// Compare the result with the params recorded in the trace and print the error.
+        #[arg(long)]
+        compare: bool,
+    },
+    /// List the standard-library optimizers.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { files } => commands::check(&files),
+        Command::Show { file, rule, ir } => commands::show(&file, rule.as_deref(), ir),
+        Command::Replay {
+            file,
+            trace,
+            rule,
+            set,
+            out,
+            compare,
+        } => commands::replay(&file, &trace, rule.as_deref(), &set, out.as_deref(), compare),
+        Command::List => commands::list(),
+    };
+    match result {
+        Ok(output) => {
+            // A closed pipe (`optc show adam | head`) is not an error of ours.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), output.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprint!("{message}");
+            if !message.ends_with('\n') {
+                eprintln!();
+            }
+            ExitCode::from(1)
+        }
+    }
+}
