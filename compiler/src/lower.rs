@@ -17,7 +17,7 @@ use crate::program::Program;
 
 /// Upper bound on expressions lowered for one rule, inlining included: a
 /// chain of functions that each call the next twice must not hang the compiler.
-const MAX_WORK: usize = 1 << 20;
+const MAX_WORK: usize = 1 << 23;
 /// Deepest chain of nested `fn` calls and `use`s.
 const MAX_INLINE_DEPTH: usize = 64;
 
@@ -118,7 +118,7 @@ pub(crate) fn scalar(program: &Program, expr: &ast::Expr, text: &str) -> Lowered
         return Err(Diagnostic::error(
             "a hyperparameter value must be one scalar per step",
             expr.span,
-            format!("this is {} (one value per {})", ty.shape, ty.shape),
+            format!("this is {}", per(ty.shape)),
         ));
     }
     Ok(ScalarExpr {
@@ -135,6 +135,15 @@ fn source_text(program: &Program, span: Span) -> String {
         .get(span.range())
         .unwrap_or("")
         .to_string()
+}
+
+/// How many values a shape means, in words.
+fn per(shape: Shape) -> &'static str {
+    match shape {
+        Shape::Group => "one value per step",
+        Shape::Tensor => "one value per tensor",
+        Shape::Elem => "one value per element",
+    }
 }
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -315,9 +324,9 @@ impl<'p> Lowerer<'p> {
             return Ok(());
         }
         Err(Diagnostic::error(
-            format!("`{state}` is {shape} state and cannot hold an {found} value"),
+            format!("`{state}` holds {} and cannot store {}", per(shape), per(found)),
             span,
-            format!("this is one value per {found}"),
+            format!("this is {}", per(found)),
         )
         .with_hint(match shape {
             Shape::Tensor => "reduce it first (`sum`, `mean`, `norm`, `max`, `dot`), or declare the state per element",
@@ -413,7 +422,7 @@ impl<'p> Lowerer<'p> {
                         return Err(Diagnostic::error(
                             format!("hyperparameter `{hyper}` of `{}` must be one scalar per step", rule.name),
                             arg.span,
-                            format!("this is one value per {shape}"),
+                            format!("this is {}", per(shape)),
                         ));
                     }
                     value
@@ -444,7 +453,8 @@ impl<'p> Lowerer<'p> {
 
     fn item(&self, name: &ast::Ident) -> Lowered<&'p ast::Item> {
         self.program.item(&name.name).ok_or_else(|| {
-            let candidates = self.program.optimizers();
+            let builtin_names = builtins::BUILTINS.iter().map(|(n, _, _)| *n);
+            let candidates: Vec<&str> = self.program.item_names().chain(builtin_names).collect();
             let diagnostic = Diagnostic::error(
                 format!("unknown optimizer or function `{}`", name.name),
                 name.span,
@@ -481,7 +491,7 @@ impl<'p> Lowerer<'p> {
         self.work += 1;
         if self.work > MAX_WORK {
             return Err(Diagnostic::error(
-                "rule is too large after inlining its functions",
+                "rule is too large: too many expressions after inlining its functions",
                 expr.span,
                 "while lowering this",
             )

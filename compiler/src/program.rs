@@ -127,6 +127,11 @@ impl Program {
             .collect()
     }
 
+    /// Names of every visible item, optimizers and functions.
+    pub fn item_names(&self) -> impl Iterator<Item = &str> {
+        self.items.keys().map(String::as_str)
+    }
+
     /// Names of every visible optimizer, sorted.
     pub fn optimizers(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self

@@ -1,0 +1,126 @@
+//! Every stdlib rule replays the trajectories that torch.optim and optax
+//! recorded (tests/golden/*.json) and must stay within float32 rounding of
+//! them. `tests/golden/cases.txt` maps each case to a rule and the
+//! hyperparameters the peer was called with.
+
+mod common;
+
+use std::sync::Arc;
+
+use optc_compiler::interpret;
+use optc_runtime::trace::{self, Trace};
+use optc_runtime::Optimizer;
+
+/// Largest accepted |ours - peer| / max(|peer|, 1) over all steps and elements.
+const TOLERANCE: f64 = 1e-5;
+
+/// Golden cases that need row/column reductions or matrix products (a later issue).
+const NOT_ELEMENTWISE: &[&str] = &["adafactor", "sm3", "muon"];
+
+struct Case {
+    name: String,
+    rule: String,
+    sets: Vec<(String, String)>,
+}
+
+fn cases() -> (Vec<Case>, Vec<(String, String)>) {
+    let text = std::fs::read_to_string(common::repo_path("tests/golden/cases.txt")).expect("cases.txt exists");
+    let mut cases = Vec::new();
+    let mut schedules = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if let Some(rest) = line.strip_prefix("schedule ") {
+            let (name, call) = rest.split_once(' ').expect("schedule NAME CALL");
+            schedules.push((name.to_string(), call.to_string()));
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let name = words.next().unwrap().to_string();
+        let rule = words.next().expect("a rule name").to_string();
+        let sets = words
+            .map(|w| {
+                let (k, v) = w.split_once('=').expect("name=value");
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        cases.push(Case { name, rule, sets });
+    }
+    (cases, schedules)
+}
+
+fn replay_case(case: &Case) -> Result<trace::Comparison, String> {
+    let mut program = optc_stdlib::prelude();
+    let rule = program.compile(&case.rule).map_err(|d| d.message)?;
+    let mut overrides = Vec::new();
+    for (name, value) in &case.sets {
+        let value = program.compile_scalar(name, value).map_err(|d| d.message)?;
+        overrides.push((name.clone(), value));
+    }
+    let mut optimizer = Optimizer::new(Arc::new(rule), overrides).map_err(|e| e.to_string())?;
+    let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
+    let reference = Trace::from_json(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let ours = trace::replay(&mut optimizer, &reference).map_err(|e| e.to_string())?;
+    trace::compare(&ours, &reference).map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_elementwise_golden_case_has_a_rule() {
+    let (cases, _) = cases();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(common::repo_path("tests/golden")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let Some(case) = name.strip_suffix(".json") else { continue };
+        if case == "schedules" || NOT_ELEMENTWISE.contains(&case) {
+            continue;
+        }
+        if !cases.iter().any(|c| c.name == case) {
+            missing.push(case.to_string());
+        }
+    }
+    assert!(missing.is_empty(), "golden cases without a rule: {missing:?}");
+    assert_eq!(cases.len(), 42, "the 42 eligible cases are all mapped");
+}
+
+#[test]
+fn stdlib_rules_match_torch_and_optax() {
+    let (cases, _) = cases();
+    let mut failures = Vec::new();
+    for case in &cases {
+        match replay_case(case) {
+            Ok(c) if c.max_err <= TOLERANCE => {
+                println!("{:<28} {:<24} max error {:.2e}", case.name, case.rule, c.max_err)
+            }
+            Ok(c) => failures.push(format!(
+                "{}: max error {:.3e} at (step, tensor, element) {:?}",
+                case.name, c.max_err, c.worst
+            )),
+            Err(e) => failures.push(format!("{}: {e}", case.name)),
+        }
+    }
+    assert!(failures.is_empty(), "golden cases failing:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn stdlib_schedules_match_optax() {
+    let (_, schedules) = cases();
+    let text = std::fs::read_to_string(common::repo_path("tests/golden/schedules.json")).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let golden = golden.as_array().unwrap();
+    assert_eq!(schedules.len(), golden.len(), "every optax schedule is mapped");
+    let mut program = optc_stdlib::prelude();
+    for (name, call) in &schedules {
+        let case = golden.iter().find(|c| c["name"] == name.as_str()).expect("a golden schedule of that name");
+        let expr = program
+            .compile_scalar(name, call)
+            .unwrap_or_else(|d| panic!("{name}: {}", d.message));
+        for (count, expected) in case["values"].as_array().unwrap().iter().enumerate() {
+            let expected = expected.as_f64().unwrap();
+            // optax counts from 0; t is 1-based.
+            let ours = interpret::scalar(&expr, count as u64 + 1);
+            assert!(
+                (ours - expected).abs() <= 1e-6 * expected.abs().max(1.0),
+                "{name} at count {count}: ours {ours}, optax {expected}"
+            );
+        }
+    }
+}
