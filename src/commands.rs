@@ -22,7 +22,10 @@ pub fn check(files: &[String]) -> Result<String, Failure> {
         }
     }
     if failures.is_empty() {
-        Ok(format!("ok: {} file(s), {checked} optimizer(s)\n", files.len()))
+        Ok(format!(
+            "ok: {} file(s), {checked} optimizer(s)\n",
+            files.len()
+        ))
     } else {
         Err(failures)
     }
@@ -46,8 +49,15 @@ fn signature(rule: &Rule) -> String {
     out.push_str(&format!("optimizer {}\n", rule.name));
     out.push_str("hyperparameters:\n");
     for hyper in &rule.hypers {
-        let value = hyper.default.as_ref().map_or("(required)".to_string(), |d| d.text.clone());
-        let kind = if hyper.kind == Kind::Bool { " (bool)" } else { "" };
+        let value = hyper
+            .default
+            .as_ref()
+            .map_or("(required)".to_string(), |d| d.text.clone());
+        let kind = if hyper.kind == Kind::Bool {
+            " (bool)"
+        } else {
+            ""
+        };
         out.push_str(&format!("  {} = {value}{kind}\n", hyper.name));
     }
     out.push_str("state:\n");
@@ -66,7 +76,10 @@ fn signature(rule: &Rule) -> String {
             Shape::Tensor => "one scalar per tensor",
             Shape::Group => "one scalar per group",
         };
-        out.push_str(&format!("  {}: {} = {init}  ({per})\n", slot.name, slot.shape));
+        out.push_str(&format!(
+            "  {}: {} = {init}  ({per})\n",
+            slot.name, slot.shape
+        ));
     }
     let words = rule.elem_state_slots();
     out.push_str(&format!(
@@ -87,12 +100,15 @@ pub fn replay(
 ) -> Result<String, Failure> {
     let (mut program, rule) = load::rule(file, rule)?;
     let mut optimizer = load::optimizer(&mut program, rule, sets)?;
-    let text = std::fs::read_to_string(trace_path).map_err(|e| format!("error: cannot read {trace_path}: {e}"))?;
+    let text = std::fs::read_to_string(trace_path)
+        .map_err(|e| format!("error: cannot read {trace_path}: {e}"))?;
     let reference = Trace::from_json(&text).map_err(|e| format!("error: {trace_path}: {e}"))?;
-    let result = trace::replay(&mut optimizer, &reference).map_err(|e| format!("error: {trace_path}: {e}"))?;
+    let result = trace::replay(&mut optimizer, &reference)
+        .map_err(|e| format!("error: {trace_path}: {e}"))?;
     let mut report = String::new();
     if compare {
-        let comparison = trace::compare(&result, &reference).map_err(|e| format!("error: {trace_path}: {e}"))?;
+        let comparison =
+            trace::compare(&result, &reference).map_err(|e| format!("error: {trace_path}: {e}"))?;
         let (step, tensor, element) = comparison.worst;
         report = format!(
             "{}: {} steps, {} tensors: max error {:.3e} (|ours - ref| / max(|ref|, 1)), max abs {:.3e}, worst at step {}, tensor {tensor}, element {element}\n",
@@ -106,7 +122,8 @@ pub fn replay(
     }
     match out {
         Some(path) => {
-            std::fs::write(path, result.to_json()).map_err(|e| format!("error: cannot write {path}: {e}"))?;
+            std::fs::write(path, result.to_json())
+                .map_err(|e| format!("error: cannot write {path}: {e}"))?;
             Ok(report)
         }
         None if !compare => Ok(result.to_json() + "\n"),

@@ -25,7 +25,11 @@ pub fn program(file: &str) -> Result<(Program, Vec<String>), Failure> {
     match std::fs::read(file) {
         Ok(bytes) => match program.add_source(file, &bytes, Origin::User) {
             Ok(id) => {
-                let names = program.optimizers_in(id).into_iter().map(String::from).collect();
+                let names = program
+                    .optimizers_in(id)
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
                 Ok((program, names))
             }
             Err(diagnostic) => Err(render(&program, &diagnostic)),

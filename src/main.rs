@@ -37,7 +37,9 @@ enum Command {
     },
     /// Show an optimizer's signature: hyperparameters with defaults, state and
     /// its memory per parameter, and optionally its typed IR.
-    #[command(after_help = "Examples:\n  optc show adam\n  optc show my_rule.opt --rule my_adam --ir")]
+    #[command(
+        after_help = "Examples:\n  optc show adam\n  optc show my_rule.opt --rule my_adam --ir"
+    )]
     Show {
         /// An .opt file or a standard-library optimizer name.
         file: String,
@@ -50,9 +52,11 @@ enum Command {
     },
     /// Run a rule over recorded gradients (a trace in the golden-file schema:
     /// tensors[].p0, tensors[].grads) and write the trace with params filled in.
-    #[command(after_help = "Examples:\n  optc replay adam --trace tests/golden/adam.json --compare\n  \
+    #[command(
+        after_help = "Examples:\n  optc replay adam --trace tests/golden/adam.json --compare\n  \
                   optc replay my_rule.opt --trace grads.json --set learning_rate=1e-3 --out result.json\n  \
-                  optc replay sgd --trace t.json --set 'learning_rate=cosine_decay(0.1, 1000)'")]
+                  optc replay sgd --trace t.json --set 'learning_rate=cosine_decay(0.1, 1000)'"
+    )]
     Replay {
         /// An .opt file or a standard-library optimizer name.
         file: String,
@@ -89,7 +93,14 @@ fn main() -> ExitCode {
             set,
             out,
             compare,
-        } => commands::replay(&file, &trace, rule.as_deref(), &set, out.as_deref(), compare),
+        } => commands::replay(
+            &file,
+            &trace,
+            rule.as_deref(),
+            &set,
+            out.as_deref(),
+            compare,
+        ),
         Command::List => commands::list(),
     };
     match result {

@@ -6,7 +6,10 @@ use common::optc;
 
 #[test]
 fn check_accepts_the_stdlib() {
-    let files: Vec<String> = optc_stdlib::FILES.iter().map(|(name, _)| format!("stdlib/{name}")).collect();
+    let files: Vec<String> = optc_stdlib::FILES
+        .iter()
+        .map(|(name, _)| format!("stdlib/{name}"))
+        .collect();
     let mut args = vec!["check"];
     args.extend(files.iter().map(String::as_str));
     let (code, stdout, stderr) = optc(&args);
@@ -35,23 +38,41 @@ fn show_prints_signature_state_memory_and_ir() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("optimizer adam\n"), "{stdout}");
     assert!(stdout.contains("  b1 = 0.9\n"), "{stdout}");
-    assert!(stdout.contains("  mu: elem = 0  (one f32 per element)"), "{stdout}");
-    assert!(stdout.contains("memory: 8 bytes of state per parameter (2 f32 slots)"), "{stdout}");
-    assert!(stdout.contains("out p = v"), "the typed IR follows: {stdout}");
+    assert!(
+        stdout.contains("  mu: elem = 0  (one f32 per element)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("memory: 8 bytes of state per parameter (2 f32 slots)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("out p = v"),
+        "the typed IR follows: {stdout}"
+    );
 }
 
 #[test]
 fn replay_writes_the_trace_schema_with_params() {
     let out = std::env::temp_dir().join(format!("optc-cli-replay-{}.json", std::process::id()));
     let (code, _, stderr) = optc(&[
-        "replay", "stdlib/adam.opt", "--trace", "tests/golden/adam.json",
-        "--set", "learning_rate=0.001", "--out", out.to_str().unwrap(),
+        "replay",
+        "stdlib/adam.opt",
+        "--trace",
+        "tests/golden/adam.json",
+        "--set",
+        "learning_rate=0.001",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     std::fs::remove_file(&out).ok();
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::repo_path("tests/golden/adam.json")).unwrap()).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_path("tests/golden/adam.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(written["peer"], golden["peer"], "other fields are kept");
     let tensors = written["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), 2);
@@ -62,22 +83,43 @@ fn replay_writes_the_trace_schema_with_params() {
 
 #[test]
 fn replay_compare_reports_the_error() {
-    let (code, stdout, stderr) = optc(&["replay", "adam", "--trace", "tests/golden/adam.json", "--compare"]);
+    let (code, stdout, stderr) = optc(&[
+        "replay",
+        "adam",
+        "--trace",
+        "tests/golden/adam.json",
+        "--compare",
+    ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.starts_with("adam: 10 steps, 2 tensors: max error "), "{stdout}");
+    assert!(
+        stdout.starts_with("adam: 10 steps, 2 tensors: max error "),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn replay_rejects_bad_sets_and_traces() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--set", "learning_rte=0.1"], "unknown hyperparameter `learning_rte`"),
+        (
+            &["--set", "learning_rte=0.1"],
+            "unknown hyperparameter `learning_rte`",
+        ),
         (&["--set", "learning_rate"], "--set expects NAME=VALUE"),
         (&["--set", "learning_rate=true"], "is a number, not a bool"),
         (&["--set", "learning_rate=g"], "unknown name `g`"),
-        (&["--set", "learning_rate=sum(1)"], "must be one scalar per step"),
+        (
+            &["--set", "learning_rate=sum(1)"],
+            "must be one scalar per step",
+        ),
     ];
     for (extra, expected) in cases {
-        let mut args = vec!["replay", "adam", "--trace", "tests/golden/adam.json", "--compare"];
+        let mut args = vec![
+            "replay",
+            "adam",
+            "--trace",
+            "tests/golden/adam.json",
+            "--compare",
+        ];
         args.extend_from_slice(extra);
         let (code, _, stderr) = optc(&args);
         assert_eq!(code, 1, "{extra:?}");
@@ -91,8 +133,13 @@ fn replay_rejects_bad_sets_and_traces() {
 #[test]
 fn schedules_can_be_set_on_the_command_line() {
     let (code, stdout, stderr) = optc(&[
-        "replay", "adam", "--trace", "tests/golden/adam.json", "--compare",
-        "--set", "learning_rate=warmup_cosine_decay(0.0, 1e-3, 3, 10)",
+        "replay",
+        "adam",
+        "--trace",
+        "tests/golden/adam.json",
+        "--compare",
+        "--set",
+        "learning_rate=warmup_cosine_decay(0.0, 1e-3, 3, 10)",
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("max error"), "{stdout}");
@@ -112,6 +159,9 @@ fn list_names_the_stdlib() {
     let (code, stdout, _) = optc(&["list"]);
     assert_eq!(code, 0);
     for name in ["adam", "adamw", "lion", "lamb", "prodigy"] {
-        assert!(stdout.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} listed:\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} listed:\n{stdout}"
+        );
     }
 }

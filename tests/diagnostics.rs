@@ -32,7 +32,10 @@ fn diagnostics_snapshots() {
         let name = format!("{}.opt", path.file_stem().unwrap().to_string_lossy());
         let source = std::fs::read_to_string(&path).unwrap();
         let errors = render_errors(&name, &source);
-        assert!(!errors.is_empty(), "{name} compiled, but it is a diagnostics case");
+        assert!(
+            !errors.is_empty(),
+            "{name} compiled, but it is a diagnostics case"
+        );
         let snapshot = format!("--- SOURCE\n{source}--- ERROR\n{errors}");
         common::assert_snapshot(&path.with_extension("snap"), &snapshot);
     }

@@ -24,10 +24,15 @@ struct Case {
 }
 
 fn cases() -> (Vec<Case>, Vec<(String, String)>) {
-    let text = std::fs::read_to_string(common::repo_path("tests/golden/cases.txt")).expect("cases.txt exists");
+    let text = std::fs::read_to_string(common::repo_path("tests/golden/cases.txt"))
+        .expect("cases.txt exists");
     let mut cases = Vec::new();
     let mut schedules = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         if let Some(rest) = line.strip_prefix("schedule ") {
             let (name, call) = rest.split_once(' ').expect("schedule NAME CALL");
             schedules.push((name.to_string(), call.to_string()));
@@ -69,7 +74,9 @@ fn every_elementwise_golden_case_has_a_rule() {
     let mut missing = Vec::new();
     for entry in std::fs::read_dir(common::repo_path("tests/golden")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        let Some(case) = name.strip_suffix(".json") else { continue };
+        let Some(case) = name.strip_suffix(".json") else {
+            continue;
+        };
         if case == "schedules" || NOT_ELEMENTWISE.contains(&case) {
             continue;
         }
@@ -77,7 +84,10 @@ fn every_elementwise_golden_case_has_a_rule() {
             missing.push(case.to_string());
         }
     }
-    assert!(missing.is_empty(), "golden cases without a rule: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "golden cases without a rule: {missing:?}"
+    );
     assert_eq!(cases.len(), 42, "the 42 eligible cases are all mapped");
 }
 
@@ -88,7 +98,10 @@ fn stdlib_rules_match_torch_and_optax() {
     for case in &cases {
         match replay_case(case) {
             Ok(c) if c.max_err <= TOLERANCE => {
-                println!("{:<28} {:<24} max error {:.2e}", case.name, case.rule, c.max_err)
+                println!(
+                    "{:<28} {:<24} max error {:.2e}",
+                    case.name, case.rule, c.max_err
+                )
             }
             Ok(c) => failures.push(format!(
                 "{}: max error {:.3e} at (step, tensor, element) {:?}",
@@ -97,7 +110,11 @@ fn stdlib_rules_match_torch_and_optax() {
             Err(e) => failures.push(format!("{}: {e}", case.name)),
         }
     }
-    assert!(failures.is_empty(), "golden cases failing:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden cases failing:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -106,10 +123,17 @@ fn stdlib_schedules_match_optax() {
     let text = std::fs::read_to_string(common::repo_path("tests/golden/schedules.json")).unwrap();
     let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
     let golden = golden.as_array().unwrap();
-    assert_eq!(schedules.len(), golden.len(), "every optax schedule is mapped");
+    assert_eq!(
+        schedules.len(),
+        golden.len(),
+        "every optax schedule is mapped"
+    );
     let mut program = optc_stdlib::prelude();
     for (name, call) in &schedules {
-        let case = golden.iter().find(|c| c["name"] == name.as_str()).expect("a golden schedule of that name");
+        let case = golden
+            .iter()
+            .find(|c| c["name"] == name.as_str())
+            .expect("a golden schedule of that name");
         let expr = program
             .compile_scalar(name, call)
             .unwrap_or_else(|d| panic!("{name}: {}", d.message));

@@ -32,9 +32,16 @@ fn check_file(name: &str, bytes: &[u8]) -> (i32, String) {
 
 fn assert_user_error(name: &str, bytes: &[u8], expected: &str) {
     let (code, stderr) = check_file(name, bytes);
-    assert_eq!(code, 1, "{name}: exit code 1 on bad input; stderr:\n{stderr}");
+    assert_eq!(
+        code, 1,
+        "{name}: exit code 1 on bad input; stderr:\n{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{name}: panicked:\n{stderr}");
-    assert!(stderr.contains(expected), "{name}: expected `{expected}` in:\n{}", &stderr[..stderr.len().min(2000)]);
+    assert!(
+        stderr.contains(expected),
+        "{name}: expected `{expected}` in:\n{}",
+        &stderr[..stderr.len().min(2000)]
+    );
 }
 
 #[test]
@@ -49,19 +56,29 @@ fn empty_file_is_an_error_without_optimizer() {
 
 #[test]
 fn binary_garbage_is_a_diagnostic() {
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     assert_user_error("garbage.opt", &garbage, "Error");
 }
 
 #[test]
 fn invalid_utf8_is_a_diagnostic() {
-    assert_user_error("latin1.opt", b"optimizer caf\xe9() { p -= g; }", "not valid UTF-8");
+    assert_user_error(
+        "latin1.opt",
+        b"optimizer caf\xe9() { p -= g; }",
+        "not valid UTF-8",
+    );
 }
 
 #[test]
 fn deep_nesting_is_a_diagnostic() {
     let depth = 100_000;
-    let source = format!("optimizer deep() {{ p -= {}g{}; }}", "(".repeat(depth), ")".repeat(depth));
+    let source = format!(
+        "optimizer deep() {{ p -= {}g{}; }}",
+        "(".repeat(depth),
+        ")".repeat(depth)
+    );
     assert_user_error("parens.opt", source.as_bytes(), "nested too deeply");
     let unary = format!("optimizer deep() {{ p -= {}g; }}", "-".repeat(depth));
     assert_user_error("unary.opt", unary.as_bytes(), "nested too deeply");
@@ -85,18 +102,33 @@ fn ten_megabyte_file_is_handled() {
     let one_line = format!("optimizer wide() {{ p -= g{} $ }}", " + 0".repeat(2 << 20));
     let (code, stderr) = check_file("wide.opt", one_line.as_bytes());
     assert_eq!(code, 1);
-    assert!(stderr.len() < 10_000, "the diagnostic does not quote the huge line");
+    assert!(
+        stderr.len() < 10_000,
+        "the diagnostic does not quote the huge line"
+    );
 }
 
 #[test]
 fn numbers_out_of_range_are_diagnostics() {
-    assert_user_error("huge.opt", b"optimizer o(lr = 1e400) { p -= lr * g; }", "number out of range");
+    assert_user_error(
+        "huge.opt",
+        b"optimizer o(lr = 1e400) { p -= lr * g; }",
+        "number out of range",
+    );
     assert_user_error(
         "long.opt",
         format!("optimizer o() {{ p -= {}.0 * g; }}", "9".repeat(400)).as_bytes(),
         "number out of range",
     );
-    let (code, _, stderr) = common::optc(&["replay", "adam", "--trace", "tests/golden/adam.json", "--set", "learning_rate=1e999", "--compare"]);
+    let (code, _, stderr) = common::optc(&[
+        "replay",
+        "adam",
+        "--trace",
+        "tests/golden/adam.json",
+        "--set",
+        "learning_rate=1e999",
+        "--compare",
+    ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("number out of range"), "{stderr}");
 }
@@ -105,19 +137,79 @@ fn numbers_out_of_range_are_diagnostics() {
 fn exponential_inlining_is_refused_not_hung() {
     let mut source = String::from("fn f0(x) { x * 2 }\n");
     for i in 1..40 {
-        source.push_str(&format!("fn f{i}(x) {{ f{}(x) + f{}(x + 1) }}\n", i - 1, i - 1));
+        source.push_str(&format!(
+            "fn f{i}(x) {{ f{}(x) + f{}(x + 1) }}\n",
+            i - 1,
+            i - 1
+        ));
     }
     source.push_str("optimizer o() { p -= f39(g); }\n");
     let errors = compile(source.as_bytes());
-    assert!(errors.contains("too many expressions after inlining"), "{errors}");
+    assert!(
+        errors.contains("too many expressions after inlining"),
+        "{errors}"
+    );
 }
 
 /// Fragments of the language, to build token soup that gets far into the parser.
 const FRAGMENTS: &[&str] = &[
-    "optimizer", "fn", "state", "let", "use", "if", "else", "true", "false", "(", ")", "{", "}", ",", ";", ":",
-    "=", "+=", "-=", "*=", "/=", "+", "-", "*", "/", "^", "==", "!=", "<", "<=", ">", ">=", "&&", "||", "!",
-    "p", "g", "t", "numel", "mu", "adam", "lerp", "sqrt", "sum", "group_norm", "max", "1", "0.9", "1e-8",
-    "tensor", "group", "elem", "/// doc\n", "// c\n", "x", "select", "clamp",
+    "optimizer",
+    "fn",
+    "state",
+    "let",
+    "use",
+    "if",
+    "else",
+    "true",
+    "false",
+    "(",
+    ")",
+    "{",
+    "}",
+    ",",
+    ";",
+    ":",
+    "=",
+    "+=",
+    "-=",
+    "*=",
+    "/=",
+    "+",
+    "-",
+    "*",
+    "/",
+    "^",
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "&&",
+    "||",
+    "!",
+    "p",
+    "g",
+    "t",
+    "numel",
+    "mu",
+    "adam",
+    "lerp",
+    "sqrt",
+    "sum",
+    "group_norm",
+    "max",
+    "1",
+    "0.9",
+    "1e-8",
+    "tensor",
+    "group",
+    "elem",
+    "/// doc\n",
+    "// c\n",
+    "x",
+    "select",
+    "clamp",
 ];
 
 proptest! {

@@ -13,9 +13,9 @@ const MAX_QUOTED_LINE: usize = 400;
 /// Renders one diagnostic against the files it points into.
 pub fn render(diagnostic: &Diagnostic, files: &[SourceFile], color: bool) -> String {
     let quotable = diagnostic.labels.iter().all(|label| {
-        files
-            .get(label.span.file.0 as usize)
-            .is_some_and(|file| longest_line_around(&file.text, label.span.range()) <= MAX_QUOTED_LINE)
+        files.get(label.span.file.0 as usize).is_some_and(|file| {
+            longest_line_around(&file.text, label.span.range()) <= MAX_QUOTED_LINE
+        })
     });
     if diagnostic.labels.is_empty() || !quotable {
         return render_plain(diagnostic, files);
@@ -30,7 +30,9 @@ pub fn render(diagnostic: &Diagnostic, files: &[SourceFile], color: bool) -> Str
         )
         .with_message(&diagnostic.message);
     for label in &diagnostic.labels {
-        report = report.with_label(Label::new((name(label.span.file.0), label.span.range())).with_message(&label.message));
+        report = report.with_label(
+            Label::new((name(label.span.file.0), label.span.range())).with_message(&label.message),
+        );
     }
     if let Some(hint) = &diagnostic.hint {
         report = report.with_help(hint);
@@ -44,10 +46,14 @@ pub fn render(diagnostic: &Diagnostic, files: &[SourceFile], color: bool) -> Str
 }
 
 fn longest_line_around(text: &str, range: std::ops::Range<usize>) -> usize {
-    let start = text.get(..range.start.min(text.len())).map_or(0, |before| before.rfind('\n').map_or(0, |i| i + 1));
+    let start = text
+        .get(..range.start.min(text.len()))
+        .map_or(0, |before| before.rfind('\n').map_or(0, |i| i + 1));
     let end = text
         .get(range.end.min(text.len())..)
-        .map_or(text.len(), |after| after.find('\n').map_or(text.len(), |i| range.end + i));
+        .map_or(text.len(), |after| {
+            after.find('\n').map_or(text.len(), |i| range.end + i)
+        });
     end.saturating_sub(start)
 }
 
@@ -60,7 +66,10 @@ fn render_plain(diagnostic: &Diagnostic, files: &[SourceFile]) -> String {
             let before = file.text.get(..offset).unwrap_or("");
             let line = before.matches('\n').count() + 1;
             let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            out.push_str(&format!("   ╭─[ {}:{line}:{column} ]\n   │ {}\n", file.name, label.message));
+            out.push_str(&format!(
+                "   ╭─[ {}:{line}:{column} ]\n   │ {}\n",
+                file.name, label.message
+            ));
         }
     }
     if let Some(hint) = &diagnostic.hint {

@@ -6,7 +6,9 @@
 //! [`unary`], [`binary`], [`select`] and [`lerp`]), for f64 scalars and for
 //! elements alike, and reductions are plain in-order f64 sums.
 
-use crate::ir::{BinaryOp, Graph, Handle, Input, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape, UnaryOp};
+use crate::ir::{
+    BinaryOp, Graph, Handle, Input, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape, UnaryOp,
+};
 
 /// Element arithmetic: f32 (what kernels compute) or f64 (checking mode).
 pub trait Real: Copy + PartialOrd + std::fmt::Debug + Send + Sync + 'static {
@@ -274,7 +276,8 @@ pub fn step<F: Real>(rule: &Rule, inputs: &StepInputs<'_, F>) -> Result<StepOutp
                         Value::Group(_) => true,
                         Value::Tensor(xs) => xs.len() == numels.len(),
                         Value::Elem(xs) => {
-                            xs.len() == numels.len() && xs.iter().zip(&numels).all(|(x, &n)| x.len() == n)
+                            xs.len() == numels.len()
+                                && xs.iter().zip(&numels).all(|(x, &n)| x.len() == n)
                         }
                     }
             });
@@ -341,7 +344,12 @@ fn evaluate<F: Real>(
 
 /// Evaluates a node whose value at each position depends only on its
 /// operands at that position.
-fn elementwise<F: Real>(node: &Node, shape: Shape, values: &[Value<F>], numels: &[usize]) -> Value<F> {
+fn elementwise<F: Real>(
+    node: &Node,
+    shape: Shape,
+    values: &[Value<F>],
+    numels: &[usize],
+) -> Value<F> {
     fn apply<X: Real>(node: &Node, get: impl Fn(Handle) -> X) -> X {
         match *node {
             Node::Unary(op, a) => unary(op, get(a)),
@@ -362,7 +370,11 @@ fn elementwise<F: Real>(node: &Node, shape: Shape, values: &[Value<F>], numels: 
             numels
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| (0..n).map(|j| apply(node, |h| values[h.index()].at(i, j))).collect())
+                .map(|(i, &n)| {
+                    (0..n)
+                        .map(|j| apply(node, |h| values[h.index()].at(i, j)))
+                        .collect()
+                })
                 .collect(),
         ),
     }

@@ -60,9 +60,18 @@ pub struct Type {
 }
 
 impl Type {
-    pub const GROUP: Type = Type { shape: Shape::Group, kind: Kind::Float };
-    pub const TENSOR: Type = Type { shape: Shape::Tensor, kind: Kind::Float };
-    pub const ELEM: Type = Type { shape: Shape::Elem, kind: Kind::Float };
+    pub const GROUP: Type = Type {
+        shape: Shape::Group,
+        kind: Kind::Float,
+    };
+    pub const TENSOR: Type = Type {
+        shape: Shape::Tensor,
+        kind: Kind::Float,
+    };
+    pub const ELEM: Type = Type {
+        shape: Shape::Elem,
+        kind: Kind::Float,
+    };
 }
 
 impl fmt::Display for Type {
@@ -233,22 +242,39 @@ impl Graph {
         };
         match *node {
             Node::Const(_) => Type::GROUP,
-            Node::Bool(_) => Type { shape: Shape::Group, kind: Kind::Bool },
+            Node::Bool(_) => Type {
+                shape: Shape::Group,
+                kind: Kind::Bool,
+            },
             Node::Input(_, ty) => ty,
             Node::Unary(op, a) => Type {
                 shape: self.ty(a).shape,
-                kind: if op == UnaryOp::Not { Kind::Bool } else { Kind::Float },
+                kind: if op == UnaryOp::Not {
+                    Kind::Bool
+                } else {
+                    Kind::Float
+                },
             },
             Node::Binary(op, a, b) => Type {
                 shape: shape_of(&[a, b]),
-                kind: if op.is_comparison() || op.is_logical() { Kind::Bool } else { Kind::Float },
+                kind: if op.is_comparison() || op.is_logical() {
+                    Kind::Bool
+                } else {
+                    Kind::Float
+                },
             },
             Node::Select(c, a, b) => Type {
                 shape: shape_of(&[c, a, b]),
                 kind: self.ty(a).kind,
             },
-            Node::Lerp(a, b, w) => Type { shape: shape_of(&[a, b, w]), kind: Kind::Float },
-            Node::Reduce(_, scope, _) => Type { shape: scope.shape(), kind: Kind::Float },
+            Node::Lerp(a, b, w) => Type {
+                shape: shape_of(&[a, b, w]),
+                kind: Kind::Float,
+            },
+            Node::Reduce(_, scope, _) => Type {
+                shape: scope.shape(),
+                kind: Kind::Float,
+            },
         }
     }
 
@@ -277,7 +303,12 @@ impl Graph {
     }
 
     /// Writes one node as a line of the IR text format (`v3: elem = mul v1, v2`).
-    fn write_node(&self, f: &mut fmt::Formatter<'_>, handle: Handle, names: &Names<'_>) -> fmt::Result {
+    fn write_node(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        handle: Handle,
+        names: &Names<'_>,
+    ) -> fmt::Result {
         write!(f, "  {handle}: {} = ", self.ty(handle))?;
         match *self.node(handle) {
             Node::Const(bits) => write!(f, "{}", f64::from_bits(bits)),
@@ -376,7 +407,10 @@ impl Rule {
 
     /// f32 words of state each parameter element carries.
     pub fn elem_state_slots(&self) -> usize {
-        self.states.iter().filter(|s| s.shape == Shape::Elem).count()
+        self.states
+            .iter()
+            .filter(|s| s.shape == Shape::Elem)
+            .count()
     }
 }
 

@@ -52,8 +52,10 @@ pub(crate) fn rule(program: &Program, name: &str) -> Lowered<Rule> {
         Some(item) => item,
         None => {
             let known = program.optimizers().join(", ");
-            return Err(Diagnostic::whole_file(format!("no optimizer named `{name}`"))
-                .with_hint(format!("known optimizers: {known}")));
+            return Err(
+                Diagnostic::whole_file(format!("no optimizer named `{name}`"))
+                    .with_hint(format!("known optimizers: {known}")),
+            );
         }
     };
     let ItemBody::Optimizer(body) = &item.body else {
@@ -174,7 +176,11 @@ impl<'p> Lowerer<'p> {
     /// Adds a hyperparameter of the rule being compiled and returns its input node.
     fn declare_hyper(&mut self, name: &str, default: Option<&ast::Expr>) -> Lowered<Handle> {
         let default = match default {
-            Some(expr) => Some(scalar(self.program, expr, &source_text(self.program, expr.span))?),
+            Some(expr) => Some(scalar(
+                self.program,
+                expr,
+                &source_text(self.program, expr.span),
+            )?),
             None => None,
         };
         let kind = default.as_ref().map_or(Kind::Float, ScalarExpr::kind);
@@ -197,12 +203,10 @@ impl<'p> Lowerer<'p> {
         if let Some(start) = self.active.iter().position(|n| n == name) {
             let mut cycle = self.active[start..].to_vec();
             cycle.push(name.to_string());
-            return Err(Diagnostic::error(
-                format!("`{name}` uses itself"),
-                span,
-                "recursive use",
-            )
-            .with_hint(format!("cycle: {}", cycle.join(" → "))));
+            return Err(
+                Diagnostic::error(format!("`{name}` uses itself"), span, "recursive use")
+                    .with_hint(format!("cycle: {}", cycle.join(" → "))),
+            );
         }
         if self.active.len() >= MAX_INLINE_DEPTH {
             return Err(Diagnostic::error(
@@ -335,7 +339,13 @@ impl<'p> Lowerer<'p> {
         }))
     }
 
-    fn assign(&mut self, target: &ast::Ident, op: AssignOp, value: &ast::Expr, frame: &mut Frame) -> Lowered<()> {
+    fn assign(
+        &mut self,
+        target: &ast::Ident,
+        op: AssignOp,
+        value: &ast::Expr,
+        frame: &mut Frame,
+    ) -> Lowered<()> {
         enum Place {
             Param,
             Grad,
@@ -384,9 +394,15 @@ impl<'p> Lowerer<'p> {
                 "keep a changing value in a state: `state x = ...;`".to_string(),
             )
         } else if frame.lets.contains_key(name) {
-            ("a `let` binding is immutable", format!("write `let {name} = ...;` again to shadow it"))
+            (
+                "a `let` binding is immutable",
+                format!("write `let {name} = ...;` again to shadow it"),
+            )
         } else if RESERVED_NAMES.contains(&name.as_str()) {
-            ("a built-in value", "only `p`, `g` and state can be assigned".to_string())
+            (
+                "a built-in value",
+                "only `p`, `g` and state can be assigned".to_string(),
+            )
         } else {
             (
                 "not declared",
@@ -396,7 +412,13 @@ impl<'p> Lowerer<'p> {
         Diagnostic::error(format!("cannot assign to `{name}`"), target.span, label).with_hint(hint)
     }
 
-    fn use_rule(&mut self, rule: &ast::Ident, args: &[ast::Arg], span: Span, frame: &mut Frame) -> Lowered<()> {
+    fn use_rule(
+        &mut self,
+        rule: &ast::Ident,
+        args: &[ast::Arg],
+        span: Span,
+        frame: &mut Frame,
+    ) -> Lowered<()> {
         let item = self.item(rule)?;
         let ItemBody::Optimizer(body) = &item.body else {
             return Err(Diagnostic::error(
@@ -420,7 +442,10 @@ impl<'p> Lowerer<'p> {
                     let shape = self.graph.ty(value).shape;
                     if shape != Shape::Group {
                         return Err(Diagnostic::error(
-                            format!("hyperparameter `{hyper}` of `{}` must be one scalar per step", rule.name),
+                            format!(
+                                "hyperparameter `{hyper}` of `{}` must be one scalar per step",
+                                rule.name
+                            ),
                             arg.span,
                             format!("this is {}", per(shape)),
                         ));
@@ -478,7 +503,9 @@ impl<'p> Lowerer<'p> {
             format!("this is {}", kind_name(found)),
         );
         Err(match kind {
-            Kind::Float => diagnostic.with_hint("turn a condition into a number with `select(c, 1, 0)`"),
+            Kind::Float => {
+                diagnostic.with_hint("turn a condition into a number with `select(c, 1, 0)`")
+            }
             Kind::Bool => diagnostic.with_hint("compare it, e.g. `x > 0`"),
         })
     }
@@ -570,14 +597,20 @@ impl<'p> Lowerer<'p> {
             "inf" => return Ok(self.add(Node::constant(f64::INFINITY))),
             _ => {}
         }
-        let diagnostic = Diagnostic::error(format!("unknown name `{name}`"), span, "not defined here");
+        let diagnostic =
+            Diagnostic::error(format!("unknown name `{name}`"), span, "not defined here");
         let body_only = matches!(name, "p" | "g" | "numel") || self.state_index(name).is_some();
         if body_only {
             return Err(diagnostic.with_hint(format!(
                 "functions see only their parameters and `t`; pass `{name}` as an argument"
             )));
         }
-        let mut visible: Vec<&str> = frame.lets.keys().chain(frame.params.keys()).map(String::as_str).collect();
+        let mut visible: Vec<&str> = frame
+            .lets
+            .keys()
+            .chain(frame.params.keys())
+            .map(String::as_str)
+            .collect();
         visible.extend(["t", "pi", "inf"]);
         if frame.body {
             visible.extend(["p", "g", "numel"]);
@@ -589,7 +622,13 @@ impl<'p> Lowerer<'p> {
         })
     }
 
-    fn call(&mut self, func: &ast::Ident, args: &[ast::Arg], span: Span, frame: &Frame) -> Lowered<Handle> {
+    fn call(
+        &mut self,
+        func: &ast::Ident,
+        args: &[ast::Arg],
+        span: Span,
+        frame: &Frame,
+    ) -> Lowered<Handle> {
         let arities = builtins::arities(&func.name);
         if !arities.is_empty() {
             return self.builtin(func, &arities, args, span, frame);
@@ -665,7 +704,11 @@ impl<'p> Lowerer<'p> {
         let mut values = Vec::with_capacity(args.len());
         for (i, arg) in args.iter().enumerate() {
             let value = self.expr(&arg.value, frame)?;
-            let kind = if builtin == Builtin::Select && i == 0 { Kind::Bool } else { Kind::Float };
+            let kind = if builtin == Builtin::Select && i == 0 {
+                Kind::Bool
+            } else {
+                Kind::Float
+            };
             if !(builtin == Builtin::Select && i > 0) {
                 self.expect_kind(value, kind, arg.value.span)?;
             }
@@ -726,7 +769,11 @@ fn match_args<'a>(
                 }
                 if position >= params.len() {
                     return Err(Diagnostic::error(
-                        format!("`{callee}` takes at most {} arguments, got {}", params.len(), args.len()),
+                        format!(
+                            "`{callee}` takes at most {} arguments, got {}",
+                            params.len(),
+                            args.len()
+                        ),
                         arg.value.span,
                         "extra argument",
                     )
@@ -776,7 +823,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, &cb) in b.iter().enumerate() {
             let above = row[j + 1];
-            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != cb));
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
             diagonal = above;
         }
     }

@@ -43,7 +43,12 @@ impl Program {
     /// Adds a file: checks it is UTF-8, parses it and makes its items visible.
     /// On error the file is still kept (so diagnostics can show it), but none
     /// of its items are added.
-    pub fn add_source(&mut self, name: &str, bytes: &[u8], origin: Origin) -> Result<FileId, Diagnostic> {
+    pub fn add_source(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        origin: Origin,
+    ) -> Result<FileId, Diagnostic> {
         let id = FileId(self.files.len() as u32);
         let (text, utf8_error) = match std::str::from_utf8(bytes) {
             Ok(text) => (text.to_string(), None),
@@ -112,9 +117,7 @@ impl Program {
 
     /// The visible item of that name.
     pub fn item(&self, name: &str) -> Option<&ast::Item> {
-        self.items
-            .get(name)
-            .map(|&(f, i)| &self.asts[f].items[i])
+        self.items.get(name).map(|&(f, i)| &self.asts[f].items[i])
     }
 
     /// Names of the optimizers defined in one file, in source order.

@@ -162,7 +162,10 @@ pub enum ExprKind {
     Number(f64),
     Bool(bool),
     Name(String),
-    Call { func: Ident, args: Vec<Arg> },
+    Call {
+        func: Ident,
+        args: Vec<Arg>,
+    },
     Unary(UnaryOp, Box<Expr>),
     Binary(BinaryOp, Box<Expr>, Box<Expr>),
     If {

@@ -35,7 +35,11 @@ pub fn parse_expr(source: &str, file: FileId) -> Result<ast::Expr, Diagnostic> {
         .map_err(|error| diagnostic(source, file, error))
 }
 
-fn diagnostic(source: &str, file: FileId, error: ParseError<usize, Token<'_>, SyntaxError>) -> Diagnostic {
+fn diagnostic(
+    source: &str,
+    file: FileId,
+    error: ParseError<usize, Token<'_>, SyntaxError>,
+) -> Diagnostic {
     match error {
         ParseError::InvalidToken { location } => Diagnostic::error(
             "invalid token",
@@ -85,7 +89,10 @@ fn diagnostic(source: &str, file: FileId, error: ParseError<usize, Token<'_>, Sy
             )
             .with_hint("numbers must lie within ±1.7976931348623157e308"),
             SyntaxError::TooDeep(span) => Diagnostic::error(
-                format!("expression nested too deeply (more than {} levels)", ast::MAX_DEPTH),
+                format!(
+                    "expression nested too deeply (more than {} levels)",
+                    ast::MAX_DEPTH
+                ),
                 span,
                 "this expression",
             )

@@ -14,11 +14,24 @@ use optc_compiler::ir::{Kind, Rule, ScalarExpr};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Error {
-    UnknownHyper { name: String, known: Vec<String> },
-    HyperKind { name: String, expected: Kind },
+    UnknownHyper {
+        name: String,
+        known: Vec<String>,
+    },
+    HyperKind {
+        name: String,
+        expected: Kind,
+    },
     MissingHyper(String),
-    TensorCount { expected: usize, found: usize },
-    Length { tensor: usize, expected: usize, found: usize },
+    TensorCount {
+        expected: usize,
+        found: usize,
+    },
+    Length {
+        tensor: usize,
+        expected: usize,
+        found: usize,
+    },
     Internal(String),
 }
 
@@ -26,23 +39,39 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::UnknownHyper { name, known } => {
-                write!(f, "unknown hyperparameter `{name}` (this rule has: {})", known.join(", "))
+                write!(
+                    f,
+                    "unknown hyperparameter `{name}` (this rule has: {})",
+                    known.join(", ")
+                )
             }
             Error::HyperKind { name, expected } => match expected {
-                Kind::Bool => write!(f, "hyperparameter `{name}` is a bool; give `true` or `false`"),
+                Kind::Bool => write!(
+                    f,
+                    "hyperparameter `{name}` is a bool; give `true` or `false`"
+                ),
                 Kind::Float => write!(f, "hyperparameter `{name}` is a number, not a bool"),
             },
             Error::MissingHyper(name) => {
-                write!(f, "hyperparameter `{name}` has no default; give it a value (--set {name}=VALUE)")
+                write!(
+                    f,
+                    "hyperparameter `{name}` has no default; give it a value (--set {name}=VALUE)"
+                )
             }
             Error::TensorCount { expected, found } => {
-                write!(f, "expected {expected} tensors (as on the first step), got {found}")
+                write!(
+                    f,
+                    "expected {expected} tensors (as on the first step), got {found}"
+                )
             }
             Error::Length {
                 tensor,
                 expected,
                 found,
-            } => write!(f, "tensor {tensor}: expected {expected} elements, got {found}"),
+            } => write!(
+                f,
+                "tensor {tensor}: expected {expected} elements, got {found}"
+            ),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }
     }
@@ -68,7 +97,8 @@ impl Optimizer {
     /// Binds the rule's hyperparameters: each takes its value from
     /// `overrides` (by name), else its default.
     pub fn new(rule: Arc<Rule>, overrides: Vec<(String, ScalarExpr)>) -> Result<Optimizer, Error> {
-        let mut hypers: Vec<Option<ScalarExpr>> = rule.hypers.iter().map(|h| h.default.clone()).collect();
+        let mut hypers: Vec<Option<ScalarExpr>> =
+            rule.hypers.iter().map(|h| h.default.clone()).collect();
         for (name, value) in overrides {
             let index = rule.hyper_index(&name).ok_or_else(|| Error::UnknownHyper {
                 name: name.clone(),

@@ -98,7 +98,11 @@ pub fn replay(optimizer: &mut Optimizer, trace: &Trace) -> Result<Trace, TraceEr
     let mut params: Vec<Vec<f32>> = trace.tensors.iter().map(|t| t.p0.clone()).collect();
     let mut history: Vec<Vec<Vec<f32>>> = vec![Vec::new(); trace.tensors.len()];
     for step in 0..trace.steps() {
-        let grads: Vec<&[f32]> = trace.tensors.iter().map(|t| t.grads[step].as_slice()).collect();
+        let grads: Vec<&[f32]> = trace
+            .tensors
+            .iter()
+            .map(|t| t.grads[step].as_slice())
+            .collect();
         let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
         optimizer
             .step(&mut views, &grads)
@@ -129,7 +133,9 @@ pub struct Comparison {
 /// Compares the `params` of two traces of the same shape.
 pub fn compare(ours: &Trace, reference: &Trace) -> Result<Comparison, TraceError> {
     if ours.tensors.len() != reference.tensors.len() {
-        return Err(TraceError::Invalid("the traces have different tensor counts".into()));
+        return Err(TraceError::Invalid(
+            "the traces have different tensor counts".into(),
+        ));
     }
     let mut result = Comparison {
         max_abs: 0.0,
