@@ -148,3 +148,31 @@ fn stdlib_schedules_match_optax() {
         }
     }
 }
+
+#[test]
+fn every_golden_case_replays_through_the_cli() {
+    let (cases, _) = cases();
+    for case in &cases {
+        let trace = format!("tests/golden/{}.json", case.name);
+        let sets: Vec<String> = case.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args = vec![
+            "replay",
+            case.rule.as_str(),
+            "--trace",
+            trace.as_str(),
+            "--compare",
+        ];
+        for set in &sets {
+            args.extend(["--set", set.as_str()]);
+        }
+        let (code, stdout, stderr) = common::optc(&args);
+        assert_eq!(code, 0, "{}: {stderr}", case.name);
+        let error: f64 = stdout
+            .split("max error ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no error figure in {stdout}", case.name));
+        assert!(error <= TOLERANCE, "{}: {stdout}", case.name);
+    }
+}
