@@ -4,20 +4,6 @@
 
 mod common;
 
-use optc_compiler::{diagnostics, Origin};
-
-fn render_errors(name: &str, source: &str) -> String {
-    let mut program = optc_stdlib::prelude();
-    let errors = match program.add_source(name, source.as_bytes(), Origin::User) {
-        Ok(file) => program.check_file(file),
-        Err(diagnostic) => vec![diagnostic],
-    };
-    errors
-        .iter()
-        .map(|d| diagnostics::render(d, program.files(), false))
-        .collect()
-}
-
 #[test]
 fn diagnostics_snapshots() {
     let dir = common::repo_path("tests/diagnostics");
@@ -31,7 +17,7 @@ fn diagnostics_snapshots() {
     for path in sources {
         let name = format!("{}.opt", path.file_stem().unwrap().to_string_lossy());
         let source = std::fs::read_to_string(&path).unwrap();
-        let errors = render_errors(&name, &source);
+        let errors = common::compile_errors(&name, source.as_bytes());
         assert!(
             !errors.is_empty(),
             "{name} compiled, but it is a diagnostics case"

@@ -52,7 +52,8 @@ fn cases() -> (Vec<Case>, Vec<(String, String)>) {
     (cases, schedules)
 }
 
-fn replay_case(case: &Case) -> Result<trace::Comparison, String> {
+/// Replays one case; returns the comparison and the peer call it reproduces.
+fn replay_case(case: &Case) -> Result<(trace::Comparison, String), String> {
     let mut program = optc_stdlib::prelude();
     let rule = program.compile(&case.rule).map_err(|d| d.message)?;
     let mut overrides = Vec::new();
@@ -65,7 +66,16 @@ fn replay_case(case: &Case) -> Result<trace::Comparison, String> {
     let reference = Trace::from_json(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     let ours = trace::replay(&mut optimizer, &reference).map_err(|e| e.to_string())?;
-    trace::compare(&ours, &reference).map_err(|e| e.to_string())
+    let comparison = trace::compare(&ours, &reference).map_err(|e| e.to_string())?;
+    let peer = format!(
+        "{}({})",
+        reference.extra["peer"].as_str().unwrap_or("?"),
+        reference.extra["hyper"]
+            .to_string()
+            .trim_matches(|c| c == '{' || c == '}')
+            .replace("\"", "")
+    );
+    Ok((comparison, peer))
 }
 
 #[test]
@@ -97,13 +107,18 @@ fn stdlib_rules_match_torch_and_optax() {
     let mut failures = Vec::new();
     for case in &cases {
         match replay_case(case) {
-            Ok(c) if c.max_err <= TOLERANCE => {
+            // One markdown row per case: the table of docs/stdlib.md.
+            Ok((c, peer)) if c.max_err <= TOLERANCE => {
+                let sets: Vec<String> = case.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
-                    "{:<28} {:<24} max error {:.2e}",
-                    case.name, case.rule, c.max_err
+                    "| {} | `{}` {} | {peer} | {:.1e} |",
+                    case.name,
+                    case.rule,
+                    sets.join(" "),
+                    c.max_err
                 )
             }
-            Ok(c) => failures.push(format!(
+            Ok((c, _)) => failures.push(format!(
                 "{}: max error {:.3e} at (step, tensor, element) {:?}",
                 case.name, c.max_err, c.worst
             )),

@@ -4,21 +4,10 @@
 
 mod common;
 
-use optc_compiler::{diagnostics, Origin};
 use proptest::prelude::*;
 
-/// Compiles `bytes` as a user file through the whole pipeline; returns the
-/// rendered diagnostics (empty when it compiled).
 fn compile(bytes: &[u8]) -> String {
-    let mut program = optc_stdlib::prelude();
-    let errors = match program.add_source("input.opt", bytes, Origin::User) {
-        Ok(file) => program.check_file(file),
-        Err(diagnostic) => vec![diagnostic],
-    };
-    errors
-        .iter()
-        .map(|d| diagnostics::render(d, program.files(), false))
-        .collect()
+    common::compile_errors("input.opt", bytes)
 }
 
 /// Runs `optc check` on `bytes` written to a temporary file.

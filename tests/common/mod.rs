@@ -4,6 +4,22 @@
 
 use std::path::{Path, PathBuf};
 
+use optc_compiler::{diagnostics, Origin};
+
+/// Compiles `bytes` as a user file named `name` next to the stdlib; returns
+/// the rendered diagnostics, without colour (empty when it compiled).
+pub fn compile_errors(name: &str, bytes: &[u8]) -> String {
+    let mut program = optc_stdlib::prelude();
+    let errors = match program.add_source(name, bytes, Origin::User) {
+        Ok(file) => program.check_file(file),
+        Err(diagnostic) => vec![diagnostic],
+    };
+    errors
+        .iter()
+        .map(|d| diagnostics::render(d, program.files(), false))
+        .collect()
+}
+
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
