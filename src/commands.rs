@@ -97,14 +97,25 @@ pub fn replay(
     sets: &[String],
     out: Option<&str>,
     compare: bool,
+    f64_elements: bool,
 ) -> Result<String, Failure> {
     let (mut program, rule) = load::rule(file, rule)?;
-    let mut optimizer = load::optimizer(&mut program, rule, sets)?;
+    let name = rule.name.clone();
     let text = std::fs::read_to_string(trace_path)
         .map_err(|e| format!("error: cannot read {trace_path}: {e}"))?;
     let reference = Trace::from_json(&text).map_err(|e| format!("error: {trace_path}: {e}"))?;
-    let result = trace::replay(&mut optimizer, &reference)
-        .map_err(|e| format!("error: {trace_path}: {e}"))?;
+    let result = if f64_elements {
+        trace::replay(
+            &mut load::optimizer::<f64>(&mut program, rule, sets)?,
+            &reference,
+        )
+    } else {
+        trace::replay(
+            &mut load::optimizer::<f32>(&mut program, rule, sets)?,
+            &reference,
+        )
+    }
+    .map_err(|e| format!("error: {trace_path}: {e}"))?;
     let mut report = String::new();
     if compare {
         let comparison =
@@ -112,7 +123,7 @@ pub fn replay(
         let (step, tensor, element) = comparison.worst;
         report = format!(
             "{}: {} steps, {} tensors: max error {:.3e} (|ours - ref| / max(|ref|, 1)), max abs {:.3e}, worst at step {}, tensor {tensor}, element {element}\n",
-            optimizer.rule().name,
+            name,
             reference.steps(),
             reference.tensors.len(),
             comparison.max_err,

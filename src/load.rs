@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use optc_compiler::diagnostics;
+use optc_compiler::interpret::Real;
 use optc_compiler::ir::Rule;
 use optc_compiler::{Diagnostic, Origin, Program};
 use optc_runtime::Optimizer;
@@ -59,8 +60,13 @@ pub fn rule(file: &str, rule: Option<&str>) -> Result<(Program, Rule), Failure> 
     Ok((program, compiled))
 }
 
-/// An optimizer for `rule` with `--set name=value` overrides applied.
-pub fn optimizer(program: &mut Program, rule: Rule, sets: &[String]) -> Result<Optimizer, Failure> {
+/// An optimizer for `rule` with `--set name=value` overrides applied, with
+/// elements of type `F` (f32, or f64 for checking).
+pub fn optimizer<F: Real>(
+    program: &mut Program,
+    rule: Rule,
+    sets: &[String],
+) -> Result<Optimizer<F>, Failure> {
     let mut overrides = Vec::new();
     for set in sets {
         let Some((name, value)) = set.split_once('=') else {

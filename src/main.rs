@@ -76,6 +76,10 @@ enum Command {
         /// Compare the result with the params recorded in the trace and print the error.
         #[arg(long)]
         compare: bool,
+        /// Compute elementwise values in f64 instead of f32 (checking mode: shows how
+        /// much of a difference from the trace is f32 rounding).
+        #[arg(long = "f64")]
+        f64_elements: bool,
     },
     /// List the standard-library optimizers.
     List,
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
             set,
             out,
             compare,
+            f64_elements,
         } => commands::replay(
             &file,
             &trace,
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
             &set,
             out.as_deref(),
             compare,
+            f64_elements,
         ),
         Command::List => commands::list(),
     };

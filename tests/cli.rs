@@ -98,6 +98,40 @@ fn replay_compare_reports_the_error() {
 }
 
 #[test]
+fn replay_in_f64_checking_mode() {
+    let error = |extra: &[&str]| -> f64 {
+        let mut args = vec![
+            "replay",
+            "adam",
+            "--trace",
+            "tests/golden/adam.json",
+            "--compare",
+        ];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = optc(&args);
+        assert_eq!(code, 0, "{stderr}");
+        stdout
+            .split("max error ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (f32_error, f64_error) = (error(&[]), error(&["--f64"]));
+    assert_eq!(
+        f32_error, 0.0,
+        "stdlib adam reproduces torch's f32 arithmetic exactly"
+    );
+    assert!(
+        f64_error > 0.0 && f64_error < 1e-6,
+        "f64 differs from torch's f32 only by rounding: {f64_error}"
+    );
+}
+
+#[test]
 fn replay_rejects_bad_sets_and_traces() {
     let cases: &[(&[&str], &str)] = &[
         (

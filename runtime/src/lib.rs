@@ -9,7 +9,7 @@ pub mod trace;
 use std::fmt;
 use std::sync::Arc;
 
-use optc_compiler::interpret::{self, StepInputs, Value};
+use optc_compiler::interpret::{self, Real, StepInputs, Value};
 use optc_compiler::ir::{Kind, Rule, ScalarExpr};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -79,24 +79,29 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// A rule with bound hyperparameters and its state, ready to step.
+/// A rule with bound hyperparameters and its state, ready to step. Elements
+/// are f32 by default; `Optimizer<f64>` runs the same rule in f64, to
+/// measure how much of a difference is f32 rounding.
 #[derive(Clone, Debug)]
-pub struct Optimizer {
+pub struct Optimizer<F = f32> {
     rule: Arc<Rule>,
     /// One program per hyperparameter, evaluated at every step.
     hypers: Vec<ScalarExpr>,
     /// Each state slot, once the first step has run.
-    state: Option<Vec<Value<f32>>>,
+    state: Option<Vec<Value<F>>>,
     /// Steps taken so far.
     step: u64,
     /// Element counts of the tensors, fixed by the first step.
     numels: Option<Vec<usize>>,
 }
 
-impl Optimizer {
+impl<F: Real> Optimizer<F> {
     /// Binds the rule's hyperparameters: each takes its value from
     /// `overrides` (by name), else its default.
-    pub fn new(rule: Arc<Rule>, overrides: Vec<(String, ScalarExpr)>) -> Result<Optimizer, Error> {
+    pub fn new(
+        rule: Arc<Rule>,
+        overrides: Vec<(String, ScalarExpr)>,
+    ) -> Result<Optimizer<F>, Error> {
         let mut hypers: Vec<Option<ScalarExpr>> =
             rule.hypers.iter().map(|h| h.default.clone()).collect();
         for (name, value) in overrides {
@@ -142,11 +147,11 @@ impl Optimizer {
     }
 
     /// Applies one step to `params` given `grads`. On error nothing changes.
-    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<(), Error> {
+    pub fn step(&mut self, params: &mut [&mut [F]], grads: &[&[F]]) -> Result<(), Error> {
         let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
         self.check_shapes(&numels, grads)?;
         let hypers = self.hyper_values();
-        let views: Vec<&[f32]> = params.iter().map(|p| &**p).collect();
+        let views: Vec<&[F]> = params.iter().map(|p| &**p).collect();
         let outputs = interpret::step(
             &self.rule,
             &StepInputs {
@@ -167,7 +172,7 @@ impl Optimizer {
         Ok(())
     }
 
-    fn check_shapes(&self, numels: &[usize], grads: &[&[f32]]) -> Result<(), Error> {
+    fn check_shapes(&self, numels: &[usize], grads: &[&[F]]) -> Result<(), Error> {
         if grads.len() != numels.len() {
             return Err(Error::TensorCount {
                 expected: numels.len(),

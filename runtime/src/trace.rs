@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+use optc_compiler::interpret::Real;
+
 use crate::{Error, Optimizer};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,22 +95,25 @@ impl Trace {
 }
 
 /// Runs `optimizer` over the trace's gradients from its `p0`s and returns the
-/// trace with `params` replaced by the parameters after each step.
-pub fn replay(optimizer: &mut Optimizer, trace: &Trace) -> Result<Trace, TraceError> {
-    let mut params: Vec<Vec<f32>> = trace.tensors.iter().map(|t| t.p0.clone()).collect();
+/// trace with `params` replaced by the parameters after each step (rounded to
+/// f32 when the optimizer runs in f64).
+pub fn replay<F: Real>(optimizer: &mut Optimizer<F>, trace: &Trace) -> Result<Trace, TraceError> {
+    let widen = |xs: &[f32]| -> Vec<F> { xs.iter().map(|&x| F::from_f64(f64::from(x))).collect() };
+    let mut params: Vec<Vec<F>> = trace.tensors.iter().map(|t| widen(&t.p0)).collect();
     let mut history: Vec<Vec<Vec<f32>>> = vec![Vec::new(); trace.tensors.len()];
     for step in 0..trace.steps() {
-        let grads: Vec<&[f32]> = trace
+        let grads: Vec<Vec<F>> = trace
             .tensors
             .iter()
-            .map(|t| t.grads[step].as_slice())
+            .map(|t| widen(&t.grads[step]))
             .collect();
-        let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
+        let grads: Vec<&[F]> = grads.iter().map(Vec::as_slice).collect();
+        let mut views: Vec<&mut [F]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
         optimizer
             .step(&mut views, &grads)
             .map_err(|error| TraceError::Step { step, error })?;
         for (record, p) in history.iter_mut().zip(&params) {
-            record.push(p.clone());
+            record.push(p.iter().map(|&x| x.to_f64() as f32).collect());
         }
     }
     let mut out = trace.clone();
