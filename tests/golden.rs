@@ -61,7 +61,8 @@ fn replay_case(case: &Case) -> Result<(trace::Comparison, String), String> {
         let value = program.compile_scalar(name, value).map_err(|d| d.message)?;
         overrides.push((name.clone(), value));
     }
-    let mut optimizer = Optimizer::new(Arc::new(rule), overrides).map_err(|e| e.to_string())?;
+    let mut optimizer =
+        Optimizer::<f32>::new(Arc::new(rule), overrides).map_err(|e| e.to_string())?;
     let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
     let reference = Trace::from_json(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
