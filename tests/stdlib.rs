@@ -126,3 +126,37 @@ fn clipping_composes_in_front_of_any_rule() {
         "clipping changed the trajectory"
     );
 }
+
+#[test]
+fn rmsprop_centered_is_the_momentum_variant_without_momentum() {
+    let text = std::fs::read_to_string(common::repo_path(
+        "tests/golden/rmsprop_centered_momentum.json",
+    ))
+    .unwrap();
+    let trace = optc_runtime::trace::Trace::from_json(&text).unwrap();
+    let run = |rule: &str, sets: &[(&str, &str)]| {
+        let mut program = optc_stdlib::prelude();
+        let compiled = program.compile(rule).unwrap();
+        let overrides = sets
+            .iter()
+            .map(|(k, v)| (k.to_string(), program.compile_scalar(k, v).unwrap()))
+            .collect();
+        let mut optimizer = Optimizer::<f32>::new(Arc::new(compiled), overrides).unwrap();
+        optc_runtime::trace::replay(&mut optimizer, &trace).unwrap()
+    };
+    let centered = run("rmsprop_centered", &[("learning_rate", "0.01")]);
+    let without_momentum = run(
+        "rmsprop_centered_momentum",
+        &[("learning_rate", "0.01"), ("momentum", "0")],
+    );
+    let comparison = optc_runtime::trace::compare(&centered, &without_momentum).unwrap();
+    assert!(comparison.max_err <= 1e-6, "{comparison:?}");
+    let with_momentum = run("rmsprop_centered_momentum", &[("learning_rate", "0.01")]);
+    assert!(
+        optc_runtime::trace::compare(&centered, &with_momentum)
+            .unwrap()
+            .max_err
+            > 1e-3,
+        "momentum matters"
+    );
+}
