@@ -100,25 +100,9 @@ fn replay_compare_reports_the_error() {
 #[test]
 fn replay_in_f64_checking_mode() {
     let error = |extra: &[&str]| -> f64 {
-        let mut args = vec![
-            "replay",
-            "adam",
-            "--trace",
-            "tests/golden/adam.json",
-            "--compare",
-        ];
-        args.extend_from_slice(extra);
-        let (code, stdout, stderr) = optc(&args);
+        let (code, stdout, stderr) = common::replay_adam(extra);
         assert_eq!(code, 0, "{stderr}");
-        stdout
-            .split("max error ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        common::max_error(&stdout).expect("an error figure")
     };
     let (f32_error, f64_error) = (error(&[]), error(&["--f64"]));
     assert_eq!(
@@ -147,15 +131,7 @@ fn replay_rejects_bad_sets_and_traces() {
         ),
     ];
     for (extra, expected) in cases {
-        let mut args = vec![
-            "replay",
-            "adam",
-            "--trace",
-            "tests/golden/adam.json",
-            "--compare",
-        ];
-        args.extend_from_slice(extra);
-        let (code, _, stderr) = optc(&args);
+        let (code, _, stderr) = common::replay_adam(extra);
         assert_eq!(code, 1, "{extra:?}");
         assert!(stderr.contains(expected), "{extra:?}: {stderr}");
     }

@@ -158,7 +158,7 @@ fn stdlib_schedules_match_optax() {
         for (count, expected) in case["values"].as_array().unwrap().iter().enumerate() {
             let expected = expected.as_f64().unwrap();
             // optax counts from 0; t is 1-based.
-            let ours = interpret::scalar(&expr, count as u64 + 1);
+            let ours = interpret::scalar(&expr, count as u64 + 1, &[]);
             assert!(
                 (ours - expected).abs() <= 1e-6 * expected.abs().max(1.0),
                 "{name} at count {count}: ours {ours}, optax {expected}"
@@ -185,11 +185,7 @@ fn every_golden_case_replays_through_the_cli() {
         }
         let (code, stdout, stderr) = common::optc(&args);
         assert_eq!(code, 0, "{}: {stderr}", case.name);
-        let error: f64 = stdout
-            .split("max error ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|number| number.parse().ok())
+        let error = common::max_error(&stdout)
             .unwrap_or_else(|| panic!("{}: no error figure in {stdout}", case.name));
         assert!(error <= TOLERANCE, "{}: {stdout}", case.name);
     }

@@ -313,10 +313,12 @@ pub fn step<F: Real>(rule: &Rule, inputs: &StepInputs<'_, F>) -> Result<StepOutp
     Ok(StepOutputs { params, state })
 }
 
-/// Evaluates a scalar program of `t` at step `t`.
-pub fn scalar(expr: &ScalarExpr, step: u64) -> f64 {
+/// Evaluates a scalar program at step `step`; `hypers` are the values of the
+/// hyperparameters it may read (those declared before the one it defines).
+pub fn scalar(expr: &ScalarExpr, step: u64, hypers: &[f64]) -> f64 {
     let values = evaluate::<f64>(&expr.graph, &[], |input, _| match input {
         Input::Step => Value::Group(step as f64),
+        Input::Hyper(i) => Value::Group(hypers.get(i as usize).copied().unwrap_or(f64::NAN)),
         _ => Value::Group(f64::NAN),
     });
     values[expr.output.index()].scalar(0)

@@ -112,9 +112,27 @@ pub(crate) fn rule(program: &Program, name: &str) -> Lowered<Rule> {
 }
 
 /// Compiles a scalar expression of `t` (hyperparameter defaults and values).
-pub(crate) fn scalar(program: &Program, expr: &ast::Expr, text: &str) -> Lowered<ScalarExpr> {
+/// It may also read the hyperparameters in `earlier` (a default may depend on
+/// those declared before it), as inputs `Hyper(i)` with their index in it.
+pub(crate) fn scalar(
+    program: &Program,
+    expr: &ast::Expr,
+    text: &str,
+    earlier: &[Hyper],
+) -> Lowered<ScalarExpr> {
     let mut lowerer = Lowerer::new(program);
-    let output = lowerer.expr(expr, &Frame::default())?;
+    let mut frame = Frame::default();
+    for (index, hyper) in earlier.iter().enumerate() {
+        let ty = Type {
+            shape: Shape::Group,
+            kind: hyper.kind,
+        };
+        let input = lowerer
+            .graph
+            .add(Node::Input(Input::Hyper(index as u32), ty));
+        frame.params.insert(hyper.name.clone(), input);
+    }
+    let output = lowerer.expr(expr, &frame)?;
     let ty = lowerer.graph.ty(output);
     if ty.shape != Shape::Group {
         return Err(Diagnostic::error(
@@ -180,6 +198,7 @@ impl<'p> Lowerer<'p> {
                 self.program,
                 expr,
                 &source_text(self.program, expr.span),
+                &self.hypers,
             )?),
             None => None,
         };

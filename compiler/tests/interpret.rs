@@ -23,10 +23,12 @@ fn compile(source: &str) -> Rule {
 }
 
 fn defaults(rule: &Rule) -> Vec<f64> {
-    rule.hypers
-        .iter()
-        .map(|h| interpret::scalar(h.default.as_ref().expect("a default"), 1))
-        .collect()
+    let mut values = Vec::new();
+    for hyper in &rule.hypers {
+        let value = interpret::scalar(hyper.default.as_ref().expect("a default"), 1, &values);
+        values.push(value);
+    }
+    values
 }
 
 fn run<F: interpret::Real>(
@@ -326,6 +328,8 @@ fn schedules_are_scalar_programs_of_t() {
     let schedule = program
         .compile_scalar("--set", "halve_every(8, steps = 2)")
         .unwrap();
-    let values: Vec<f64> = (1..=6).map(|t| interpret::scalar(&schedule, t)).collect();
+    let values: Vec<f64> = (1..=6)
+        .map(|t| interpret::scalar(&schedule, t, &[]))
+        .collect();
     assert_eq!(values, vec![8.0, 8.0, 4.0, 4.0, 2.0, 2.0]);
 }

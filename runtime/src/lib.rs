@@ -138,12 +138,15 @@ impl<F: Real> Optimizer<F> {
         self.step
     }
 
-    /// The hyperparameter values the next step will use, in the rule's order.
+    /// The hyperparameter values the next step will use, in the rule's order
+    /// (each may depend on `t` and on those before it).
     pub fn hyper_values(&self) -> Vec<f64> {
-        self.hypers
-            .iter()
-            .map(|h| interpret::scalar(h, self.step + 1))
-            .collect()
+        let mut values = Vec::with_capacity(self.hypers.len());
+        for hyper in &self.hypers {
+            let value = interpret::scalar(hyper, self.step + 1, &values);
+            values.push(value);
+        }
+        values
     }
 
     /// Applies one step to `params` given `grads`. On error nothing changes.

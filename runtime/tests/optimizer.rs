@@ -100,3 +100,22 @@ fn a_failed_step_changes_nothing() {
         .unwrap();
     assert_eq!((a, b), (ta, tb));
 }
+
+#[test]
+fn defaults_follow_the_hyperparameters_before_them() {
+    let mut program = optc_stdlib::prelude();
+    let rule = Arc::new(program.compile("prodigy").unwrap());
+    let beta3 = rule.hyper_index("beta3").unwrap();
+    let default = Optimizer::<f32>::new(rule.clone(), Vec::new()).unwrap();
+    assert_eq!(default.hyper_values()[beta3], 0.999f64.sqrt());
+    let beta2 = program.compile_scalar("beta2", "0.99").unwrap();
+    let set = Optimizer::<f32>::new(rule.clone(), vec![("beta2".into(), beta2)]).unwrap();
+    assert_eq!(
+        set.hyper_values()[beta3],
+        0.99f64.sqrt(),
+        "beta3 = sqrt(beta2) sees the override"
+    );
+    let beta3_value = program.compile_scalar("beta3", "0.5").unwrap();
+    let explicit = Optimizer::<f32>::new(rule, vec![("beta3".into(), beta3_value)]).unwrap();
+    assert_eq!(explicit.hyper_values()[beta3], 0.5);
+}

@@ -53,3 +53,27 @@ pub fn assert_snapshot(path: &Path, actual: &str) {
         path.display()
     );
 }
+
+/// `optc replay adam --trace tests/golden/adam.json --compare` plus `extra` arguments.
+pub fn replay_adam(extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "replay",
+        "adam",
+        "--trace",
+        "tests/golden/adam.json",
+        "--compare",
+    ];
+    args.extend_from_slice(extra);
+    optc(&args)
+}
+
+/// The figure after "max error" in `optc replay --compare` output.
+pub fn max_error(stdout: &str) -> Option<f64> {
+    stdout
+        .split("max error ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
