@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Parse and type-check .opt files; print diagnostics and exit 1 on any error.
+    /// Parse and type-check .opt files, each on its own against the standard library;
+    /// print diagnostics and exit 1 on any error.
     #[command(after_help = "Example:\n  optc check stdlib/adam.opt my_rule.opt")]
     Check {
         /// .opt files (or standard-library optimizer names).
@@ -81,7 +82,8 @@ enum Command {
         #[arg(long = "f64")]
         f64_elements: bool,
     },
-    /// List the standard-library optimizers.
+    /// List the standard-library optimizers with the first line of their documentation.
+    #[command(after_help = "Example:\n  optc list")]
     List,
 }
 

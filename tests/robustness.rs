@@ -34,13 +34,22 @@ fn assert_user_error(name: &str, bytes: &[u8], expected: &str) {
 }
 
 #[test]
-fn empty_file_is_an_error_without_optimizer() {
+fn empty_file_is_a_diagnostic() {
     let path = std::env::temp_dir().join(format!("optc-empty-{}.opt", std::process::id()));
     std::fs::write(&path, b"").unwrap();
     let (code, _, stderr) = common::optc(&["show", path.to_str().unwrap()]);
     std::fs::remove_file(&path).ok();
     assert_eq!(code, 1);
-    assert!(stderr.contains("defines no optimizer"), "{stderr}");
+    assert!(
+        stderr.contains("no optimizer or function in this file"),
+        "{stderr}"
+    );
+    assert_user_error("empty.opt", b"", "no optimizer or function in this file");
+    assert_user_error(
+        "comments.opt",
+        b"// nothing but a comment\n\n",
+        "no optimizer or function in this file",
+    );
 }
 
 #[test]

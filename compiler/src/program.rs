@@ -75,6 +75,10 @@ impl Program {
             .with_hint(".opt sources are UTF-8 text"));
         }
         let file = optc_grammar::parse(&self.files[id.0 as usize].text, id)?;
+        if file.items.is_empty() && origin == Origin::User {
+            return Err(Diagnostic::whole_file(format!("{name}: no optimizer or function in this file"))
+                .with_hint("an .opt file holds items: `optimizer NAME(hyper = default, ...) { ... }` or `fn NAME(...) { ... }`"));
+        }
         let mut seen: HashMap<&str, &ast::Item> = HashMap::new();
         for item in &file.items {
             if let Some(first) = seen.insert(&item.name.name, item) {
