@@ -11,11 +11,11 @@ pub fn check(files: &[String]) -> Result<String, Failure> {
     for file in files {
         match load::program(file) {
             Ok((program, names)) => {
-                for name in &names {
-                    match program.compile(name) {
-                        Ok(_) => checked += 1,
-                        Err(diagnostic) => failures.push_str(&load::render(&program, &diagnostic)),
-                    }
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let errors = program.check(&names);
+                checked += names.len() - errors.len();
+                for diagnostic in &errors {
+                    failures.push_str(&load::render(&program, diagnostic));
                 }
             }
             Err(failure) => failures.push_str(&failure),

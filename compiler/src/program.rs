@@ -158,8 +158,13 @@ impl Program {
 
     /// Checks every optimizer defined in `file`, collecting one diagnostic per failing item.
     pub fn check_file(&self, file: FileId) -> Vec<Diagnostic> {
-        self.optimizers_in(file)
-            .into_iter()
+        self.check(&self.optimizers_in(file))
+    }
+
+    /// Compiles each named optimizer, collecting one diagnostic per failure.
+    pub fn check(&self, names: &[&str]) -> Vec<Diagnostic> {
+        names
+            .iter()
             .filter_map(|name| self.compile(name).err())
             .collect()
     }
