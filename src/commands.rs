@@ -2,6 +2,7 @@
 
 use optc_compiler::ir::{Input, Kind, Node, Rule, Shape};
 use optc_runtime::trace::{self, Trace};
+use optc_tasks::{Dataset, SoftmaxRegression};
 
 use crate::load::{self, Failure};
 
@@ -140,6 +141,42 @@ pub fn replay(
         None if !compare => Ok(result.to_json() + "\n"),
         None => Ok(report),
     }
+}
+
+pub fn train(
+    file: &str,
+    rule: Option<&str>,
+    task: &str,
+    steps: usize,
+    every: usize,
+    sets: &[String],
+) -> Result<String, Failure> {
+    let data = Dataset::builtin(task).map_err(|e| format!("error: {e}"))?;
+    let (mut program, rule) = load::rule(file, rule)?;
+    let name = rule.name.clone();
+    let mut optimizer = load::optimizer::<f32>(&mut program, rule, sets)?;
+    let task = SoftmaxRegression::new(data);
+    let log = optc_tasks::train(&task, &mut optimizer, steps, every)
+        .map_err(|e| format!("error: {e}"))?;
+    let mut out = format!(
+        "{name} on {} ({} examples, {} features, {} classes), softmax regression, full batch\n{:>6}  {:>10}  {:>8}\n",
+        task.data.name,
+        task.data.features.len(),
+        task.data.features.first().map_or(0, Vec::len),
+        task.data.classes,
+        "step",
+        "loss",
+        "accuracy"
+    );
+    for line in &log {
+        out.push_str(&format!(
+            "{:>6}  {:>10.6}  {:>7.2}%\n",
+            line.step,
+            line.loss,
+            100.0 * line.accuracy
+        ));
+    }
+    Ok(out)
 }
 
 pub fn list() -> Result<String, Failure> {

@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand};
                   Wherever a FILE is expected you may also name a standard-library optimizer \
                   (`optc show adam`); `optc list` shows them all.",
     after_help = "Examples:\n  optc check my_rule.opt\n  optc show adamw --ir\n  \
-                  optc replay lion --trace tests/golden/lion.json --set learning_rate=0.001 --compare"
+                  optc replay lion --trace tests/golden/lion.json --set learning_rate=0.001 --compare\n  \
+                  optc train adamw --steps 300"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -82,6 +83,32 @@ enum Command {
         #[arg(long = "f64")]
         f64_elements: bool,
     },
+    /// Train a small task on real data with a rule and print the loss curve:
+    /// softmax regression on a UCI dataset shipped with optc, full batch.
+    #[command(
+        after_help = "Examples:\n  optc train\n  optc train lion --set learning_rate=1e-3 --steps 300\n  \
+                  optc train my_rule.opt --task iris --every 10"
+    )]
+    Train {
+        /// An .opt file or a standard-library optimizer name.
+        #[arg(default_value = "adam")]
+        file: String,
+        /// Which optimizer of the file (default: the last one).
+        #[arg(long)]
+        rule: Option<String>,
+        /// The task: `breast_cancer` (569 x 30, 2 classes) or `iris` (150 x 4, 3 classes).
+        #[arg(long, default_value = "breast_cancer")]
+        task: String,
+        /// Number of optimizer steps.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// Print the loss every this many steps.
+        #[arg(long, default_value_t = 20)]
+        every: usize,
+        /// Set a hyperparameter (`name=value`, a number, bool or schedule). Repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
     /// List the standard-library optimizers with the first line of their documentation.
     #[command(after_help = "Example:\n  optc list")]
     List,
@@ -109,6 +136,14 @@ fn main() -> ExitCode {
             compare,
             f64_elements,
         ),
+        Command::Train {
+            file,
+            rule,
+            task,
+            steps,
+            every,
+            set,
+        } => commands::train(&file, rule.as_deref(), &task, steps, every, &set),
         Command::List => commands::list(),
     };
     match result {

@@ -175,3 +175,23 @@ fn list_names_the_stdlib() {
         );
     }
 }
+
+#[test]
+fn train_runs_the_default_task_and_learns() {
+    let (code, stdout, stderr) = optc(&["train", "--steps", "100", "--every", "50"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("adam on breast_cancer (569 examples, 30 features, 2 classes)"),
+        "{stdout}"
+    );
+    let losses: Vec<f64> = stdout
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 3, "steps 0, 50 and 100");
+    assert!(losses[2] < losses[1] && losses[1] < losses[0], "{losses:?}");
+    let (code, _, stderr) = optc(&["train", "--task", "mnist"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unknown task `mnist`"), "{stderr}");
+}

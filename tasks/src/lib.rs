@@ -1,0 +1,216 @@
+//! Training tasks: small real problems with exact gradients, to see what an
+//! optimizer does on more than recorded traces. Today: softmax (multinomial
+//! logistic) regression on the UCI datasets shipped in `data/`, full batch,
+//! standardised features, parameters starting at zero (so runs are
+//! deterministic). `optc train` drives these.
+
+use optc_compiler::interpret::Real;
+use optc_runtime::{Error, Optimizer};
+
+/// A labelled dataset with standardised features.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub name: &'static str,
+    /// One row per example.
+    pub features: Vec<Vec<f32>>,
+    pub labels: Vec<usize>,
+    pub classes: usize,
+}
+
+/// The datasets built in: (name, CSV text).
+pub const DATASETS: &[(&str, &str)] = &[
+    (
+        "breast_cancer",
+        include_str!("../../data/breast_cancer.csv"),
+    ),
+    ("iris", include_str!("../../data/iris.csv")),
+];
+
+impl Dataset {
+    /// Loads a built-in dataset by name.
+    pub fn builtin(name: &str) -> Result<Dataset, String> {
+        let (name, text) = DATASETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            let known: Vec<&str> = DATASETS.iter().map(|(n, _)| *n).collect();
+            format!("unknown task `{name}` (known: {})", known.join(", "))
+        })?;
+        Dataset::parse(name, text)
+    }
+
+    /// Parses scikit-learn's CSV layout: a header `rows,features,class names...`,
+    /// then rows of features with the class index last.
+    fn parse(name: &'static str, text: &str) -> Result<Dataset, String> {
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().ok_or("empty dataset")?.split(',').collect();
+        let bad = |what: &str| format!("{name}: {what}");
+        let width: usize = header
+            .get(1)
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| bad("bad header"))?;
+        let classes = header.len().saturating_sub(2);
+        let mut features = Vec::new();
+        let mut labels = Vec::new();
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            let values: Vec<f32> = line
+                .split(',')
+                .map(|v| v.trim().parse::<f32>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad("non-numeric value"))?;
+            if values.len() != width + 1 {
+                return Err(bad("row of the wrong width"));
+            }
+            let label = values[width] as usize;
+            if label >= classes {
+                return Err(bad("label out of range"));
+            }
+            labels.push(label);
+            features.push(values[..width].to_vec());
+        }
+        standardise(&mut features);
+        Ok(Dataset {
+            name,
+            features,
+            labels,
+            classes,
+        })
+    }
+}
+
+/// Scales every column to mean 0 and standard deviation 1 (constant columns to 0).
+fn standardise(rows: &mut [Vec<f32>]) {
+    let Some(width) = rows.first().map(Vec::len) else {
+        return;
+    };
+    let n = rows.len() as f64;
+    for column in 0..width {
+        let mean = rows.iter().map(|r| f64::from(r[column])).sum::<f64>() / n;
+        let var = rows
+            .iter()
+            .map(|r| (f64::from(r[column]) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let scale = if var > 0.0 { 1.0 / var.sqrt() } else { 0.0 };
+        for row in rows.iter_mut() {
+            row[column] = ((f64::from(row[column]) - mean) * scale) as f32;
+        }
+    }
+}
+
+/// Softmax regression: logits = W x + b, mean cross-entropy loss. Parameters
+/// are two tensors: W (classes x features, row-major) and b (classes).
+pub struct SoftmaxRegression {
+    pub data: Dataset,
+}
+
+/// Loss, accuracy and gradient at one point.
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub grads: Vec<Vec<f32>>,
+}
+
+impl SoftmaxRegression {
+    pub fn new(data: Dataset) -> SoftmaxRegression {
+        SoftmaxRegression { data }
+    }
+
+    /// Zero weights and biases.
+    pub fn initial_params(&self) -> Vec<Vec<f32>> {
+        let width = self.data.features.first().map_or(0, Vec::len);
+        vec![
+            vec![0.0; self.data.classes * width],
+            vec![0.0; self.data.classes],
+        ]
+    }
+
+    /// Exact full-batch loss and gradient (accumulated in f64).
+    pub fn evaluate(&self, params: &[Vec<f32>]) -> Evaluation {
+        let (k, n) = (self.data.classes, self.data.features.len());
+        let width = self.data.features.first().map_or(0, Vec::len);
+        let (w, b) = (&params[0], &params[1]);
+        let mut grad_w = vec![0.0f64; k * width];
+        let mut grad_b = vec![0.0f64; k];
+        let (mut loss, mut correct) = (0.0f64, 0usize);
+        for (x, &label) in self.data.features.iter().zip(&self.data.labels) {
+            let logits: Vec<f64> = (0..k)
+                .map(|c| {
+                    f64::from(b[c])
+                        + (0..width)
+                            .map(|j| f64::from(w[c * width + j]) * f64::from(x[j]))
+                            .sum::<f64>()
+                })
+                .collect();
+            let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+            loss += top + total.ln() - logits[label];
+            let predicted = (0..k)
+                .max_by(|&a, &c| logits[a].total_cmp(&logits[c]))
+                .unwrap_or(0);
+            correct += usize::from(predicted == label);
+            for c in 0..k {
+                let delta = (logits[c] - top).exp() / total - f64::from(u8::from(c == label));
+                grad_b[c] += delta;
+                for j in 0..width {
+                    grad_w[c * width + j] += delta * f64::from(x[j]);
+                }
+            }
+        }
+        let scale = 1.0 / n as f64;
+        let to_f32 = |g: Vec<f64>| g.into_iter().map(|v| (v * scale) as f32).collect();
+        Evaluation {
+            loss: loss * scale,
+            accuracy: correct as f64 * scale,
+            grads: vec![to_f32(grad_w), to_f32(grad_b)],
+        }
+    }
+}
+
+/// One line of a training log: the state after `step` steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub step: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+/// Trains for `steps` full-batch steps, logging every `every` steps and at the end.
+pub fn train<F: Real>(
+    task: &SoftmaxRegression,
+    optimizer: &mut Optimizer<F>,
+    steps: usize,
+    every: usize,
+) -> Result<Vec<LogLine>, Error> {
+    let mut params: Vec<Vec<F>> = task
+        .initial_params()
+        .into_iter()
+        .map(|p| p.into_iter().map(|x| F::from_f64(f64::from(x))).collect())
+        .collect();
+    let narrow = |params: &[Vec<F>]| -> Vec<Vec<f32>> {
+        params
+            .iter()
+            .map(|p| p.iter().map(|x| x.to_f64() as f32).collect())
+            .collect()
+    };
+    let mut log = Vec::new();
+    for step in 0..=steps {
+        let eval = task.evaluate(&narrow(&params));
+        if step % every.max(1) == 0 || step == steps {
+            log.push(LogLine {
+                step,
+                loss: eval.loss,
+                accuracy: eval.accuracy,
+            });
+        }
+        if step == steps {
+            break;
+        }
+        let grads: Vec<Vec<F>> = eval
+            .grads
+            .into_iter()
+            .map(|g| g.into_iter().map(|x| F::from_f64(f64::from(x))).collect())
+            .collect();
+        let grads: Vec<&[F]> = grads.iter().map(Vec::as_slice).collect();
+        let mut views: Vec<&mut [F]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+        optimizer.step(&mut views, &grads)?;
+    }
+    Ok(log)
+}
