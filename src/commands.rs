@@ -1,6 +1,7 @@
 //! The subcommands of `optc`, one function each.
 
 use optc_compiler::ir::{Input, Kind, Node, Rule, Shape};
+use optc_compiler::plan::Plan;
 use optc_runtime::trace::{self, Trace};
 use optc_tasks::{Dataset, SoftmaxRegression};
 
@@ -32,11 +33,21 @@ pub fn check(files: &[String]) -> Result<String, Failure> {
     }
 }
 
-pub fn show(file: &str, rule: Option<&str>, ir: bool) -> Result<String, Failure> {
+pub fn show(file: &str, rule: Option<&str>, ir: bool, plan: bool) -> Result<String, Failure> {
     let (_, rule) = load::rule(file, rule)?;
     let mut out = signature(&rule);
     if ir {
         out.push_str(&format!("\n{rule}"));
+    }
+    if plan {
+        out.push_str(&format!(
+            "\nplan (every step after the first):\n{}",
+            Plan::new(&rule, false)
+        ));
+        out.push_str(&format!(
+            "plan (first step, state from its initialisers):\n{}",
+            Plan::new(&rule, true)
+        ));
     }
     Ok(out)
 }

@@ -51,6 +51,10 @@ enum Command {
         /// Also print the typed IR.
         #[arg(long)]
         ir: bool,
+        /// Also print the pass plan: the fused kernels one step runs, what each
+        /// loads, stores and accumulates.
+        #[arg(long)]
+        plan: bool,
     },
     /// Run a rule over recorded gradients (a trace in the golden-file schema:
     /// tensors[].p0, tensors[].grads) and write the trace with params filled in.
@@ -118,7 +122,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { files } => commands::check(&files),
-        Command::Show { file, rule, ir } => commands::show(&file, rule.as_deref(), ir),
+        Command::Show {
+            file,
+            rule,
+            ir,
+            plan,
+        } => commands::show(&file, rule.as_deref(), ir, plan),
         Command::Replay {
             file,
             trace,

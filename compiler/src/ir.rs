@@ -20,6 +20,11 @@ impl Handle {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The handle of the node at `index` of its graph.
+    pub fn from_index(index: usize) -> Handle {
+        Handle(index as u32)
+    }
 }
 
 impl fmt::Display for Handle {

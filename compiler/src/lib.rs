@@ -6,7 +6,9 @@ pub mod builtins;
 pub mod diagnostics;
 pub mod interpret;
 pub mod ir;
+pub mod kernel;
 mod lower;
+pub mod plan;
 pub mod program;
 
 pub use optc_grammar::{Diagnostic, FileId, Span};

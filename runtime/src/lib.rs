@@ -4,7 +4,12 @@
 //! step that fails leaves parameters and state exactly as they were.
 //! [`trace`] replays recorded gradients in the golden-file schema.
 
+mod bind;
+pub mod fused;
 pub mod trace;
+
+use bind::check_shapes;
+pub use bind::Bindings;
 
 use std::fmt;
 use std::sync::Arc;
@@ -85,8 +90,7 @@ impl std::error::Error for Error {}
 #[derive(Clone, Debug)]
 pub struct Optimizer<F = f32> {
     rule: Arc<Rule>,
-    /// One program per hyperparameter, evaluated at every step.
-    hypers: Vec<ScalarExpr>,
+    hypers: Bindings,
     /// Each state slot, once the first step has run.
     state: Option<Vec<Value<F>>>,
     /// Steps taken so far.
@@ -102,27 +106,9 @@ impl<F: Real> Optimizer<F> {
         rule: Arc<Rule>,
         overrides: Vec<(String, ScalarExpr)>,
     ) -> Result<Optimizer<F>, Error> {
-        let mut hypers: Vec<Option<ScalarExpr>> =
-            rule.hypers.iter().map(|h| h.default.clone()).collect();
-        for (name, value) in overrides {
-            let index = rule.hyper_index(&name).ok_or_else(|| Error::UnknownHyper {
-                name: name.clone(),
-                known: rule.hypers.iter().map(|h| h.name.clone()).collect(),
-            })?;
-            let expected = rule.hypers[index].kind;
-            if value.kind() != expected {
-                return Err(Error::HyperKind { name, expected });
-            }
-            hypers[index] = Some(value);
-        }
-        let hypers = hypers
-            .into_iter()
-            .zip(&rule.hypers)
-            .map(|(value, hyper)| value.ok_or_else(|| Error::MissingHyper(hyper.name.clone())))
-            .collect::<Result<_, _>>()?;
         Ok(Optimizer {
+            hypers: Bindings::new(&rule, overrides)?,
             rule,
-            hypers,
             state: None,
             step: 0,
             numels: None,
@@ -138,21 +124,19 @@ impl<F: Real> Optimizer<F> {
         self.step
     }
 
-    /// The hyperparameter values the next step will use, in the rule's order
-    /// (each may depend on `t` and on those before it).
+    /// The hyperparameter values the next step will use, in the rule's order.
     pub fn hyper_values(&self) -> Vec<f64> {
-        let mut values = Vec::with_capacity(self.hypers.len());
-        for hyper in &self.hypers {
-            let value = interpret::scalar(hyper, self.step + 1, &values);
-            values.push(value);
-        }
-        values
+        self.hypers.values(self.step + 1)
     }
 
     /// Applies one step to `params` given `grads`. On error nothing changes.
     pub fn step(&mut self, params: &mut [&mut [F]], grads: &[&[F]]) -> Result<(), Error> {
         let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
-        self.check_shapes(&numels, grads)?;
+        check_shapes(
+            self.numels.as_deref(),
+            &numels,
+            grads.iter().map(|g| g.len()),
+        )?;
         let hypers = self.hyper_values();
         let views: Vec<&[F]> = params.iter().map(|p| &**p).collect();
         let outputs = interpret::step(
@@ -172,42 +156,6 @@ impl<F: Real> Optimizer<F> {
         self.state = Some(outputs.state);
         self.numels = Some(numels);
         self.step += 1;
-        Ok(())
-    }
-
-    fn check_shapes(&self, numels: &[usize], grads: &[&[F]]) -> Result<(), Error> {
-        if grads.len() != numels.len() {
-            return Err(Error::TensorCount {
-                expected: numels.len(),
-                found: grads.len(),
-            });
-        }
-        for (tensor, (grad, &numel)) in grads.iter().zip(numels).enumerate() {
-            if grad.len() != numel {
-                return Err(Error::Length {
-                    tensor,
-                    expected: numel,
-                    found: grad.len(),
-                });
-            }
-        }
-        if let Some(first) = &self.numels {
-            if first.len() != numels.len() {
-                return Err(Error::TensorCount {
-                    expected: first.len(),
-                    found: numels.len(),
-                });
-            }
-            for (tensor, (&expected, &found)) in first.iter().zip(numels).enumerate() {
-                if expected != found {
-                    return Err(Error::Length {
-                        tensor,
-                        expected,
-                        found,
-                    });
-                }
-            }
-        }
         Ok(())
     }
 }

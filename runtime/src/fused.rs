@@ -1,0 +1,461 @@
+//! The fused executor: runs a rule as the kernels of its pass plan over many
+//! tensors at once, on several threads, updating parameters and state in place.
+//!
+//! Host work (hyperparameters, bias corrections, reduction results) is done
+//! once per step or per tensor in f64, exactly as the interpreter does it.
+//! Elements are split into fixed chunks of [`CHUNK`] elements; every chunk
+//! accumulates its own partial reductions, which are combined in chunk order,
+//! then tensor order. The chunking never depends on the thread count, so
+//! neither do the results.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use optc_compiler::interpret::{binary, lerp, select, unary};
+use optc_compiler::ir::{Input, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape};
+use optc_compiler::kernel::{self, Kernel};
+use optc_compiler::plan::Plan;
+
+use crate::bind::{check_shapes, Bindings};
+use crate::Error;
+
+/// Elements per work item. A multiple of every SIMD width, large enough to
+/// amortise a call, small enough to balance threads.
+pub const CHUNK: usize = 1 << 15;
+
+/// A compiled kernel, callable from any thread.
+pub trait CompiledKernel: Send + Sync {
+    /// Runs the kernel over `range`, combining into `accumulators`.
+    ///
+    /// # Safety
+    /// As [`kernel::run_raw`]: every buffer pointer is valid for the range,
+    /// distinct buffers do not overlap, and stored buffers are writable.
+    unsafe fn call(
+        &self,
+        buffers: &[*mut f32],
+        scalars: &[f32],
+        accumulators: &mut [f64],
+        range: Range<usize>,
+    );
+}
+
+/// Something that turns kernels into callable code.
+pub trait Backend {
+    fn compile(&mut self, kernel: &Kernel) -> Result<Box<dyn CompiledKernel>, String>;
+}
+
+/// The portable backend: kernels run by their reference semantics.
+pub struct Reference;
+
+struct ReferenceKernel(Kernel);
+
+impl CompiledKernel for ReferenceKernel {
+    unsafe fn call(
+        &self,
+        buffers: &[*mut f32],
+        scalars: &[f32],
+        accumulators: &mut [f64],
+        range: Range<usize>,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { kernel::run_raw(&self.0, buffers, scalars, accumulators, range) }
+    }
+}
+
+impl Backend for Reference {
+    fn compile(&mut self, kernel: &Kernel) -> Result<Box<dyn CompiledKernel>, String> {
+        Ok(Box::new(ReferenceKernel(kernel.clone())))
+    }
+}
+
+/// A host value: one per step, or one per tensor.
+#[derive(Clone, Debug, PartialEq)]
+enum Scalar {
+    Group(f64),
+    Tensor(Vec<f64>),
+}
+
+impl Scalar {
+    fn at(&self, tensor: usize) -> f64 {
+        match self {
+            Scalar::Group(x) => *x,
+            Scalar::Tensor(xs) => xs[tensor],
+        }
+    }
+
+    fn broadcast(&self, shape: Shape, tensors: usize) -> Scalar {
+        match (self, shape) {
+            (Scalar::Group(x), Shape::Tensor) => Scalar::Tensor(vec![*x; tensors]),
+            (other, _) => other.clone(),
+        }
+    }
+}
+
+/// The compiled plan of one kind of step (the first, or every later one).
+struct Compiled {
+    plan: Plan,
+    kernels: Vec<Box<dyn CompiledKernel>>,
+}
+
+/// A rule compiled to fused kernels, with bound hyperparameters and its state.
+pub struct FusedOptimizer {
+    rule: Arc<Rule>,
+    hypers: Bindings,
+    first: Compiled,
+    steady: Compiled,
+    threads: usize,
+    /// Per-element state: `[tensor][slot]` in buffer order.
+    elem_state: Vec<Vec<Vec<f32>>>,
+    /// Tensor and group state, by slot (`None` for per-element slots).
+    scalar_state: Vec<Option<Scalar>>,
+    step: u64,
+    numels: Option<Vec<usize>>,
+}
+
+impl FusedOptimizer {
+    /// Plans `rule`, compiles its kernels with `backend` and binds its hyperparameters.
+    pub fn new(
+        rule: Arc<Rule>,
+        overrides: Vec<(String, ScalarExpr)>,
+        backend: &mut dyn Backend,
+        threads: usize,
+    ) -> Result<FusedOptimizer, Error> {
+        let hypers = Bindings::new(&rule, overrides)?;
+        let mut compile = |first_step: bool| -> Result<Compiled, Error> {
+            let plan = Plan::new(&rule, first_step);
+            let kernels = plan
+                .passes
+                .iter()
+                .map(|pass| backend.compile(&pass.kernel).map_err(Error::Internal))
+                .collect::<Result<_, _>>()?;
+            Ok(Compiled { plan, kernels })
+        };
+        let (first, steady) = (compile(true)?, compile(false)?);
+        Ok(FusedOptimizer {
+            scalar_state: vec![None; rule.states.len()],
+            rule,
+            hypers,
+            first,
+            steady,
+            threads: threads.max(1),
+            elem_state: Vec::new(),
+            step: 0,
+            numels: None,
+        })
+    }
+
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// The plan every step after the first runs.
+    pub fn plan(&self) -> &Plan {
+        &self.steady.plan
+    }
+
+    /// Applies one step to `params` given `grads`, in place. On error nothing changes.
+    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<(), Error> {
+        let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        check_shapes(
+            self.numels.as_deref(),
+            &numels,
+            grads.iter().map(|g| g.len()),
+        )?;
+        let first_step = self.numels.is_none();
+        if first_step {
+            let slots = self.first.plan.state_buffers.iter().flatten().count();
+            self.elem_state = numels
+                .iter()
+                .map(|&n| vec![vec![0.0f32; n]; slots])
+                .collect();
+        }
+        let hypers = self.hypers.values(self.step + 1);
+        let compiled = if first_step {
+            &self.first
+        } else {
+            &self.steady
+        };
+        let rule = &*self.rule;
+        let graph = &rule.graph;
+        let tensors = numels.len();
+        let mut values: Vec<Option<Scalar>> = vec![None; graph.len()];
+        // Buffer pointers per tensor: p, g, then state slots.
+        let pointers: Vec<Vec<SendPtr>> = params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.elem_state.iter_mut())
+            .map(|((p, g), state)| {
+                let mut buffers = vec![SendPtr(p.as_mut_ptr()), SendPtr(g.as_ptr() as *mut f32)];
+                buffers.extend(state.iter_mut().map(|s| SendPtr(s.as_mut_ptr())));
+                buffers
+            })
+            .collect();
+        let passes = compiled.plan.passes.len();
+        for stage in 0..=passes {
+            for (h, node) in graph.iter() {
+                let is_host = graph.ty(h).shape != Shape::Elem
+                    && !matches!(node, Node::Reduce(_, _, arg) if graph.ty(*arg).shape == Shape::Elem);
+                if is_host && compiled.plan.stage[h.index()] == stage && values[h.index()].is_none()
+                {
+                    let value = host_value(
+                        rule,
+                        node,
+                        h,
+                        &values,
+                        &hypers,
+                        self.step + 1,
+                        &numels,
+                        &self.scalar_state,
+                        first_step,
+                    );
+                    values[h.index()] = Some(value);
+                }
+            }
+            if stage == passes {
+                break;
+            }
+            let pass = &compiled.plan.passes[stage];
+            let scalars: Vec<Vec<f32>> = (0..tensors)
+                .map(|i| {
+                    pass.scalar_args
+                        .iter()
+                        .map(|&h| {
+                            values[h.index()]
+                                .as_ref()
+                                .map_or(f32::NAN, |v| v.at(i) as f32)
+                        })
+                        .collect()
+                })
+                .collect();
+            let partials = run_pass(
+                &*compiled.kernels[stage],
+                &pass.kernel,
+                &pointers,
+                &scalars,
+                &numels,
+                self.threads,
+            );
+            for (k, &reduction) in pass.reductions.iter().enumerate() {
+                let (op, scope) = match graph.node(reduction) {
+                    Node::Reduce(op, scope, _) => (*op, *scope),
+                    _ => continue,
+                };
+                let per_tensor: Vec<f64> = partials
+                    .iter()
+                    .map(|chunks| {
+                        chunks.iter().fold(Kernel::identity(op), |acc, p| {
+                            Kernel::combine(op, acc, p[k])
+                        })
+                    })
+                    .collect();
+                values[reduction.index()] = Some(match scope {
+                    Scope::Tensor => Scalar::Tensor(per_tensor),
+                    Scope::Group => Scalar::Group(
+                        per_tensor
+                            .into_iter()
+                            .fold(Kernel::identity(op), |a, b| Kernel::combine(op, a, b)),
+                    ),
+                });
+            }
+        }
+        for (slot, state) in rule.states.iter().enumerate() {
+            if slot_is_scalar(rule, slot) {
+                let out = rule.state_out[slot];
+                let value = values[out.index()]
+                    .clone()
+                    .unwrap_or(Scalar::Group(f64::NAN));
+                self.scalar_state[slot] = Some(value.broadcast(state.shape, tensors));
+            }
+        }
+        self.numels = Some(numels);
+        self.step += 1;
+        Ok(())
+    }
+
+    /// The value of a state slot after the last step: per-element slots as one
+    /// vector per tensor, scalar slots as one value per tensor.
+    pub fn state(&self, name: &str) -> Option<Vec<Vec<f32>>> {
+        let slot = self.rule.states.iter().position(|s| s.name == name)?;
+        if let Some(scalar) = &self.scalar_state[slot] {
+            let tensors = self.numels.as_ref().map_or(0, Vec::len);
+            return Some((0..tensors).map(|i| vec![scalar.at(i) as f32]).collect());
+        }
+        let buffer = self.first.plan.state_buffers[slot]? as usize - 2;
+        Some(
+            self.elem_state
+                .iter()
+                .map(|tensor| tensor[buffer].clone())
+                .collect(),
+        )
+    }
+}
+
+fn slot_is_scalar(rule: &Rule, slot: usize) -> bool {
+    rule.states[slot].shape != Shape::Elem
+}
+
+/// The host value of a group or tensor node, as the interpreter defines it.
+#[allow(clippy::too_many_arguments)]
+fn host_value(
+    rule: &Rule,
+    node: &Node,
+    h: optc_compiler::ir::Handle,
+    values: &[Option<Scalar>],
+    hypers: &[f64],
+    step: u64,
+    numels: &[usize],
+    scalar_state: &[Option<Scalar>],
+    first_step: bool,
+) -> Scalar {
+    let graph = &rule.graph;
+    let get =
+        |c: optc_compiler::ir::Handle| values[c.index()].clone().unwrap_or(Scalar::Group(f64::NAN));
+    let tensors = numels.len();
+    let shape = graph.ty(h).shape;
+    let per = |f: &dyn Fn(usize) -> f64| -> Scalar {
+        match shape {
+            Shape::Group => Scalar::Group(f(0)),
+            _ => Scalar::Tensor((0..tensors).map(f).collect()),
+        }
+    };
+    match *node {
+        Node::Const(bits) => Scalar::Group(f64::from_bits(bits)),
+        Node::Bool(b) => Scalar::Group(if b { 1.0 } else { 0.0 }),
+        Node::Input(input, _) => match input {
+            Input::Step => Scalar::Group(step as f64),
+            Input::Numel => Scalar::Tensor(numels.iter().map(|&n| n as f64).collect()),
+            Input::Hyper(i) => Scalar::Group(hypers[i as usize]),
+            Input::State(i) => {
+                let slot = &rule.states[i as usize];
+                if first_step {
+                    get(slot.init).broadcast(slot.shape, tensors)
+                } else {
+                    scalar_state[i as usize]
+                        .clone()
+                        .unwrap_or(Scalar::Group(f64::NAN))
+                }
+            }
+            Input::Param | Input::Grad => Scalar::Group(f64::NAN),
+        },
+        Node::Reduce(op, scope, arg) => {
+            // A reduction of a broadcast scalar: `n` copies of its f32 rounding.
+            let value = get(arg);
+            let per_tensor: Vec<f64> = numels
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let w = f64::from(value.at(i) as f32);
+                    match op {
+                        ReduceOp::Sum => n as f64 * w,
+                        _ if n == 0 => Kernel::identity(op),
+                        _ => w,
+                    }
+                })
+                .collect();
+            match scope {
+                Scope::Tensor => Scalar::Tensor(per_tensor),
+                Scope::Group => Scalar::Group(
+                    per_tensor
+                        .into_iter()
+                        .fold(Kernel::identity(op), |a, b| Kernel::combine(op, a, b)),
+                ),
+            }
+        }
+        Node::Unary(op, a) => {
+            let a = get(a);
+            per(&|i| unary(op, a.at(i)))
+        }
+        Node::Binary(op, a, b) => {
+            let (a, b) = (get(a), get(b));
+            per(&|i| binary(op, a.at(i), b.at(i)))
+        }
+        Node::Select(c, a, b) => {
+            let (c, a, b) = (get(c), get(a), get(b));
+            per(&|i| select(c.at(i), a.at(i), b.at(i)))
+        }
+        Node::Lerp(a, b, w) => {
+            let (a, b, w) = (get(a), get(b), get(w));
+            per(&|i| lerp(a.at(i), b.at(i), w.at(i)))
+        }
+    }
+}
+
+/// A buffer pointer that may cross threads: the chunks threads work on are disjoint.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: threads only touch disjoint element ranges of the buffers.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Runs one pass over every chunk of every tensor; returns the partial
+/// accumulators per tensor, per chunk, in order.
+fn run_pass(
+    compiled: &dyn CompiledKernel,
+    kernel: &Kernel,
+    pointers: &[Vec<SendPtr>],
+    scalars: &[Vec<f32>],
+    numels: &[usize],
+    threads: usize,
+) -> Vec<Vec<Vec<f64>>> {
+    let identity: Vec<f64> = kernel
+        .accumulators
+        .iter()
+        .map(|&(op, _)| Kernel::identity(op))
+        .collect();
+    // Work items in a fixed order: (tensor, range).
+    let items: Vec<(usize, Range<usize>)> = numels
+        .iter()
+        .enumerate()
+        .flat_map(|(t, &n)| {
+            (0..n.div_ceil(CHUNK)).map(move |c| (t, c * CHUNK..((c + 1) * CHUNK).min(n)))
+        })
+        .collect();
+    let mut partials: Vec<Vec<f64>> = vec![identity.clone(); items.len()];
+    let run_item = |(tensor, range): &(usize, Range<usize>), partial: &mut Vec<f64>| {
+        let buffers: Vec<*mut f32> = pointers[*tensor].iter().map(|p| p.0).collect();
+        // SAFETY: the pointers come from live slices of the tensor's length; the
+        // plan never stores to g; ranges of different items are disjoint.
+        unsafe { compiled.call(&buffers, &scalars[*tensor], partial, range.clone()) };
+    };
+    let total: usize = numels.iter().sum();
+    if threads <= 1 || total < 2 * CHUNK {
+        for (item, partial) in items.iter().zip(partials.iter_mut()) {
+            run_item(item, partial);
+        }
+    } else {
+        // Contiguous runs of items with about equal numbers of elements per thread.
+        let share = total.div_ceil(threads);
+        let mut bounds = vec![0];
+        let mut acc = 0;
+        for (index, (_, range)) in items.iter().enumerate() {
+            acc += range.len();
+            if acc >= share * bounds.len() && bounds.len() < threads {
+                bounds.push(index + 1);
+            }
+        }
+        bounds.push(items.len());
+        bounds.dedup();
+        std::thread::scope(|scope| {
+            let mut rest: &mut [Vec<f64>] = &mut partials;
+            for window in bounds.windows(2) {
+                let (mine, tail) = rest.split_at_mut(window[1] - window[0]);
+                rest = tail;
+                let items = &items[window[0]..window[1]];
+                scope.spawn(move || {
+                    for (item, partial) in items.iter().zip(mine.iter_mut()) {
+                        run_item(item, partial);
+                    }
+                });
+            }
+        });
+    }
+    let mut by_tensor: Vec<Vec<Vec<f64>>> = vec![Vec::new(); numels.len()];
+    for ((tensor, _), partial) in items.iter().zip(partials) {
+        by_tensor[*tensor].push(partial);
+    }
+    by_tensor
+}
