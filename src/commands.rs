@@ -190,6 +190,10 @@ pub fn train(
     Ok(out)
 }
 
+pub fn bench(settings: &crate::bench::Settings<'_>) -> Result<String, Failure> {
+    crate::bench::run(settings, &mut optc_runtime::fused::Reference, "reference")
+}
+
 pub fn list() -> Result<String, Failure> {
     let program = optc_stdlib::prelude();
     let mut out = String::new();

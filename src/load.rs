@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use optc_compiler::diagnostics;
 use optc_compiler::interpret::Real;
-use optc_compiler::ir::Rule;
+use optc_compiler::ir::{Rule, ScalarExpr};
 use optc_compiler::{Diagnostic, Origin, Program};
 use optc_runtime::Optimizer;
 
@@ -67,6 +67,15 @@ pub fn optimizer<F: Real>(
     rule: Rule,
     sets: &[String],
 ) -> Result<Optimizer<F>, Failure> {
+    let overrides = overrides(program, sets)?;
+    Optimizer::new(Arc::new(rule), overrides).map_err(|e| format!("error: {e}"))
+}
+
+/// The `--set name=value` arguments, compiled.
+pub fn overrides(
+    program: &mut Program,
+    sets: &[String],
+) -> Result<Vec<(String, ScalarExpr)>, Failure> {
     let mut overrides = Vec::new();
     for set in sets {
         let Some((name, value)) = set.split_once('=') else {
@@ -78,5 +87,5 @@ pub fn optimizer<F: Real>(
             .map_err(|d| render(program, &d))?;
         overrides.push((name.to_string(), value));
     }
-    Optimizer::new(Arc::new(rule), overrides).map_err(|e| format!("error: {e}"))
+    Ok(overrides)
 }

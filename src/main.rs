@@ -2,6 +2,7 @@
 //! command exits 0 on success and 1 on a user error (with a diagnostic on
 //! stderr); it never panics on bad input.
 
+mod bench;
 mod commands;
 mod load;
 
@@ -113,6 +114,37 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
     },
+    /// Time a rule's fused step and, in the same run, the data-movement floor for
+    /// the same bytes; print ns/param, GB/s and the ratio to the floor.
+    #[command(
+        after_help = "Examples:\n  optc bench adam\n  optc bench lion --numel 16777216 --threads 2\n  \
+                  optc bench lamb --tensors 200 --json"
+    )]
+    Bench {
+        /// An .opt file or a standard-library optimizer name.
+        file: String,
+        /// Which optimizer of the file (default: the last one).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Parameters in all, split evenly over the tensors.
+        #[arg(long, default_value_t = 1 << 24)]
+        numel: usize,
+        /// Number of tensors.
+        #[arg(long, default_value_t = 1)]
+        tensors: usize,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Timed steps (the median is reported), after two warm-up steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Set a hyperparameter (`name=value`). Repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the standard-library optimizers with the first line of their documentation.
     #[command(after_help = "Example:\n  optc list")]
     List,
@@ -153,6 +185,25 @@ fn main() -> ExitCode {
             every,
             set,
         } => commands::train(&file, rule.as_deref(), &task, steps, every, &set),
+        Command::Bench {
+            file,
+            rule,
+            numel,
+            tensors,
+            threads,
+            steps,
+            set,
+            json,
+        } => commands::bench(&bench::Settings {
+            file: &file,
+            rule: rule.as_deref(),
+            numel,
+            tensors,
+            threads,
+            steps,
+            sets: &set,
+            json,
+        }),
         Command::List => commands::list(),
     };
     match result {

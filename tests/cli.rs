@@ -157,7 +157,7 @@ fn schedules_can_be_set_on_the_command_line() {
 
 #[test]
 fn every_command_has_help_with_an_example() {
-    for command in ["check", "show", "replay"] {
+    for command in ["check", "show", "replay", "train", "bench", "list"] {
         let (code, stdout, _) = optc(&[command, "--help"]);
         assert_eq!(code, 0);
         assert!(stdout.contains("Example"), "{command} --help: {stdout}");
@@ -194,4 +194,50 @@ fn train_runs_the_default_task_and_learns() {
     let (code, _, stderr) = optc(&["train", "--task", "mnist"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown task `mnist`"), "{stderr}");
+}
+
+#[test]
+fn bench_reports_step_floor_and_compile_time() {
+    let (code, stdout, stderr) = optc(&[
+        "bench",
+        "lamb",
+        "--numel",
+        "40000",
+        "--tensors",
+        "3",
+        "--threads",
+        "2",
+        "--steps",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["rule"], "lamb");
+    assert_eq!(
+        (
+            report["numel"].as_u64(),
+            report["tensors"].as_u64(),
+            report["threads"].as_u64()
+        ),
+        (Some(40000), Some(3), Some(2))
+    );
+    assert_eq!(
+        report["passes"], 2,
+        "LAMB's trust ratio needs a second pass"
+    );
+    for key in [
+        "ns_per_param",
+        "floor_ns_per_param",
+        "compile_ms",
+        "gb_per_s",
+    ] {
+        assert!(
+            report[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}: {report}"
+        );
+    }
+    let (code, _, stderr) = optc(&["bench", "adam", "--tensors", "0"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--tensors at least 1"), "{stderr}");
 }

@@ -51,6 +51,26 @@ impl Kernel {
         }
     }
 
+    /// The buffers the kernel loads, each once, in increasing order.
+    pub fn loaded_buffers(&self) -> Vec<u32> {
+        let mut loads: Vec<u32> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Load(b) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        loads.sort_unstable();
+        loads.dedup();
+        loads
+    }
+
+    /// Bytes one element costs in f32: its loads and stores.
+    pub fn bytes_per_element(&self) -> usize {
+        4 * (self.loaded_buffers().len() + self.stores.len())
+    }
+
     /// Combines two partial results of an accumulator.
     pub fn combine(op: ReduceOp, a: f64, b: f64) -> f64 {
         match op {

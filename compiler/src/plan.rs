@@ -152,6 +152,35 @@ impl Plan {
     }
 }
 
+/// The data-movement floor of a pass: a kernel that loads and stores exactly
+/// the pass's buffers, with one addition per load and nothing else (a pass
+/// that stores nothing accumulates the sum instead, so its loads stay live).
+pub fn floor(pass: &Pass) -> Kernel {
+    let k = &pass.kernel;
+    let mut ops: Vec<Op> = k.loaded_buffers().into_iter().map(Op::Load).collect();
+    let mut sum = 0;
+    for index in 1..ops.len() as u32 {
+        ops.push(Op::Binary(crate::ir::BinaryOp::Add, sum, index));
+        sum = ops.len() as u32 - 1;
+    }
+    if ops.is_empty() {
+        ops.push(Op::Const(0.0));
+    }
+    let stores: Vec<(u32, u32)> = k.stores.iter().map(|&(b, _)| (b, sum)).collect();
+    let accumulators = if stores.is_empty() {
+        vec![(ReduceOp::Sum, sum)]
+    } else {
+        Vec::new()
+    };
+    Kernel {
+        ops,
+        stores,
+        accumulators,
+        buffers: k.buffers,
+        scalars: 0,
+    }
+}
+
 /// Emits the kernel of one pass: the elementwise nodes its accumulators and
 /// stores need, in arena order.
 fn build_pass(
@@ -305,14 +334,7 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (index, pass) in self.passes.iter().enumerate() {
             let k = &pass.kernel;
-            let loads: Vec<u32> = k
-                .ops
-                .iter()
-                .filter_map(|op| match op {
-                    Op::Load(b) => Some(*b),
-                    _ => None,
-                })
-                .collect();
+            let loads = k.loaded_buffers();
             writeln!(
                 f,
                 "pass {index}: {} ops, loads {loads:?}, stores {:?}, {} scalar args, {} reductions ({} bytes per element in f32)",
@@ -320,7 +342,7 @@ impl fmt::Display for Plan {
                 k.stores.iter().map(|s| s.0).collect::<Vec<_>>(),
                 k.scalars,
                 k.accumulators.len(),
-                4 * (loads.len() + k.stores.len())
+                k.bytes_per_element()
             )?;
             for (&r, &(op, _)) in pass.reductions.iter().zip(&k.accumulators) {
                 writeln!(f, "  accumulates {r} ({op:?})")?;

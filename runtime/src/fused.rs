@@ -14,7 +14,7 @@ use std::sync::Arc;
 use optc_compiler::interpret::{binary, lerp, select, unary};
 use optc_compiler::ir::{Input, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape};
 use optc_compiler::kernel::{self, Kernel};
-use optc_compiler::plan::Plan;
+use optc_compiler::plan::{self, Plan};
 
 use crate::bind::{check_shapes, Bindings};
 use crate::Error;
@@ -183,17 +183,7 @@ impl FusedOptimizer {
         let graph = &rule.graph;
         let tensors = numels.len();
         let mut values: Vec<Option<Scalar>> = vec![None; graph.len()];
-        // Buffer pointers per tensor: p, g, then state slots.
-        let pointers: Vec<Vec<SendPtr>> = params
-            .iter_mut()
-            .zip(grads)
-            .zip(self.elem_state.iter_mut())
-            .map(|((p, g), state)| {
-                let mut buffers = vec![SendPtr(p.as_mut_ptr()), SendPtr(g.as_ptr() as *mut f32)];
-                buffers.extend(state.iter_mut().map(|s| SendPtr(s.as_mut_ptr())));
-                buffers
-            })
-            .collect();
+        let pointers = buffer_pointers(params, grads, &mut self.elem_state);
         let passes = compiled.plan.passes.len();
         for stage in 0..=passes {
             for (h, node) in graph.iter() {
@@ -276,6 +266,53 @@ impl FusedOptimizer {
         Ok(())
     }
 
+    /// Compiles the data-movement floor of the steady-state step: per pass,
+    /// a kernel that moves exactly that pass's bytes (see [`plan::floor`]).
+    pub fn floor(&self, backend: &mut dyn Backend) -> Result<Floor, Error> {
+        let kernels = self
+            .steady
+            .plan
+            .passes
+            .iter()
+            .map(|pass| {
+                let kernel = plan::floor(pass);
+                let compiled = backend.compile(&kernel).map_err(Error::Internal)?;
+                Ok((kernel, compiled))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Floor { kernels })
+    }
+
+    /// Runs the floor over the same buffers a step touches (after a first step
+    /// has allocated the state), on the same threads.
+    pub fn run_floor(
+        &mut self,
+        floor: &Floor,
+        params: &mut [&mut [f32]],
+        grads: &[&[f32]],
+    ) -> Result<(), Error> {
+        let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        if self.numels.as_deref() != Some(&numels[..]) {
+            return Err(Error::Internal(
+                "run a step first, on tensors of these sizes".into(),
+            ));
+        }
+        check_shapes(Some(&numels), &numels, grads.iter().map(|g| g.len()))?;
+        let pointers = buffer_pointers(params, grads, &mut self.elem_state);
+        let no_scalars = vec![Vec::new(); numels.len()];
+        for (kernel, compiled) in &floor.kernels {
+            run_pass(
+                &**compiled,
+                kernel,
+                &pointers,
+                &no_scalars,
+                &numels,
+                self.threads,
+            );
+        }
+        Ok(())
+    }
+
     /// The value of a state slot after the last step: per-element slots as one
     /// vector per tensor, scalar slots as one value per tensor.
     pub fn state(&self, name: &str) -> Option<Vec<Vec<f32>>> {
@@ -292,6 +329,30 @@ impl FusedOptimizer {
                 .collect(),
         )
     }
+}
+
+/// The data-movement floor of a rule's step, compiled.
+pub struct Floor {
+    kernels: Vec<(Kernel, Box<dyn CompiledKernel>)>,
+}
+
+/// Buffer pointers per tensor, in the plan's numbering: p, g, then state slots.
+fn buffer_pointers(
+    params: &mut [&mut [f32]],
+    grads: &[&[f32]],
+    elem_state: &mut [Vec<Vec<f32>>],
+) -> Vec<Vec<SendPtr>> {
+    params
+        .iter_mut()
+        .zip(grads)
+        .zip(elem_state.iter_mut())
+        .map(|((p, g), state)| {
+            // g is passed as a mutable pointer for the kernel ABI; no plan stores to it.
+            let mut buffers = vec![SendPtr(p.as_mut_ptr()), SendPtr(g.as_ptr() as *mut f32)];
+            buffers.extend(state.iter_mut().map(|s| SendPtr(s.as_mut_ptr())));
+            buffers
+        })
+        .collect()
 }
 
 fn slot_is_scalar(rule: &Rule, slot: usize) -> bool {

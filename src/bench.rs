@@ -1,0 +1,149 @@
+//! `optc bench`: times a rule's fused step and, in the same run and on the
+//! same buffers, the data-movement floor of that step (kernels that move the
+//! same bytes and do no math), so the ratio between them is meaningful on a
+//! shared, noisy machine.
+
+use std::time::{Duration, Instant};
+
+use optc_runtime::fused::{Backend, FusedOptimizer};
+
+use crate::load::{self, Failure};
+
+pub struct Settings<'a> {
+    pub file: &'a str,
+    pub rule: Option<&'a str>,
+    pub numel: usize,
+    pub tensors: usize,
+    pub threads: usize,
+    pub steps: usize,
+    pub sets: &'a [String],
+    pub json: bool,
+}
+
+/// Deterministic values in [-1, 1) with some exact zeros.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if i % 23 == 0 {
+                0.0
+            } else {
+                ((state >> 40) as f32) / (1u64 << 23) as f32 - 1.0
+            }
+        })
+        .collect()
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+pub fn run(
+    settings: &Settings<'_>,
+    backend: &mut dyn Backend,
+    backend_name: &str,
+) -> Result<String, Failure> {
+    if settings.tensors == 0 || settings.numel < settings.tensors {
+        return Err("error: --numel must be at least --tensors, and --tensors at least 1".into());
+    }
+    let (mut program, rule) = load::rule(settings.file, settings.rule)?;
+    let name = rule.name.clone();
+    let overrides = load::overrides(&mut program, settings.sets)?;
+    let rule = std::sync::Arc::new(rule);
+    // Compile time: plan and compile every kernel of both plans, median of several.
+    let mut compiles = Vec::new();
+    let mut optimizer = None;
+    for _ in 0..9 {
+        let start = Instant::now();
+        let built = FusedOptimizer::new(rule.clone(), overrides.clone(), backend, settings.threads)
+            .map_err(|e| format!("error: {e}"))?;
+        compiles.push(start.elapsed());
+        optimizer = Some(built);
+    }
+    let mut optimizer = optimizer.ok_or("error: nothing compiled")?;
+    let compile = median(compiles);
+    let floor = optimizer
+        .floor(backend)
+        .map_err(|e| format!("error: {e}"))?;
+
+    let base = settings.numel / settings.tensors;
+    let sizes: Vec<usize> = (0..settings.tensors)
+        .map(|i| base + usize::from(i < settings.numel % settings.tensors))
+        .collect();
+    let mut params: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| values(n, i as u64))
+        .collect();
+    let grads: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| values(n, 1000 + i as u64))
+        .collect();
+    let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+    let step_error = |e: optc_runtime::Error| format!("error: {e}");
+    for _ in 0..2 {
+        let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+        optimizer.step(&mut views, &grads).map_err(step_error)?;
+    }
+    // Alternate step and floor so that both see the same machine conditions.
+    let (mut step_times, mut floor_times) = (Vec::new(), Vec::new());
+    for _ in 0..settings.steps.max(1) {
+        let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+        let start = Instant::now();
+        optimizer.step(&mut views, &grads).map_err(step_error)?;
+        step_times.push(start.elapsed());
+        let start = Instant::now();
+        optimizer
+            .run_floor(&floor, &mut views, &grads)
+            .map_err(step_error)?;
+        floor_times.push(start.elapsed());
+    }
+    let numel = settings.numel as f64;
+    let step_ns = median(step_times).as_nanos() as f64 / numel;
+    let floor_ns = median(floor_times).as_nanos() as f64 / numel;
+    let bytes: usize = optimizer
+        .plan()
+        .passes
+        .iter()
+        .map(|p| p.kernel.bytes_per_element())
+        .sum();
+    let passes = optimizer.plan().passes.len();
+    let compile_ms = compile.as_secs_f64() * 1e3;
+    if settings.json {
+        let object = serde_json::json!({
+            "rule": name,
+            "backend": backend_name,
+            "numel": settings.numel,
+            "tensors": settings.tensors,
+            "threads": settings.threads,
+            "dtype": "f32",
+            "passes": passes,
+            "bytes_per_param": bytes,
+            "steps_timed": settings.steps.max(1),
+            "ns_per_param": step_ns,
+            "floor_ns_per_param": floor_ns,
+            "ratio_to_floor": step_ns / floor_ns,
+            "gb_per_s": bytes as f64 / step_ns,
+            "compile_ms": compile_ms,
+        });
+        return Ok(format!("{object}\n"));
+    }
+    Ok(format!(
+        "{name}: {} params in {} tensor(s), {} thread(s), {backend_name} backend, {passes} pass(es), {bytes} B/param\n  \
+         step  {step_ns:>8.3} ns/param  {:>7.2} GB/s   (median of {} steps)\n  \
+         floor {floor_ns:>8.3} ns/param  {:>7.2} GB/s   (same bytes, no math, same run)\n  \
+         ratio {:>8.2}x the floor\n  compile {compile_ms:.3} ms (plans and kernels, median of 9)\n",
+        settings.numel,
+        settings.tensors,
+        settings.threads,
+        bytes as f64 / step_ns,
+        settings.steps.max(1),
+        bytes as f64 / floor_ns,
+        step_ns / floor_ns,
+    ))
+}
