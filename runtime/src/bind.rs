@@ -36,6 +36,11 @@ impl Bindings {
         Ok(Bindings { programs })
     }
 
+    /// The source text of each hyperparameter's value, in the rule's order.
+    pub fn texts(&self) -> Vec<&str> {
+        self.programs.iter().map(|p| p.text.as_str()).collect()
+    }
+
     /// The values at step `step` (1-based), in the rule's order; each may
     /// depend on `t` and on the hyperparameters before it.
     pub fn values(&self, step: u64) -> Vec<f64> {

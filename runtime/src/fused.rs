@@ -70,13 +70,13 @@ impl Backend for Reference {
 
 /// A host value: one per step, or one per tensor.
 #[derive(Clone, Debug, PartialEq)]
-enum Scalar {
+pub(crate) enum Scalar {
     Group(f64),
     Tensor(Vec<f64>),
 }
 
 impl Scalar {
-    fn at(&self, tensor: usize) -> f64 {
+    pub(crate) fn at(&self, tensor: usize) -> f64 {
         match self {
             Scalar::Group(x) => *x,
             Scalar::Tensor(xs) => xs[tensor],
@@ -99,17 +99,40 @@ struct Compiled {
 
 /// A rule compiled to fused kernels, with bound hyperparameters and its state.
 pub struct FusedOptimizer {
-    rule: Arc<Rule>,
-    hypers: Bindings,
+    pub(crate) rule: Arc<Rule>,
+    pub(crate) hypers: Bindings,
     first: Compiled,
     steady: Compiled,
     threads: usize,
+    non_finite: NonFinite,
     /// Per-element state: `[tensor][slot]` in buffer order.
-    elem_state: Vec<Vec<Vec<f32>>>,
+    pub(crate) elem_state: Vec<Vec<Vec<f32>>>,
     /// Tensor and group state, by slot (`None` for per-element slots).
-    scalar_state: Vec<Option<Scalar>>,
-    step: u64,
-    numels: Option<Vec<usize>>,
+    pub(crate) scalar_state: Vec<Option<Scalar>>,
+    pub(crate) step: u64,
+    pub(crate) numels: Option<Vec<usize>>,
+}
+
+/// What a step does with gradients that hold a NaN or an infinity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NonFinite {
+    /// Run the step anyway: non-finite values flow into parameters and state.
+    #[default]
+    Propagate,
+    /// Skip the step, leaving parameters, state and step count untouched
+    /// (optax's `apply_if_finite`). Costs one extra read of the gradients.
+    Skip,
+}
+
+/// What a step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Skipped under [`NonFinite::Skip`]: the first non-finite gradient element.
+    Skipped {
+        tensor: usize,
+        index: usize,
+    },
 }
 
 impl FusedOptimizer {
@@ -138,6 +161,7 @@ impl FusedOptimizer {
             first,
             steady,
             threads: threads.max(1),
+            non_finite: NonFinite::default(),
             elem_state: Vec::new(),
             step: 0,
             numels: None,
@@ -152,19 +176,32 @@ impl FusedOptimizer {
         self.step
     }
 
+    /// Chooses what steps do with non-finite gradients.
+    pub fn set_non_finite(&mut self, policy: NonFinite) {
+        self.non_finite = policy;
+    }
+
     /// The plan every step after the first runs.
     pub fn plan(&self) -> &Plan {
         &self.steady.plan
     }
 
-    /// Applies one step to `params` given `grads`, in place. On error nothing changes.
-    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<(), Error> {
+    /// Applies one step to `params` given `grads`, in place. On error nothing
+    /// changes; under [`NonFinite::Skip`] a non-finite gradient skips the step.
+    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<Outcome, Error> {
         let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
         check_shapes(
             self.numels.as_deref(),
             &numels,
             grads.iter().map(|g| g.len()),
         )?;
+        if self.non_finite == NonFinite::Skip {
+            for (tensor, grad) in grads.iter().enumerate() {
+                if let Some(index) = grad.iter().position(|g| !g.is_finite()) {
+                    return Ok(Outcome::Skipped { tensor, index });
+                }
+            }
+        }
         let first_step = self.numels.is_none();
         if first_step {
             let slots = self.first.plan.state_buffers.iter().flatten().count();
@@ -263,7 +300,7 @@ impl FusedOptimizer {
         }
         self.numels = Some(numels);
         self.step += 1;
-        Ok(())
+        Ok(Outcome::Applied)
     }
 
     /// Compiles the data-movement floor of the steady-state step: per pass,

@@ -5,6 +5,7 @@
 //! [`trace`] replays recorded gradients in the golden-file schema.
 
 mod bind;
+pub mod checkpoint;
 pub mod fused;
 pub mod trace;
 
@@ -37,6 +38,7 @@ pub enum Error {
         expected: usize,
         found: usize,
     },
+    Checkpoint(String),
     Internal(String),
 }
 
@@ -77,6 +79,7 @@ impl fmt::Display for Error {
                 f,
                 "tensor {tensor}: expected {expected} elements, got {found}"
             ),
+            Error::Checkpoint(message) => write!(f, "checkpoint: {message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }
     }

@@ -136,3 +136,117 @@ fn results_do_not_depend_on_the_thread_count() {
         );
     }
 }
+
+fn steps(fused: &mut FusedOptimizer, params: &mut [Vec<f32>], from: u64, to: u64) {
+    for step in from..to {
+        let grads: Vec<Vec<f32>> = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| values(p.len(), 500 + step * 3 + i as u64))
+            .collect();
+        let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+        let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
+        fused.step(&mut views, &grads).unwrap();
+    }
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("optc-{}-{name}.safetensors", std::process::id()))
+}
+
+#[test]
+fn resuming_from_a_checkpoint_is_bit_identical() {
+    let names = ["w", "b"];
+    for rule in ["adam", "novograd", "prodigy", "nadam"] {
+        let start: Vec<Vec<f32>> = vec![values(1000, 1), values(7, 2)];
+        let numels = [1000, 7];
+        let (_, mut straight) = build(rule, &[], 2);
+        let mut a = start.clone();
+        steps(&mut straight, &mut a, 0, 6);
+
+        let (_, mut first) = build(rule, &[], 1);
+        let mut b = start.clone();
+        steps(&mut first, &mut b, 0, 3);
+        let path = temp(rule);
+        first.save(&path, &names).unwrap();
+        let (_, mut resumed) = build(rule, &[], 2);
+        resumed.load(&path, &names, &numels).unwrap();
+        assert_eq!(resumed.steps_taken(), 3);
+        steps(&mut resumed, &mut b, 3, 6);
+        std::fs::remove_file(&path).ok();
+        assert_eq!(a, b, "{rule}: resumed run equals the uninterrupted one");
+    }
+}
+
+#[test]
+fn bad_checkpoints_change_nothing() {
+    let names = ["w"];
+    let (_, mut adam) = build("adam", &[], 1);
+    let mut params = vec![values(100, 3)];
+    steps(&mut adam, &mut params, 0, 2);
+    let path = temp("adam-bad");
+    adam.save(&path, &names).unwrap();
+
+    let (_, mut lion) = build("lion", &[], 1);
+    steps(&mut lion, &mut params.clone(), 0, 1);
+    let before = lion.state("mu");
+    let error = lion.load(&path, &names, &[100]).unwrap_err().to_string();
+    assert!(error.contains("checkpoint of rule `adam`"), "{error}");
+    assert_eq!(lion.state("mu"), before, "state untouched");
+    assert_eq!(lion.steps_taken(), 1);
+
+    let (_, mut other) = build("adam", &[], 1);
+    let error = other.load(&path, &["v"], &[100]).unwrap_err().to_string();
+    assert!(error.contains("checkpoint tensors [\"w\"]"), "{error}");
+    let error = other.load(&path, &names, &[99]).unwrap_err().to_string();
+    assert!(error.contains("expected F32 [99]"), "{error}");
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    assert!(other.load(&path, &names, &[100]).is_err());
+    assert_eq!(other.steps_taken(), 0);
+
+    // A failed save leaves the previous checkpoint in place.
+    adam.save(&path, &names).unwrap();
+    let saved = std::fs::read(&path).unwrap();
+    let missing_dir = std::env::temp_dir()
+        .join("optc-no-such-dir")
+        .join("x.safetensors");
+    assert!(adam.save(&missing_dir, &names).is_err());
+    assert!(adam.save(&path, &["too", "many"]).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), saved);
+    std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn non_finite_gradients_skip_the_step_when_asked() {
+    use optc_runtime::fused::{NonFinite, Outcome};
+    let (_, mut fused) = build("adam", &[], 1);
+    fused.set_non_finite(NonFinite::Skip);
+    let mut params = vec![values(10, 4)];
+    steps(&mut fused, &mut params, 0, 1);
+    let (before, state) = (params.clone(), fused.state("mu"));
+    let mut grad = values(10, 5);
+    grad[7] = f32::NAN;
+    let outcome = fused
+        .step(&mut [params[0].as_mut_slice()], &[&grad])
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Skipped {
+            tensor: 0,
+            index: 7
+        }
+    );
+    assert_eq!(
+        (params, fused.state("mu"), fused.steps_taken()),
+        (before, state, 1)
+    );
+    fused.set_non_finite(NonFinite::Propagate);
+    let mut params = vec![values(10, 4)];
+    assert_eq!(
+        fused
+            .step(&mut [params[0].as_mut_slice()], &[&grad])
+            .unwrap(),
+        Outcome::Applied
+    );
+    assert!(params[0][7].is_nan(), "propagated");
+}
