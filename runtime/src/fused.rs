@@ -448,9 +448,12 @@ fn host_value(
                 .map(|(i, &n)| {
                     let w = f64::from(value.at(i) as f32);
                     match op {
-                        ReduceOp::Sum => n as f64 * w,
                         _ if n == 0 => Kernel::identity(op),
-                        _ => w,
+                        // Exact: n copies of an f32 sum exactly in f64 (n < 2^29);
+                        // adding to the identity +0 turns a -0 sum into +0, as the fold does.
+                        ReduceOp::Sum => Kernel::combine(op, Kernel::identity(op), n as f64 * w),
+                        // The fold of one value into the identity (NaN is ignored, as by f64::max).
+                        _ => Kernel::combine(op, Kernel::identity(op), w),
                     }
                 })
                 .collect();
