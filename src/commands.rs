@@ -42,11 +42,11 @@ pub fn show(file: &str, rule: Option<&str>, ir: bool, plan: bool) -> Result<Stri
     if plan {
         out.push_str(&format!(
             "\nplan (every step after the first):\n{}",
-            Plan::new(&rule, false)
+            Plan::new(&rule, false).describe(&rule)
         ));
         out.push_str(&format!(
             "plan (first step, state from its initialisers):\n{}",
-            Plan::new(&rule, true)
+            Plan::new(&rule, true).describe(&rule)
         ));
     }
     Ok(out)

@@ -241,3 +241,43 @@ fn bench_reports_step_floor_and_compile_time() {
     assert_eq!(code, 1);
     assert!(stderr.contains("--tensors at least 1"), "{stderr}");
 }
+
+#[test]
+fn show_plan_names_passes_and_bytes() {
+    let expected = [
+        (
+            "adam",
+            "pass 0: loads [p, g, mu, nu], stores [p, mu, nu]",
+            "total: 1 pass(es), 28 B/element",
+        ),
+        (
+            "lion",
+            "pass 0: loads [p, g, mu], stores [p, mu]",
+            "total: 1 pass(es), 20 B/element",
+        ),
+        (
+            "sgd",
+            "pass 0: loads [p, g], stores [p]",
+            "total: 1 pass(es), 12 B/element",
+        ),
+        (
+            "lamb",
+            "pass 1: loads [p, g, mu, nu], stores [p, mu, nu]",
+            "total: 2 pass(es), 44 B/element",
+        ),
+        (
+            "novograd",
+            "pass 0: loads [g], stores []",
+            "total: 2 pass(es), 24 B/element",
+        ),
+    ];
+    for (rule, pass, total) in expected {
+        let (code, stdout, stderr) = optc(&["show", rule, "--plan"]);
+        assert_eq!(code, 0, "{stderr}");
+        let steady = stdout.split("plan (first step").next().unwrap();
+        assert!(
+            steady.contains(pass) && steady.contains(total),
+            "{rule}:\n{stdout}"
+        );
+    }
+}

@@ -15,7 +15,6 @@
 //! the rule's order. Only the last pass stores, and never to `g`.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use crate::ir::{Handle, Input, Node, ReduceOp, Rule, Scope, Shape};
 use crate::kernel::{Kernel, Op};
@@ -329,26 +328,62 @@ fn handle(index: usize) -> Handle {
     Handle::from_index(index)
 }
 
-impl fmt::Display for Plan {
-    /// The pass plan as `optc show --plan` prints it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Plan {
+    /// The plan as `optc show --plan` prints it: per pass, the buffers it
+    /// loads and stores (by name), its operations, scalar arguments and
+    /// reductions, and the bytes it moves per element.
+    pub fn describe(&self, rule: &Rule) -> String {
+        let name = |buffer: u32| -> String {
+            match buffer {
+                PARAM_BUFFER => "p".to_string(),
+                GRAD_BUFFER => "g".to_string(),
+                b => self
+                    .state_buffers
+                    .iter()
+                    .position(|&s| s == Some(b))
+                    .map_or_else(|| format!("#{b}"), |slot| rule.states[slot].name.clone()),
+            }
+        };
+        let names = |buffers: &[u32]| {
+            buffers
+                .iter()
+                .map(|&b| name(b))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = String::new();
         for (index, pass) in self.passes.iter().enumerate() {
             let k = &pass.kernel;
-            let loads = k.loaded_buffers();
-            writeln!(
-                f,
-                "pass {index}: {} ops, loads {loads:?}, stores {:?}, {} scalar args, {} reductions ({} bytes per element in f32)",
+            let stores: Vec<u32> = k.stores.iter().map(|s| s.0).collect();
+            out.push_str(&format!(
+                "pass {index}: loads [{}], stores [{}]; {} ops, {} scalar args; {} B/element\n",
+                names(&k.loaded_buffers()),
+                names(&stores),
                 k.ops.len(),
-                k.stores.iter().map(|s| s.0).collect::<Vec<_>>(),
                 k.scalars,
-                k.accumulators.len(),
                 k.bytes_per_element()
-            )?;
+            ));
             for (&r, &(op, _)) in pass.reductions.iter().zip(&k.accumulators) {
-                writeln!(f, "  accumulates {r} ({op:?})")?;
+                let scope = match reduction_scope(rule, r) {
+                    Some((_, Scope::Group)) => "over the group",
+                    _ => "per tensor",
+                };
+                out.push_str(&format!(
+                    "  accumulates {r}: {} {scope}\n",
+                    format!("{op:?}").to_lowercase()
+                ));
             }
         }
-        Ok(())
+        let total: usize = self
+            .passes
+            .iter()
+            .map(|p| p.kernel.bytes_per_element())
+            .sum();
+        out.push_str(&format!(
+            "total: {} pass(es), {total} B/element\n",
+            self.passes.len()
+        ));
+        out
     }
 }
 
