@@ -10,6 +10,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use crate::buffer::StateBuffer;
 use crate::fused::{FusedOptimizer, Scalar};
 use crate::Error;
 
@@ -161,7 +162,7 @@ impl FusedOptimizer {
             Ok(view.data().to_vec())
         };
         let f64_of = |bytes: Vec<u8>| f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-        let mut elem_state: Vec<Vec<Vec<f32>>> = vec![Vec::new(); numels.len()];
+        let mut elem_state: Vec<Vec<StateBuffer>> = numels.iter().map(|_| Vec::new()).collect();
         let mut scalar_state: Vec<Option<Scalar>> = vec![None; self.rule.states.len()];
         if step > 0 {
             for (slot, state) in self.rule.states.iter().enumerate() {
@@ -187,12 +188,12 @@ impl FusedOptimizer {
                             names.iter().zip(numels).zip(elem_state.iter_mut())
                         {
                             let bytes = read(&format!("{name}/{}", state.name), Dtype::F32, n)?;
-                            tensor.push(
-                                bytes
-                                    .chunks_exact(4)
-                                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                                    .collect(),
-                            );
+                            let values: Vec<f32> = bytes
+                                .chunks_exact(4)
+                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect();
+                            let stagger = tensor.len();
+                            tensor.push(StateBuffer::from_slice(&values, stagger));
                         }
                     }
                 }

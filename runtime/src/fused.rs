@@ -17,6 +17,7 @@ use optc_compiler::kernel::{self, Kernel};
 use optc_compiler::plan::{self, Plan};
 
 use crate::bind::{check_shapes, Bindings};
+use crate::buffer::StateBuffer;
 use crate::Error;
 
 /// Elements per work item. A multiple of every SIMD width, large enough to
@@ -106,7 +107,7 @@ pub struct FusedOptimizer {
     threads: usize,
     non_finite: NonFinite,
     /// Per-element state: `[tensor][slot]` in buffer order.
-    pub(crate) elem_state: Vec<Vec<Vec<f32>>>,
+    pub(crate) elem_state: Vec<Vec<StateBuffer>>,
     /// Tensor and group state, by slot (`None` for per-element slots).
     pub(crate) scalar_state: Vec<Option<Scalar>>,
     pub(crate) step: u64,
@@ -207,7 +208,11 @@ impl FusedOptimizer {
             let slots = self.first.plan.state_buffers.iter().flatten().count();
             self.elem_state = numels
                 .iter()
-                .map(|&n| vec![vec![0.0f32; n]; slots])
+                .map(|&n| {
+                    (0..slots)
+                        .map(|slot| StateBuffer::zeroed(n, slot))
+                        .collect()
+                })
                 .collect();
         }
         let hypers = self.hypers.values(self.step + 1);
@@ -362,7 +367,7 @@ impl FusedOptimizer {
         Some(
             self.elem_state
                 .iter()
-                .map(|tensor| tensor[buffer].clone())
+                .map(|tensor| tensor[buffer].to_vec())
                 .collect(),
         )
     }
@@ -377,7 +382,7 @@ pub struct Floor {
 fn buffer_pointers(
     params: &mut [&mut [f32]],
     grads: &[&[f32]],
-    elem_state: &mut [Vec<Vec<f32>>],
+    elem_state: &mut [Vec<StateBuffer>],
 ) -> Vec<Vec<SendPtr>> {
     params
         .iter_mut()
