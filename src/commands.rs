@@ -191,7 +191,8 @@ pub fn train(
 }
 
 pub fn bench(settings: &crate::bench::Settings<'_>) -> Result<String, Failure> {
-    crate::bench::run(settings, &mut optc_runtime::fused::Reference, "reference")
+    let (mut backend, name) = optc_runtime::fused::default_backend();
+    crate::bench::run(settings, &mut *backend, name)
 }
 
 pub fn list() -> Result<String, Failure> {
