@@ -190,3 +190,51 @@ fn every_golden_case_replays_through_the_cli() {
         assert!(error <= TOLERANCE, "{}: {stdout}", case.name);
     }
 }
+
+#[test]
+fn fused_plans_equal_the_interpreter_on_every_golden_case() {
+    use optc_runtime::fused::{FusedOptimizer, Reference};
+    let (cases, _) = cases();
+    for case in &cases {
+        let mut program = optc_stdlib::prelude();
+        let rule = Arc::new(program.compile(&case.rule).unwrap());
+        let overrides: Vec<_> = case
+            .sets
+            .iter()
+            .map(|(k, v)| (k.clone(), program.compile_scalar(k, v).unwrap()))
+            .collect();
+        let mut interpreted = Optimizer::<f32>::new(rule.clone(), overrides.clone()).unwrap();
+        let mut fused = FusedOptimizer::new(rule, overrides, &mut Reference, 2).unwrap();
+        let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
+        let trace = Trace::from_json(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut a: Vec<Vec<f32>> = trace.tensors.iter().map(|t| t.p0.clone()).collect();
+        let mut b = a.clone();
+        for step in 0..trace.steps() {
+            let grads: Vec<&[f32]> = trace
+                .tensors
+                .iter()
+                .map(|t| t.grads[step].as_slice())
+                .collect();
+            interpreted
+                .step(
+                    &mut a.iter_mut().map(|p| p.as_mut_slice()).collect::<Vec<_>>(),
+                    &grads,
+                )
+                .unwrap();
+            fused
+                .step(
+                    &mut b.iter_mut().map(|p| p.as_mut_slice()).collect::<Vec<_>>(),
+                    &grads,
+                )
+                .unwrap();
+            assert_eq!(
+                a,
+                b,
+                "{} ({}) differs at step {}",
+                case.name,
+                case.rule,
+                step + 1
+            );
+        }
+    }
+}
