@@ -9,18 +9,6 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use optc_runtime::fused::FusedOptimizer;
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32) / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 fn steps(c: &mut Criterion) {
     let numel: usize = std::env::var("OPTC_BENCH_NUMEL")
         .ok()
@@ -41,19 +29,8 @@ fn steps(c: &mut Criterion) {
             let mut optimizer =
                 FusedOptimizer::new(compiled, Vec::new(), &mut *backend, threads).unwrap();
             let floor = optimizer.floor(&mut *backend).unwrap();
-            let sizes: Vec<usize> = (0..tensors)
-                .map(|i| numel / tensors + usize::from(i < numel % tensors))
-                .collect();
-            let mut params: Vec<Vec<f32>> = sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| values(n, i as u64))
-                .collect();
-            let grads: Vec<Vec<f32>> = sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| values(n, 99 + i as u64))
-                .collect();
+            let mut params = optc_tasks::random_tensors(numel, tensors, 1);
+            let grads = optc_tasks::random_tensors(numel, tensors, 2);
             let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
             let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
             optimizer.step(&mut views, &grads).unwrap();

@@ -20,23 +20,6 @@ pub struct Settings<'a> {
     pub json: bool,
 }
 
-/// Deterministic values in [-1, 1) with some exact zeros.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|i| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            if i % 23 == 0 {
-                0.0
-            } else {
-                ((state >> 40) as f32) / (1u64 << 23) as f32 - 1.0
-            }
-        })
-        .collect()
-}
-
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort_unstable();
     samples.get(samples.len() / 2).copied().unwrap_or_default()
@@ -70,20 +53,8 @@ pub fn run(
         .floor(backend)
         .map_err(|e| format!("error: {e}"))?;
 
-    let base = settings.numel / settings.tensors;
-    let sizes: Vec<usize> = (0..settings.tensors)
-        .map(|i| base + usize::from(i < settings.numel % settings.tensors))
-        .collect();
-    let mut params: Vec<Vec<f32>> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| values(n, i as u64))
-        .collect();
-    let grads: Vec<Vec<f32>> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| values(n, 1000 + i as u64))
-        .collect();
+    let mut params = optc_tasks::random_tensors(settings.numel, settings.tensors, 1);
+    let grads = optc_tasks::random_tensors(settings.numel, settings.tensors, 2);
     let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
     let step_error = |e: optc_runtime::Error| format!("error: {e}");
     for _ in 0..2 {

@@ -164,6 +164,30 @@ impl SoftmaxRegression {
     }
 }
 
+/// `numel` deterministic values in [-1, 1) (with some exact zeros) split as
+/// evenly as possible over `tensors` tensors: the synthetic parameters and
+/// gradients that `optc bench` and the criterion benchmarks step over.
+pub fn random_tensors(numel: usize, tensors: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    (0..tensors)
+        .map(|i| {
+            let n = numel / tensors + usize::from(i < numel % tensors);
+            (0..n)
+                .map(|j| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    if j % 23 == 0 {
+                        0.0
+                    } else {
+                        ((state >> 40) as f32) / (1u64 << 23) as f32 - 1.0
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// One line of a training log: the state after `step` steps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogLine {
