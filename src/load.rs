@@ -8,7 +8,7 @@ use std::sync::Arc;
 use optc_compiler::diagnostics;
 use optc_compiler::interpret::Real;
 use optc_compiler::ir::{Rule, ScalarExpr};
-use optc_compiler::{Diagnostic, Origin, Program};
+use optc_compiler::{Diagnostic, FileId, Origin, Program};
 use optc_runtime::Optimizer;
 
 /// A user error, already rendered.
@@ -19,9 +19,18 @@ pub fn render(program: &Program, diagnostic: &Diagnostic) -> String {
     diagnostics::render(diagnostic, program.files(), color)
 }
 
-/// The stdlib plus `file` (a path, or the name of a stdlib optimizer), and
-/// the names of the optimizers that the argument designates.
-pub fn program(file: &str) -> Result<(Program, Vec<String>), Failure> {
+/// What a FILE argument designates: a program (the stdlib plus the file,
+/// if it is one) and the optimizers it names.
+pub struct Loaded {
+    pub program: Program,
+    /// The user's file, when the argument was a path.
+    pub file: Option<FileId>,
+    /// The optimizers it designates: those of the file, or the stdlib rule named.
+    pub names: Vec<String>,
+}
+
+/// The stdlib plus `file` (a path, or the name of a stdlib optimizer).
+pub fn program(file: &str) -> Result<Loaded, Failure> {
     let mut program = optc_stdlib::prelude();
     match std::fs::read(file) {
         Ok(bytes) => match program.add_source(file, &bytes, Origin::User) {
@@ -31,14 +40,22 @@ pub fn program(file: &str) -> Result<(Program, Vec<String>), Failure> {
                     .into_iter()
                     .map(String::from)
                     .collect();
-                Ok((program, names))
+                Ok(Loaded {
+                    program,
+                    file: Some(id),
+                    names,
+                })
             }
             Err(diagnostic) => Err(render(&program, &diagnostic)),
         },
         Err(error) => {
             let is_stdlib_name = program.optimizers().contains(&file);
             if is_stdlib_name && !file.contains(['/', '.']) {
-                Ok((program, vec![file.to_string()]))
+                Ok(Loaded {
+                    program,
+                    file: None,
+                    names: vec![file.to_string()],
+                })
             } else {
                 Err(format!("error: cannot read {file}: {error}"))
             }
@@ -46,9 +63,8 @@ pub fn program(file: &str) -> Result<(Program, Vec<String>), Failure> {
     }
 }
 
-/// Compiles the chosen optimizer of `file`: `rule`, or else the last one.
 pub fn rule(file: &str, rule: Option<&str>) -> Result<(Program, Rule), Failure> {
-    let (program, names) = program(file)?;
+    let Loaded { program, names, .. } = program(file)?;
     let name = match rule {
         Some(name) => name.to_string(),
         None => names

@@ -281,3 +281,24 @@ fn show_plan_names_passes_and_bytes() {
         );
     }
 }
+
+#[test]
+fn check_covers_functions_no_optimizer_calls() {
+    let path = std::env::temp_dir().join(format!("optc-fns-{}.opt", std::process::id()));
+    std::fs::write(
+        &path,
+        "fn gate(c, a, b) { if c { a } else { b } }\nfn twice(x, k = 2) { let y = k * x; y }\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = optc(&["check", path.to_str().unwrap()]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "ok: 1 file(s) checked\n"),
+        "{stderr}"
+    );
+    std::fs::write(&path, "fn typo(x) { x * learnin_rate }\n").unwrap();
+    let (code, _, stderr) = optc(&["check", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unknown name `learnin_rate`"), "{stderr}");
+}

@@ -17,7 +17,7 @@ use crate::program::Program;
 
 /// Upper bound on expressions lowered for one rule, inlining included: a
 /// chain of functions that each call the next twice must not hang the compiler.
-const MAX_WORK: usize = 1 << 23;
+const MAX_WORK: usize = 1 << 22;
 /// Deepest chain of nested `fn` calls and `use`s.
 const MAX_INLINE_DEPTH: usize = 64;
 
@@ -111,6 +111,50 @@ pub(crate) fn rule(program: &Program, name: &str) -> Lowered<Rule> {
     })
 }
 
+/// Checks a function on its own, as if called with elementwise arguments:
+/// every parameter is a float, except those the body uses as conditions,
+/// which are bools (found by retrying after each such error).
+pub(crate) fn function(program: &Program, item: &ast::Item) -> Lowered<()> {
+    let ItemBody::Function { lets, result } = &item.body else {
+        return Ok(());
+    };
+    let mut bools = vec![false; item.params.len()];
+    loop {
+        let mut lowerer = Lowerer::new(program);
+        lowerer.active.push(item.name.name.clone());
+        let mut frame = Frame::default();
+        for (index, (param, &is_bool)) in item.params.iter().zip(&bools).enumerate() {
+            if let Some(default) = &param.default {
+                lowerer.expr(default, &frame)?;
+            }
+            let kind = if is_bool { Kind::Bool } else { Kind::Float };
+            let ty = Type {
+                shape: Shape::Elem,
+                kind,
+            };
+            let input = lowerer
+                .graph
+                .add(Node::Input(Input::Hyper(index as u32), ty));
+            frame.params.insert(param.name.name.clone(), input);
+        }
+        let Err(error) = lowerer.function_body(lets, result, frame) else {
+            return Ok(());
+        };
+        let used_as_condition = (error.message == kind_mismatch(Kind::Bool, Kind::Float))
+            .then(|| error.primary_span())
+            .flatten()
+            .and_then(|span| {
+                item.params
+                    .iter()
+                    .position(|p| source_text(program, span) == p.name.name)
+            });
+        match used_as_condition {
+            Some(index) if !bools[index] => bools[index] = true,
+            _ => return Err(error),
+        }
+    }
+}
+
 /// Compiles a scalar expression of `t` (hyperparameter defaults and values).
 /// It may also read the hyperparameters in `earlier` (a default may depend on
 /// those declared before it), as inputs `Hyper(i)` with their index in it.
@@ -164,6 +208,14 @@ fn per(shape: Shape) -> &'static str {
         Shape::Tensor => "one value per tensor",
         Shape::Elem => "one value per element",
     }
+}
+
+fn kind_mismatch(expected: Kind, found: Kind) -> String {
+    format!(
+        "expected {}, found {}",
+        kind_name(expected),
+        kind_name(found)
+    )
 }
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -517,7 +569,7 @@ impl<'p> Lowerer<'p> {
             return Ok(());
         }
         let diagnostic = Diagnostic::error(
-            format!("expected {}, found {}", kind_name(kind), kind_name(found)),
+            kind_mismatch(kind, found),
             span,
             format!("this is {}", kind_name(found)),
         );
@@ -679,13 +731,23 @@ impl<'p> Lowerer<'p> {
             };
             inner.params.insert(param.name.name.clone(), value);
         }
-        for (name, value) in lets {
-            let value = self.expr(value, &inner)?;
-            inner.lets.insert(name.name.clone(), value);
-        }
-        let value = self.expr(result, &inner)?;
+        let value = self.function_body(lets, result, inner)?;
         self.active.pop();
         Ok(value)
+    }
+
+    /// A function's `let`s and result, with its parameters bound in `frame`.
+    fn function_body(
+        &mut self,
+        lets: &[(ast::Ident, ast::Expr)],
+        result: &ast::Expr,
+        mut frame: Frame,
+    ) -> Lowered<Handle> {
+        for (name, value) in lets {
+            let value = self.expr(value, &frame)?;
+            frame.lets.insert(name.name.clone(), value);
+        }
+        self.expr(result, &frame)
     }
 
     fn builtin(

@@ -156,9 +156,16 @@ impl Program {
         lower::rule(self, name)
     }
 
-    /// Checks every optimizer defined in `file`, collecting one diagnostic per failing item.
+    /// Checks every item defined in `file` (functions on their own, see
+    /// [`lower::function`]), collecting one diagnostic per failing item.
     pub fn check_file(&self, file: FileId) -> Vec<Diagnostic> {
-        self.check(&self.optimizers_in(file))
+        let functions = self.asts[file.0 as usize]
+            .items
+            .iter()
+            .filter_map(|item| lower::function(self, item).err());
+        functions
+            .chain(self.check(&self.optimizers_in(file)))
+            .collect()
     }
 
     /// Compiles each named optimizer, collecting one diagnostic per failure.
