@@ -238,3 +238,54 @@ fn fused_plans_equal_the_interpreter_on_every_golden_case() {
         }
     }
 }
+
+#[test]
+fn golden_cases_pass_through_the_jit() {
+    use optc_runtime::fused::{FusedOptimizer, Jit};
+    let Ok(mut jit) = Jit::new() else {
+        panic!("the Cranelift JIT supports this host");
+    };
+    let (cases, _) = cases();
+    for case in &cases {
+        let mut program = optc_stdlib::prelude();
+        let rule = Arc::new(program.compile(&case.rule).unwrap());
+        let overrides: Vec<_> = case
+            .sets
+            .iter()
+            .map(|(k, v)| (k.clone(), program.compile_scalar(k, v).unwrap()))
+            .collect();
+        let mut fused = FusedOptimizer::new(rule, overrides, &mut jit, 2).unwrap();
+        let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
+        let reference = Trace::from_json(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut ours = reference.clone();
+        let mut params: Vec<Vec<f32>> = reference.tensors.iter().map(|t| t.p0.clone()).collect();
+        for tensor in &mut ours.tensors {
+            tensor.params.clear();
+        }
+        for step in 0..reference.steps() {
+            let grads: Vec<&[f32]> = reference
+                .tensors
+                .iter()
+                .map(|t| t.grads[step].as_slice())
+                .collect();
+            fused
+                .step(
+                    &mut params
+                        .iter_mut()
+                        .map(|p| p.as_mut_slice())
+                        .collect::<Vec<_>>(),
+                    &grads,
+                )
+                .unwrap();
+            for (tensor, p) in ours.tensors.iter_mut().zip(&params) {
+                tensor.params.push(p.clone());
+            }
+        }
+        let comparison = trace::compare(&ours, &reference).unwrap();
+        assert!(
+            comparison.max_err <= TOLERANCE,
+            "{} through the JIT: {comparison:?}",
+            case.name
+        );
+    }
+}

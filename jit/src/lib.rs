@@ -1,1 +1,485 @@
-//! Cranelift JIT backend (being written).
+//! Cranelift JIT backend: compiles optc [`Kernel`]s to fused SIMD loops.
+//!
+//! A [`Jit`] owns a Cranelift JIT module for the host CPU (detected at run
+//! time with `cranelift-native`). [`Jit::compile`] turns a kernel into native
+//! code with the ABI of [`KernelFn`]; [`CompiledKernel::run`] is the safe way
+//! to call it.
+//!
+//! # Semantics
+//!
+//! A compiled kernel reproduces [`optc_compiler::kernel::run`] bit for bit,
+//! with these documented exceptions:
+//!
+//! * **Transcendentals** (`exp log tanh sigmoid cos`, binary `pow`) are inline
+//!   vector polynomials, see [`approx`], whose scalar functions model them
+//!   bit-exactly. They evaluate in f64 and round once, so the error is
+//!   essentially that of rounding. Measured against Rust's `f32` functions
+//!   (the host libm), over dense sweeps (`tests/accuracy.rs`):
+//!
+//!   | function  | domain swept                                  | max error |
+//!   |-----------|-----------------------------------------------|-----------|
+//!   | `exp`     | all f32 in [-104, 89] (results to subnormals)  | 1 ulp     |
+//!   | `log`     | all positive f32 (subnormals included)         | 1 ulp     |
+//!   | `tanh`    | all finite f32                                 | 1 ulp     |
+//!   | `sigmoid` | all finite f32                                 | 1 ulp     |
+//!   | `cos`     | \|x\| <= 8e8 ([`approx::COS_ACCURATE_LIMIT`])  | 1 ulp     |
+//!   | `pow`     | a in (0, inf), b in [-60, 60], results finite | 1 ulp     |
+//!
+//!   Special values follow IEEE/C99 (NaN in, NaN out; `exp(-inf) = 0`,
+//!   `log(0) = -inf`, `log(x < 0) = NaN`, `tanh(-0) = -0`, `cos(±inf) = NaN`).
+//!   `sigmoid` is `1 / (1 + exp(-x))` evaluated in f32 like the reference (so
+//!   it is 0 for x < -88.7, as the reference is). `cos` is accurate for
+//!   |x| <= 8e8 (Cody-Waite reduction with pi/2 in four 24-bit pieces, exact
+//!   for quadrant counts below 2^29); beyond, it returns some value in
+//!   [-1, 1] (there is no Payne-Hanek reduction). `pow` follows `powf`:
+//!   `pow(x, ±0) = 1` (even for NaN x), `pow(1, y) = 1` (even NaN y),
+//!   `pow(-1, ±inf) = 1`, negative finite x with non-integer y gives NaN,
+//!   negative x with an integer y gives the sign of odd powers, and zeros
+//!   and infinities give the C99 results (including signed zeros and
+//!   `-0 ^ odd < 0 = -inf`). Errors (`errno`, floating-point flags) are not
+//!   modelled.
+//! * **`min`/`max` on equal operands of different sign** (`max(+0, -0)`):
+//!   the compiled code returns the first operand. Rust's `f32::max` leaves
+//!   this case unspecified and the reference interpreter's result depends on
+//!   how LLVM lowered it; every other case (NaN operands included: the other
+//!   operand wins) is exact.
+//! * **Accumulators** are summed in a different order: each unrolled vector
+//!   keeps per-lane f64 partials; elements past the last full unrolled block
+//!   go to the first vector's partials; at the end the partials are folded in
+//!   a fixed order and combined into the caller's value. The order depends
+//!   only on the range (its start and length), never on timing or threads,
+//!   and sums agree with the sequential reference within the usual bound for
+//!   reordered f64 sums (tested at 1e-12 of the sum of magnitudes). Max and
+//!   min are exact; like the reference they ignore NaN values.
+//!
+//! Multiplies and adds are never fused; `sqrt` and division are the exact
+//! IEEE instructions; `floor` is exact.
+//!
+//! # Code shape
+//!
+//! See the `codegen` module: an f32x4 main loop unrolled twice, the tail
+//! through the same vector code on a stack copy, scalars and everything
+//! computed only from scalars and constants hoisted out of the loop, all
+//! branch-free per element.
+//!
+//! # Lifetime of the code
+//!
+//! Machine code lives in the `JITModule`, which sits behind an `Arc` shared by
+//! the [`Jit`] and every [`CompiledKernel`] it produced. The module (and all
+//! its code) is freed when the last of them is dropped, so a compiled kernel
+//! stays callable after the `Jit` is gone, and kernels can be sent to and
+//! shared between threads (`CompiledKernel: Send + Sync`).
+//!
+//! # Settings
+//!
+//! Cranelift runs at `opt_level = "speed"`; its IR verifier is on in debug
+//! builds and off in release builds (it costs compile time and our IR is
+//! generated, not user-written); unwind info is not generated (kernels never
+//! unwind).
+
+pub mod approx;
+mod codegen;
+
+use cranelift_codegen::ir::UserFuncName;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::{isa::CallConv, Context};
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::Module;
+use optc_compiler::kernel::{Kernel, Op};
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+/// The generated function: `(buffers, scalars, accumulators, start, end)`.
+///
+/// Processes elements `start..end` of every buffer (`start > end` does
+/// nothing); `buffers[b]` points at element 0 of buffer `b`, `scalars[k]` is
+/// scalar `k`, and accumulator `k`'s result is combined into
+/// `accumulators[k]`.
+///
+/// # Safety
+/// Every buffer pointer must be valid for reads (and, for stored buffers,
+/// writes) of elements `start..end`; distinct buffers must not overlap;
+/// `scalars` and `accumulators` must hold the kernel's counts.
+pub type KernelFn = unsafe extern "C" fn(
+    buffers: *const *mut f32,
+    scalars: *const f32,
+    accumulators: *mut f64,
+    start: usize,
+    end: usize,
+);
+
+/// Why compiling or running a kernel failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JitError {
+    /// The host is not supported by Cranelift or a setting was rejected.
+    Host(String),
+    /// The kernel is malformed (see [`validate`]).
+    InvalidKernel(String),
+    /// Cranelift failed to compile or load the function.
+    Codegen(String),
+    /// `run` got arguments that do not fit the kernel.
+    BadArguments(String),
+}
+
+impl fmt::Display for JitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JitError::Host(m) => write!(f, "unsupported host: {m}"),
+            JitError::InvalidKernel(m) => write!(f, "invalid kernel: {m}"),
+            JitError::Codegen(m) => write!(f, "code generation failed: {m}"),
+            JitError::BadArguments(m) => write!(f, "bad kernel arguments: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for JitError {}
+
+/// The module and its code; freed when the last owner goes.
+struct Shared {
+    module: Mutex<Option<JITModule>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let module = match self.module.get_mut() {
+            Ok(m) => m.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(module) = module {
+            // SAFETY: every CompiledKernel holds an Arc<Shared>, so none is
+            // left that could call into this code, and none is running.
+            unsafe { module.free_memory() };
+        }
+    }
+}
+
+/// A Cranelift JIT for kernels on the host CPU.
+pub struct Jit {
+    shared: Arc<Shared>,
+    ctx: Context,
+    builder: FunctionBuilderContext,
+    signature: cranelift_codegen::ir::Signature,
+}
+
+impl Jit {
+    /// Sets up Cranelift for the CPU this runs on.
+    pub fn new() -> Result<Jit, JitError> {
+        let host = |e: &dyn fmt::Display| JitError::Host(e.to_string());
+        let mut flags = settings::builder();
+        let verifier = if cfg!(debug_assertions) {
+            "true"
+        } else {
+            "false"
+        };
+        let opt = std::env::var("OPTC_JIT_OPT").unwrap_or("speed".into());
+        let ra = std::env::var("OPTC_JIT_RA").unwrap_or("backtracking".into());
+        flags.set("regalloc_algorithm", &ra).unwrap();
+        for (name, value) in [
+            ("opt_level", opt.as_str()),
+            ("enable_verifier", verifier),
+            ("unwind_info", "false"),
+            ("use_colocated_libcalls", "false"),
+            ("is_pic", "false"),
+        ] {
+            flags.set(name, value).map_err(|e| host(&e))?;
+        }
+        let isa = cranelift_native::builder()
+            .map_err(|e| host(&e))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| host(&e))?;
+        let ptr = isa.pointer_type();
+        let call_conv = CallConv::triple_default(isa.triple());
+        let module = JITModule::new(JITBuilder::with_isa(
+            isa,
+            cranelift_module::default_libcall_names(),
+        ));
+        Ok(Jit {
+            shared: Arc::new(Shared {
+                module: Mutex::new(Some(module)),
+            }),
+            ctx: Context::new(),
+            builder: FunctionBuilderContext::new(),
+            signature: codegen::signature(ptr, call_conv),
+        })
+    }
+
+    /// Compiles `kernel` to native code.
+    pub fn compile(&mut self, kernel: &Kernel) -> Result<CompiledKernel, JitError> {
+        validate(kernel)?;
+        let codegen_err = |e: &dyn fmt::Display| JitError::Codegen(e.to_string());
+        let mut guard = self
+            .shared
+            .module
+            .lock()
+            .map_err(|_| JitError::Codegen("JIT module lock poisoned".into()))?;
+        let module = guard
+            .as_mut()
+            .ok_or_else(|| JitError::Codegen("JIT module gone".into()))?;
+        self.ctx.clear();
+        self.ctx.func.signature = self.signature.clone();
+        let id = module
+            .declare_anonymous_function(&self.signature)
+            .map_err(|e| codegen_err(&e))?;
+        self.ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let t0 = std::time::Instant::now();
+        codegen::translate(
+            &mut self.ctx.func,
+            &mut self.builder,
+            module.isa().frontend_config(),
+            kernel,
+        );
+        let t1 = std::time::Instant::now();
+        let dump = std::env::var_os("OPTC_JIT_DUMP").is_some();
+        if dump {
+            eprintln!("{}", self.ctx.func.display());
+            self.ctx.set_disasm(true);
+        }
+        let defined = module.define_function(id, &mut self.ctx);
+        let t2 = std::time::Instant::now();
+        if dump {
+            if let Some(c) = self.ctx.compiled_code() {
+                eprintln!("{}", c.vcode.clone().unwrap_or_default());
+            }
+        }
+        module.clear_context(&mut self.ctx);
+        defined.map_err(|e| codegen_err(&format!("{e:?}")))?;
+        module.finalize_definitions().map_err(|e| codegen_err(&e))?;
+        let code = module.get_finalized_function(id);
+        if std::env::var_os("OPTC_JIT_TIMES").is_some() {
+            eprintln!(
+                "translate {:?} define {:?} finalize {:?} insts {}",
+                t1 - t0,
+                t2 - t1,
+                t2.elapsed(),
+                self.ctx.func.dfg.num_insts()
+            );
+        }
+        // SAFETY: the function was built with `codegen::signature`, which is
+        // this type's ABI on the host.
+        let function = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
+        Ok(CompiledKernel {
+            function,
+            _code: Arc::clone(&self.shared),
+            buffers: kernel.buffers as usize,
+            scalars: kernel.scalars as usize,
+            accumulators: kernel.accumulators.len(),
+        })
+    }
+}
+
+/// A compiled kernel. Keeps its JIT module (and so its code) alive; callable
+/// from any number of threads at once.
+pub struct CompiledKernel {
+    function: KernelFn,
+    _code: Arc<Shared>,
+    buffers: usize,
+    scalars: usize,
+    accumulators: usize,
+}
+
+impl fmt::Debug for CompiledKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledKernel")
+            .field("function", &(self.function as *const u8))
+            .field("buffers", &self.buffers)
+            .field("scalars", &self.scalars)
+            .field("accumulators", &self.accumulators)
+            .finish()
+    }
+}
+
+/// Pointer arrays of up to this many buffers live on the stack.
+const INLINE_BUFFERS: usize = 16;
+
+impl CompiledKernel {
+    /// Runs the kernel over elements `range` of `buffers`, combining the
+    /// accumulators into `accumulators` (initialise them with
+    /// [`Kernel::identity`]). The counts must match the kernel's and the range
+    /// must lie inside every buffer.
+    pub fn run(
+        &self,
+        buffers: &mut [&mut [f32]],
+        scalars: &[f32],
+        accumulators: &mut [f64],
+        range: Range<usize>,
+    ) -> Result<(), JitError> {
+        self.check_counts(buffers.len(), scalars.len(), accumulators.len(), &range)?;
+        if let Some((b, buf)) = buffers
+            .iter()
+            .enumerate()
+            .find(|(_, buf)| buf.len() < range.end)
+        {
+            return Err(JitError::BadArguments(format!(
+                "range {range:?} exceeds buffer {b} of length {}",
+                buf.len()
+            )));
+        }
+        let mut inline = [std::ptr::null_mut::<f32>(); INLINE_BUFFERS];
+        let mut heap = Vec::new();
+        let pointers: &mut [*mut f32] = if buffers.len() <= INLINE_BUFFERS {
+            &mut inline[..buffers.len()]
+        } else {
+            heap.resize(buffers.len(), std::ptr::null_mut());
+            &mut heap
+        };
+        for (p, buf) in pointers.iter_mut().zip(buffers.iter_mut()) {
+            *p = buf.as_mut_ptr();
+        }
+        // SAFETY: counts match, every buffer holds the range, the &mut
+        // borrows make the buffers distinct.
+        unsafe {
+            (self.function)(
+                pointers.as_ptr(),
+                scalars.as_ptr(),
+                accumulators.as_mut_ptr(),
+                range.start,
+                range.end,
+            )
+        };
+        Ok(())
+    }
+
+    /// [`run`](Self::run) over raw buffer pointers, as a runtime calls
+    /// kernels on disjoint ranges from several threads. Counts and the range
+    /// order are checked; buffer lengths cannot be.
+    ///
+    /// # Safety
+    /// Every pointer must be valid for reads of elements `range`, and for
+    /// writes of them where the kernel stores; distinct buffers must not
+    /// overlap; no other thread may access the stored elements meanwhile.
+    pub unsafe fn run_raw(
+        &self,
+        buffers: &[*mut f32],
+        scalars: &[f32],
+        accumulators: &mut [f64],
+        range: Range<usize>,
+    ) -> Result<(), JitError> {
+        self.check_counts(buffers.len(), scalars.len(), accumulators.len(), &range)?;
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            (self.function)(
+                buffers.as_ptr(),
+                scalars.as_ptr(),
+                accumulators.as_mut_ptr(),
+                range.start,
+                range.end,
+            )
+        };
+        Ok(())
+    }
+
+    fn check_counts(
+        &self,
+        buffers: usize,
+        scalars: usize,
+        accumulators: usize,
+        range: &Range<usize>,
+    ) -> Result<(), JitError> {
+        let bad = |what: &str, got: usize, want: usize| {
+            Err(JitError::BadArguments(format!(
+                "{got} {what} given, the kernel takes {want}"
+            )))
+        };
+        if buffers != self.buffers {
+            return bad("buffers", buffers, self.buffers);
+        }
+        if scalars != self.scalars {
+            return bad("scalars", scalars, self.scalars);
+        }
+        if accumulators != self.accumulators {
+            return bad("accumulators", accumulators, self.accumulators);
+        }
+        if range.start > range.end {
+            return Err(JitError::BadArguments(format!(
+                "range {range:?} is reversed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The raw function (see [`KernelFn`] for its contract). Valid while
+    /// `self` (or another owner of its module) is alive.
+    pub fn function(&self) -> KernelFn {
+        self.function
+    }
+
+    /// Buffers the kernel takes.
+    pub fn buffers(&self) -> usize {
+        self.buffers
+    }
+
+    /// Scalars the kernel takes.
+    pub fn scalars(&self) -> usize {
+        self.scalars
+    }
+
+    /// Accumulators the kernel combines into.
+    pub fn accumulators(&self) -> usize {
+        self.accumulators
+    }
+}
+
+/// Checks that `kernel` is well formed: operands refer to earlier ops,
+/// buffer and scalar indices are below the kernel's counts, stores and
+/// accumulators name existing ops, and no buffer is stored twice.
+pub fn validate(kernel: &Kernel) -> Result<(), JitError> {
+    let invalid = |m: String| Err(JitError::InvalidKernel(m));
+    let n = kernel.ops.len();
+    for (i, op) in kernel.ops.iter().enumerate() {
+        let operands: &[u32] = match op {
+            Op::Load(b) => {
+                if *b >= kernel.buffers {
+                    return invalid(format!("op {i} loads buffer {b} of {}", kernel.buffers));
+                }
+                &[]
+            }
+            Op::Scalar(k) => {
+                if *k >= kernel.scalars {
+                    return invalid(format!("op {i} reads scalar {k} of {}", kernel.scalars));
+                }
+                &[]
+            }
+            Op::Const(_) => &[],
+            Op::Unary(_, a) => &[*a],
+            Op::Binary(_, a, b) => &[*a, *b],
+            Op::Select(a, b, c) | Op::Lerp(a, b, c) => &[*a, *b, *c],
+        };
+        if let Some(a) = operands.iter().find(|&&a| a as usize >= i) {
+            return invalid(format!("op {i} uses op {a}, which is not earlier"));
+        }
+    }
+    let mut stored = Vec::new();
+    for &(b, op) in &kernel.stores {
+        if b >= kernel.buffers {
+            return invalid(format!("store to buffer {b} of {}", kernel.buffers));
+        }
+        if op as usize >= n {
+            return invalid(format!("store of op {op} of {n}"));
+        }
+        if stored.contains(&b) {
+            return invalid(format!("buffer {b} is stored twice"));
+        }
+        stored.push(b);
+    }
+    for &(_, op) in &kernel.accumulators {
+        if op as usize >= n {
+            return invalid(format!("accumulator over op {op} of {n}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_kernels_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<CompiledKernel>();
+        fn send<T: Send>() {}
+        send::<Jit>();
+    }
+}

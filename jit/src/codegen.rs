@@ -1,0 +1,880 @@
+//! Kernel to Cranelift IR: the fused SIMD loop.
+//!
+//! One function per kernel, `fn(buffers, scalars, accumulators, start, end)`:
+//!
+//! * entry: buffer pointers are loaded, scalars splatted, and every op that
+//!   does not depend on a load (scalars, constants and what is computed from
+//!   them) is evaluated once, as a vector, outside the loop;
+//! * main loop: `UNROLL` f32x4 vectors per iteration, unaligned loads of all
+//!   loaded buffers first, the ops interleaved across the vectors, then the
+//!   stores (so in-place updates read before they write);
+//! * tail (fewer than `UNROLL * 4` elements left): each group of up to four
+//!   elements is copied into a zeroed stack block, run through the *same*
+//!   vector code, and copied back; accumulators mask the padding lanes. An
+//!   element's result therefore never depends on where it falls;
+//! * exit: per-lane f64 accumulator partials are folded and combined into
+//!   `*accumulators`.
+//!
+//! Everything is branch-free per element: comparisons produce lane masks,
+//! `select`/`sign`/`min`/`max` are bit selects on them.
+
+use crate::approx::{self, Arith};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, ConstantData, Endianness, Function, InstBuilder, MemFlagsData,
+    Signature, StackSlotData, StackSlotKind, Type, Value,
+};
+use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
+use optc_compiler::kernel::{Kernel, Op};
+use std::collections::HashMap;
+
+/// f32 lanes per vector (Cranelift's x86 backend has 128-bit vectors).
+pub(crate) const LANES: usize = 4;
+/// Vectors per main-loop iteration.
+pub(crate) const UNROLL: usize = 2;
+
+/// The generated function's signature (see [`crate::KernelFn`]).
+pub(crate) fn signature(ptr: Type, call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..5 {
+        sig.params.push(AbiParam::new(ptr));
+    }
+    sig
+}
+
+/// Buffer memory: not known aligned, never traps (the caller checked it).
+fn heap() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Reinterpretation between vector shapes of different lane counts.
+fn little() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
+}
+
+/// What each op is needed for.
+struct Analysis {
+    /// Reaches a store or an accumulator.
+    live: Vec<bool>,
+    /// Depends on a load (otherwise computed once, before the loop).
+    variant: Vec<bool>,
+    /// Needed as an f32 value / as a lane mask.
+    need_val: Vec<bool>,
+    need_mask: Vec<bool>,
+    /// Buffers loaded by live loads, and the buffers stored.
+    loaded: Vec<u32>,
+}
+
+fn operands(op: &Op) -> Vec<(u32, bool)> {
+    // (operand, used as a mask)
+    match *op {
+        Op::Load(_) | Op::Scalar(_) | Op::Const(_) => vec![],
+        Op::Unary(UnaryOp::Not, a) => vec![(a, true)],
+        Op::Unary(_, a) => vec![(a, false)],
+        Op::Binary(BinaryOp::And | BinaryOp::Or, a, b) => vec![(a, true), (b, true)],
+        Op::Binary(_, a, b) => vec![(a, false), (b, false)],
+        Op::Select(c, a, b) => vec![(c, true), (a, false), (b, false)],
+        Op::Lerp(a, b, w) => vec![(a, false), (b, false), (w, false)],
+    }
+}
+
+fn analyse(kernel: &Kernel) -> Analysis {
+    let n = kernel.ops.len();
+    let mut live = vec![false; n];
+    let mut need_val = vec![false; n];
+    let mut need_mask = vec![false; n];
+    for &(_, op) in &kernel.stores {
+        live[op as usize] = true;
+        need_val[op as usize] = true;
+    }
+    for &(_, op) in &kernel.accumulators {
+        live[op as usize] = true;
+        need_val[op as usize] = true;
+    }
+    for i in (0..n).rev() {
+        if !live[i] {
+            continue;
+        }
+        for (a, as_mask) in operands(&kernel.ops[i]) {
+            live[a as usize] = true;
+            if as_mask {
+                need_mask[a as usize] = true;
+            } else {
+                need_val[a as usize] = true;
+            }
+        }
+    }
+    let mut variant = vec![false; n];
+    let mut loaded = Vec::new();
+    for (i, op) in kernel.ops.iter().enumerate() {
+        variant[i] = match op {
+            Op::Load(b) => {
+                if live[i] && !loaded.contains(b) {
+                    loaded.push(*b);
+                }
+                true
+            }
+            other => operands(other).iter().any(|&(a, _)| variant[a as usize]),
+        };
+    }
+    loaded.sort_unstable();
+    Analysis {
+        live,
+        variant,
+        need_val,
+        need_mask,
+        loaded,
+    }
+}
+
+/// An op's value in one vector copy: as f32 lanes, as a lane mask, or both.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    val: Option<Value>,
+    mask: Option<Value>,
+}
+
+/// Cranelift f64x2 arithmetic: the code generator's side of [`Arith`].
+struct Wide<'x, 'b> {
+    b: &'x mut FunctionBuilder<'b>,
+    consts: &'x mut Consts,
+}
+
+/// Vector constants, materialised once per block (fewer instructions for
+/// Cranelift to chew on); the pool entries are shared by the function.
+#[derive(Default)]
+struct Consts {
+    block: Option<Block>,
+    values: HashMap<(Type, u128), Value>,
+}
+
+fn vconst(b: &mut FunctionBuilder, consts: &mut Consts, ty: Type, lane_bytes: &[u8]) -> Value {
+    let mut bytes = [0u8; 16];
+    for (dst, src) in bytes.iter_mut().zip(lane_bytes.iter().cycle()) {
+        *dst = *src;
+    }
+    let block = b.current_block();
+    if consts.block != block {
+        consts.block = block;
+        consts.values.clear();
+    }
+    let key = (ty, u128::from_le_bytes(bytes));
+    if let Some(&v) = consts.values.get(&key) {
+        return v;
+    }
+    let handle = b.func.dfg.constants.insert(ConstantData::from(&bytes[..]));
+    let v = b.ins().vconst(ty, handle);
+    consts.values.insert(key, v);
+    v
+}
+
+impl Arith for Wide<'_, '_> {
+    type F = Value;
+    type I = Value;
+    type M = Value;
+    fn f(&mut self, c: f64) -> Value {
+        vconst(self.b, self.consts, types::F64X2, &c.to_le_bytes())
+    }
+    fn i(&mut self, c: u64) -> Value {
+        vconst(self.b, self.consts, types::I64X2, &c.to_le_bytes())
+    }
+    fn add(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fadd(a, b)
+    }
+    fn sub(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fsub(a, b)
+    }
+    fn mul(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fmul(a, b)
+    }
+    fn div(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fdiv(a, b)
+    }
+    fn neg(&mut self, a: Value) -> Value {
+        self.b.ins().fneg(a)
+    }
+    fn abs(&mut self, a: Value) -> Value {
+        self.b.ins().fabs(a)
+    }
+    fn floor(&mut self, a: Value) -> Value {
+        self.b.ins().floor(a)
+    }
+    fn lt(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fcmp(FloatCC::LessThan, a, b)
+    }
+    fn eq(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().fcmp(FloatCC::Equal, a, b)
+    }
+    fn is_nan(&mut self, a: Value) -> Value {
+        self.b.ins().fcmp(FloatCC::Unordered, a, a)
+    }
+    fn and(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().band(a, b)
+    }
+    fn or(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().bor(a, b)
+    }
+    fn not(&mut self, a: Value) -> Value {
+        self.b.ins().bnot(a)
+    }
+    fn sel(&mut self, m: Value, a: Value, b: Value) -> Value {
+        let m = self.b.ins().bitcast(types::F64X2, MemFlagsData::new(), m);
+        self.b.ins().bitselect(m, a, b)
+    }
+    fn to_bits(&mut self, a: Value) -> Value {
+        self.b.ins().bitcast(types::I64X2, MemFlagsData::new(), a)
+    }
+    fn from_bits(&mut self, a: Value) -> Value {
+        self.b.ins().bitcast(types::F64X2, MemFlagsData::new(), a)
+    }
+    fn iadd(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().iadd(a, b)
+    }
+    fn iand(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().band(a, b)
+    }
+    fn shl(&mut self, a: Value, by: u8) -> Value {
+        self.b.ins().ishl_imm_u(a, i64::from(by))
+    }
+    fn ushr(&mut self, a: Value, by: u8) -> Value {
+        self.b.ins().ushr_imm_u(a, i64::from(by))
+    }
+    fn ieq(&mut self, a: Value, b: Value) -> Value {
+        self.b.ins().icmp(IntCC::Equal, a, b)
+    }
+}
+
+struct Gen<'x, 'b> {
+    b: &'x mut FunctionBuilder<'b>,
+    ptr: Type,
+    consts: Consts,
+}
+
+impl Gen<'_, '_> {
+    fn f32s(&mut self, c: f32) -> Value {
+        vconst(self.b, &mut self.consts, types::F32X4, &c.to_le_bytes())
+    }
+
+    fn as_f32x4(&mut self, mask: Value) -> Value {
+        self.b
+            .ins()
+            .bitcast(types::F32X4, MemFlagsData::new(), mask)
+    }
+
+    /// `mask ? a : b` on f32 lanes.
+    fn sel(&mut self, mask: Value, a: Value, b: Value) -> Value {
+        let m = self.as_f32x4(mask);
+        self.b.ins().bitselect(m, a, b)
+    }
+
+    /// f32x4 -> (f64x2 of lanes 0-1, f64x2 of lanes 2-3), exact.
+    fn split(&mut self, v: Value) -> (Value, Value) {
+        let lo = self.b.ins().fvpromote_low(v);
+        let bytes = self.b.ins().bitcast(types::I8X16, little(), v);
+        let pattern: Vec<u8> = (8..16).chain(24..32).collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(pattern));
+        let high = self.b.ins().shuffle(bytes, bytes, imm);
+        let high = self.b.ins().bitcast(types::F32X4, little(), high);
+        let hi = self.b.ins().fvpromote_low(high);
+        (lo, hi)
+    }
+
+    /// Two f64x2 -> f32x4, each lane rounded to nearest.
+    fn join(&mut self, lo: Value, hi: Value) -> Value {
+        let lo = self.b.ins().fvdemote(lo);
+        let hi = self.b.ins().fvdemote(hi);
+        let lo = self.b.ins().bitcast(types::I8X16, little(), lo);
+        let hi = self.b.ins().bitcast(types::I8X16, little(), hi);
+        let pattern: Vec<u8> = (0..8).chain(16..24).collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(pattern));
+        let v = self.b.ins().shuffle(lo, hi, imm);
+        self.b.ins().bitcast(types::F32X4, little(), v)
+    }
+
+    /// A transcendental on f32 lanes, evaluated on f64 halves.
+    fn wide1(&mut self, x: Value, op: UnaryOp) -> Value {
+        let (lo, hi) = self.split(x);
+        let mut w = Wide {
+            b: self.b,
+            consts: &mut self.consts,
+        };
+        let [rl, rh] = [lo, hi].map(|half| match op {
+            UnaryOp::Exp => approx::exp_f64(&mut w, half),
+            UnaryOp::Log => approx::ln_f64(&mut w, half),
+            UnaryOp::Tanh => approx::tanh_f64(&mut w, half),
+            UnaryOp::Cos => approx::cos_f64(&mut w, half),
+            _ => unreachable!("not evaluated in f64"),
+        });
+        self.join(rl, rh)
+    }
+
+    /// `pow` on f32 lanes, evaluated on f64 halves.
+    fn pow(&mut self, x: Value, y: Value) -> Value {
+        let (xl, xh) = self.split(x);
+        let (yl, yh) = self.split(y);
+        let mut w = Wide {
+            b: self.b,
+            consts: &mut self.consts,
+        };
+        let rl = approx::pow_f64(&mut w, xl, yl);
+        let rh = approx::pow_f64(&mut w, xh, yh);
+        self.join(rl, rh)
+    }
+
+    fn val(&mut self, env: &mut [Slot], i: u32) -> Value {
+        let slot = env[i as usize];
+        if let Some(v) = slot.val {
+            return v;
+        }
+        let mask = slot.mask.expect("op evaluated before use");
+        let m = self.as_f32x4(mask);
+        let one = self.f32s(1.0);
+        let v = self.b.ins().band(m, one);
+        env[i as usize].val = Some(v);
+        v
+    }
+
+    /// The lanes where the op's value "holds" (is not 0; NaN holds).
+    fn mask(&mut self, env: &mut [Slot], i: u32) -> Value {
+        let slot = env[i as usize];
+        if let Some(m) = slot.mask {
+            return m;
+        }
+        let v = slot.val.expect("op evaluated before use");
+        let zero = self.f32s(0.0);
+        let m = self.b.ins().fcmp(FloatCC::NotEqual, v, zero);
+        env[i as usize].mask = Some(m);
+        m
+    }
+
+    /// Emits op `i` for one vector copy; loads come from `loads`.
+    fn op(&mut self, kernel: &Kernel, env: &mut [Slot], i: usize, load: &dyn Fn(u32) -> Value) {
+        let value = |v: Value| Slot {
+            val: Some(v),
+            mask: None,
+        };
+        let mask = |m: Value| Slot {
+            val: None,
+            mask: Some(m),
+        };
+        let slot = match kernel.ops[i] {
+            Op::Load(b) => value(load(b)),
+            Op::Scalar(_) | Op::Const(_) => {
+                unreachable!("invariant ops are emitted by `invariant`")
+            }
+            Op::Unary(op, a) => {
+                if op == UnaryOp::Not {
+                    let m = match env[a as usize].mask {
+                        Some(m) => self.b.ins().bnot(m),
+                        None => {
+                            let x = self.val(env, a);
+                            let zero = self.f32s(0.0);
+                            self.b.ins().fcmp(FloatCC::Equal, x, zero)
+                        }
+                    };
+                    mask(m)
+                } else {
+                    let x = self.val(env, a);
+                    value(self.unary(op, x))
+                }
+            }
+            Op::Binary(op @ (BinaryOp::And | BinaryOp::Or), a, b) => {
+                let ma = self.mask(env, a);
+                let mb = self.mask(env, b);
+                mask(if op == BinaryOp::And {
+                    self.b.ins().band(ma, mb)
+                } else {
+                    self.b.ins().bor(ma, mb)
+                })
+            }
+            Op::Binary(op, a, b) => {
+                let x = self.val(env, a);
+                let y = self.val(env, b);
+                let cc = match op {
+                    BinaryOp::Eq => Some(FloatCC::Equal),
+                    BinaryOp::Ne => Some(FloatCC::NotEqual),
+                    BinaryOp::Lt => Some(FloatCC::LessThan),
+                    BinaryOp::Le => Some(FloatCC::LessThanOrEqual),
+                    BinaryOp::Gt => Some(FloatCC::GreaterThan),
+                    BinaryOp::Ge => Some(FloatCC::GreaterThanOrEqual),
+                    _ => None,
+                };
+                match cc {
+                    Some(cc) => mask(self.b.ins().fcmp(cc, x, y)),
+                    None => value(self.binary(op, x, y)),
+                }
+            }
+            Op::Select(c, a, b) => {
+                let m = self.mask(env, c);
+                let x = self.val(env, a);
+                let y = self.val(env, b);
+                value(self.sel(m, x, y))
+            }
+            Op::Lerp(a, b, w) => {
+                let x = self.val(env, a);
+                let y = self.val(env, b);
+                let w = self.val(env, w);
+                let d = self.b.ins().fsub(y, x);
+                let p = self.b.ins().fmul(w, d);
+                value(self.b.ins().fadd(x, p))
+            }
+        };
+        env[i] = slot;
+    }
+
+    fn unary(&mut self, op: UnaryOp, x: Value) -> Value {
+        match op {
+            UnaryOp::Neg => self.b.ins().fneg(x),
+            UnaryOp::Abs => self.b.ins().fabs(x),
+            UnaryOp::Sqrt => self.b.ins().sqrt(x),
+            UnaryOp::Rsqrt => {
+                let s = self.b.ins().sqrt(x);
+                let one = self.f32s(1.0);
+                self.b.ins().fdiv(one, s)
+            }
+            UnaryOp::Floor => self.b.ins().floor(x),
+            UnaryOp::Sign => {
+                // x > 0 ? 1 : x < 0 ? -1 : x is NaN ? x : +0
+                let zero = self.f32s(0.0);
+                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, x, zero);
+                let lt = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+                let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+                let nan = self.as_f32x4(nan);
+                let inner = self.b.ins().band(nan, x);
+                let minus = self.f32s(-1.0);
+                let mid = self.sel(lt, minus, inner);
+                let one = self.f32s(1.0);
+                self.sel(gt, one, mid)
+            }
+            UnaryOp::Exp => self.wide1(x, UnaryOp::Exp),
+            UnaryOp::Log => self.wide1(x, UnaryOp::Log),
+            UnaryOp::Tanh => self.wide1(x, UnaryOp::Tanh),
+            UnaryOp::Cos => self.wide1(x, UnaryOp::Cos),
+            UnaryOp::Sigmoid => {
+                let nx = self.b.ins().fneg(x);
+                let e = self.wide1(nx, UnaryOp::Exp);
+                let one = self.f32s(1.0);
+                let d = self.b.ins().fadd(one, e);
+                self.b.ins().fdiv(one, d)
+            }
+            UnaryOp::Not => unreachable!("`not` yields a mask"),
+        }
+    }
+
+    fn binary(&mut self, op: BinaryOp, x: Value, y: Value) -> Value {
+        match op {
+            BinaryOp::Add => self.b.ins().fadd(x, y),
+            BinaryOp::Sub => self.b.ins().fsub(x, y),
+            BinaryOp::Mul => self.b.ins().fmul(x, y),
+            BinaryOp::Div => self.b.ins().fdiv(x, y),
+            BinaryOp::Pow => self.pow(x, y),
+            BinaryOp::Max | BinaryOp::Min => {
+                // f32::max/min: the other operand when one is NaN; `x` on ties.
+                let (small, big) = if op == BinaryOp::Max { (x, y) } else { (y, x) };
+                let better = self.b.ins().fcmp(FloatCC::LessThan, small, big);
+                let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+                let take_y = self.b.ins().bor(better, nan);
+                self.sel(take_y, y, x)
+            }
+            _ => unreachable!("comparisons and logic yield masks"),
+        }
+    }
+
+    /// Evaluates the load-independent ops once, in the current block.
+    fn invariant(&mut self, kernel: &Kernel, an: &Analysis, scalars: Value, env: &mut [Slot]) {
+        for (i, op) in kernel.ops.iter().enumerate() {
+            if !an.live[i] || an.variant[i] {
+                continue;
+            }
+            match *op {
+                Op::Scalar(k) => {
+                    let addr = self.b.ins().iadd_imm_s(scalars, i64::from(k) * 4);
+                    let s = self
+                        .b
+                        .ins()
+                        .load(types::F32, MemFlagsData::trusted(), addr, 0);
+                    let v = self.b.ins().splat(types::F32X4, s);
+                    env[i].val = Some(v);
+                }
+                Op::Const(c) => {
+                    env[i].val = Some(self.f32s(c));
+                }
+                _ => self.op(kernel, env, i, &|_| {
+                    unreachable!("invariant ops do not load")
+                }),
+            }
+            // Materialise both forms now so the loop never converts them.
+            if an.need_val[i] {
+                self.val(env, i as u32);
+            }
+            if an.need_mask[i] {
+                self.mask(env, i as u32);
+            }
+        }
+    }
+
+    /// Combines `v` into accumulator partials `(lo, hi)`.
+    fn accumulate(&mut self, reduce: ReduceOp, v: Value, lo: Variable, hi: Variable) {
+        let (vl, vh) = self.split(v);
+        for (var, x) in [(lo, vl), (hi, vh)] {
+            let acc = self.b.use_var(var);
+            let next = match reduce {
+                ReduceOp::Sum => self.b.ins().fadd(acc, x),
+                // NaN never wins (like f64::max), as in the reference.
+                ReduceOp::Max | ReduceOp::Min => {
+                    let better = if reduce == ReduceOp::Max {
+                        self.b.ins().fcmp(FloatCC::LessThan, acc, x)
+                    } else {
+                        self.b.ins().fcmp(FloatCC::LessThan, x, acc)
+                    };
+                    let m = self
+                        .b
+                        .ins()
+                        .bitcast(types::F64X2, MemFlagsData::new(), better);
+                    self.b.ins().bitselect(m, x, acc)
+                }
+            };
+            self.b.def_var(var, next);
+        }
+    }
+
+    /// Scalar f64 combine with `Kernel::combine`'s semantics (`a` may be NaN).
+    fn combine(&mut self, reduce: ReduceOp, a: Value, b: Value) -> Value {
+        match reduce {
+            ReduceOp::Sum => self.b.ins().fadd(a, b),
+            ReduceOp::Max | ReduceOp::Min => {
+                let better = if reduce == ReduceOp::Max {
+                    self.b.ins().fcmp(FloatCC::LessThan, a, b)
+                } else {
+                    self.b.ins().fcmp(FloatCC::LessThan, b, a)
+                };
+                let nan = self.b.ins().fcmp(FloatCC::Unordered, a, a);
+                let take_b = self.b.ins().bor(better, nan);
+                self.b.ins().select(take_b, b, a)
+            }
+        }
+    }
+}
+
+fn identity(reduce: ReduceOp) -> f32 {
+    Kernel::identity(reduce) as f32
+}
+
+/// Builds the kernel's function into `func` (whose signature is set).
+/// The kernel must have been validated.
+pub(crate) fn translate(
+    func: &mut Function,
+    fctx: &mut FunctionBuilderContext,
+    frontend: TargetFrontendConfig,
+    kernel: &Kernel,
+) {
+    let ptr = func.signature.params[0].value_type;
+    let unroll: usize = std::env::var("OPTC_UNROLL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(UNROLL);
+    let an = analyse(kernel);
+    let mut b = FunctionBuilder::new(func, fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let params = b.block_params(entry).to_vec();
+    let (buffers, scalars, acc_ptr, start, end) =
+        (params[0], params[1], params[2], params[3], params[4]);
+    if kernel.stores.is_empty() && kernel.accumulators.is_empty() {
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(frontend);
+        return;
+    }
+    let mut g = Gen {
+        b: &mut b,
+        ptr,
+        consts: Consts::default(),
+    };
+    let start = g.b.ins().umin(start, end);
+    let block = (unroll * LANES) as i64;
+
+    // Buffers touched: loaded ones, then stored-only ones. Each has a base
+    // pointer, a pointer variable the body works on (into the buffer, or into
+    // the stack block during the tail), and a 16 * unroll byte stack region.
+    let mut used: Vec<u32> = an.loaded.clone();
+    for &(buf, _) in &kernel.stores {
+        if !used.contains(&buf) {
+            used.push(buf);
+        }
+    }
+    let region = |buf: u32| used.iter().position(|&b| b == buf).unwrap() * 16 * unroll;
+    let mut base = vec![None; kernel.buffers as usize];
+    let mut cursor = vec![None; kernel.buffers as usize];
+    for &buf in &used {
+        let addr =
+            g.b.ins()
+                .iadd_imm_s(buffers, i64::from(buf) * ptr.bytes() as i64);
+        base[buf as usize] = Some(g.b.ins().load(ptr, MemFlagsData::trusted(), addr, 0));
+        cursor[buf as usize] = Some(g.b.declare_var(ptr));
+    }
+    let base = |buf: u32| base[buf as usize].unwrap();
+    let cursor = |buf: u32| cursor[buf as usize].unwrap();
+    let mut invariant = vec![Slot::default(); kernel.ops.len()];
+    g.invariant(kernel, &an, scalars, &mut invariant);
+
+    // Accumulator partials: per unrolled vector, lanes 0-1 and 2-3 in f64;
+    // and per unrolled vector the lanes that hold elements (all of them but
+    // in the tail).
+    let mut partials = Vec::new();
+    for &(reduce, _) in &kernel.accumulators {
+        let init = g.b.ins().f64const(Kernel::identity(reduce));
+        let init = g.b.ins().splat(types::F64X2, init);
+        let mut per_copy = Vec::new();
+        for _ in 0..unroll {
+            let lo = g.b.declare_var(types::F64X2);
+            let hi = g.b.declare_var(types::F64X2);
+            g.b.def_var(lo, init);
+            g.b.def_var(hi, init);
+            per_copy.push((lo, hi));
+        }
+        partials.push(per_copy);
+    }
+    let active: Vec<Variable> = if kernel.accumulators.is_empty() {
+        Vec::new()
+    } else {
+        (0..unroll).map(|_| g.b.declare_var(types::I32X4)).collect()
+    };
+    let index = g.b.declare_var(ptr);
+    g.b.def_var(index, start);
+    let in_tail = g.b.declare_var(types::I8);
+
+    let head = g.b.create_block();
+    let enter_main = g.b.create_block();
+    let check_tail = g.b.create_block();
+    let enter_tail = g.b.create_block();
+    let body = g.b.create_block();
+    let next = g.b.create_block();
+    let tail_done = g.b.create_block();
+    let exit = g.b.create_block();
+    g.b.ins().jump(head, &[]);
+
+    // head: a whole unrolled block left?
+    g.b.switch_to_block(head);
+    let i = g.b.use_var(index);
+    let left = g.b.ins().isub(end, i);
+    let more =
+        g.b.ins()
+            .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, left, block);
+    g.b.ins().brif(more, enter_main, &[], check_tail, &[]);
+
+    g.b.switch_to_block(enter_main);
+    let i = g.b.use_var(index);
+    let offset = g.b.ins().ishl_imm_u(i, 2);
+    for &buf in &used {
+        let p = g.b.ins().iadd(base(buf), offset);
+        g.b.def_var(cursor(buf), p);
+    }
+    if !active.is_empty() {
+        let all = vconst(g.b, &mut g.consts, types::I32X4, &[0xFF]);
+        for &a in &active {
+            g.b.def_var(a, all);
+        }
+    }
+    let no = g.b.ins().iconst(types::I8, 0);
+    g.b.def_var(in_tail, no);
+    g.b.ins().jump(body, &[]);
+
+    // The tail: the remaining n < unroll * 4 elements go through the same
+    // body, on a zero-padded copy in a stack block.
+    g.b.switch_to_block(check_tail);
+    let i = g.b.use_var(index);
+    let some = g.b.ins().icmp(IntCC::UnsignedLessThan, i, end);
+    g.b.ins().brif(some, enter_tail, &[], exit, &[]);
+
+    g.b.switch_to_block(enter_tail);
+    let i = g.b.use_var(index);
+    let n = g.b.ins().isub(end, i);
+    let offset = g.b.ins().ishl_imm_u(i, 2);
+    let stack = g.b.create_sized_stack_slot(StackSlotData::new(
+        StackSlotKind::ExplicitSlot,
+        (used.len().max(1) * 16 * unroll) as u32,
+        4,
+    ));
+    let stack_base = g.b.ins().stack_addr(ptr, stack, 0);
+    let zero = g.f32s(0.0);
+    for &buf in &an.loaded {
+        for u in 0..unroll {
+            let at = (region(buf) + 16 * u) as i32;
+            g.b.ins()
+                .store(MemFlagsData::trusted(), zero, stack_base, at);
+        }
+    }
+    let j_var = g.b.declare_var(ptr);
+    let copied_in = g.b.create_block();
+    copy_loop(&mut g, j_var, n, copied_in, |g, byte| {
+        for &buf in &an.loaded {
+            let src = g.b.ins().iadd(base(buf), offset);
+            let src = g.b.ins().iadd(src, byte);
+            let x = g.b.ins().load(types::F32, heap(), src, 0);
+            let dst = g.b.ins().iadd(stack_base, byte);
+            g.b.ins()
+                .store(MemFlagsData::trusted(), x, dst, region(buf) as i32);
+        }
+    });
+    g.b.switch_to_block(copied_in);
+    for &buf in &used {
+        let p = g.b.ins().iadd_imm_s(stack_base, region(buf) as i64);
+        g.b.def_var(cursor(buf), p);
+    }
+    if !active.is_empty() {
+        let lanes = g.b.ins().fcvt_from_sint(types::F32, n);
+        let lanes = g.b.ins().splat(types::F32X4, lanes);
+        for (u, &a) in active.iter().enumerate() {
+            let idx: Vec<u8> = (0..LANES)
+                .flat_map(|l| ((u * LANES + l) as f32).to_le_bytes())
+                .collect();
+            let idx = vconst(g.b, &mut g.consts, types::F32X4, &idx);
+            let m = g.b.ins().fcmp(FloatCC::LessThan, idx, lanes);
+            g.b.def_var(a, m);
+        }
+    }
+    let yes = g.b.ins().iconst(types::I8, 1);
+    g.b.def_var(in_tail, yes);
+    g.b.ins().jump(body, &[]);
+
+    // The body: unroll vectors, loads first, ops interleaved, then stores.
+    g.b.switch_to_block(body);
+    let mut at = vec![None; kernel.buffers as usize];
+    for &buf in &used {
+        at[buf as usize] = Some(g.b.use_var(cursor(buf)));
+    }
+    let at = |buf: u32| at[buf as usize].unwrap();
+    let mut loads = vec![Vec::new(); kernel.buffers as usize];
+    for &buf in &an.loaded {
+        for u in 0..unroll {
+            let v =
+                g.b.ins()
+                    .load(types::F32X4, heap(), at(buf), (u * LANES * 4) as i32);
+            loads[buf as usize].push(v);
+        }
+    }
+    let mut envs = vec![invariant.clone(); unroll];
+    for i in 0..kernel.ops.len() {
+        if !an.live[i] || !an.variant[i] {
+            continue;
+        }
+        for (u, env) in envs.iter_mut().enumerate() {
+            g.op(kernel, env, i, &|buf| loads[buf as usize][u]);
+        }
+    }
+    for &(buf, op) in &kernel.stores {
+        for (u, env) in envs.iter_mut().enumerate() {
+            let v = g.val(env, op);
+            g.b.ins().store(heap(), v, at(buf), (u * LANES * 4) as i32);
+        }
+    }
+    for (k, &(reduce, op)) in kernel.accumulators.iter().enumerate() {
+        for (u, env) in envs.iter_mut().enumerate() {
+            let v = g.val(env, op);
+            let m = g.b.use_var(active[u]);
+            let pad = g.f32s(identity(reduce));
+            let v = g.sel(m, v, pad);
+            let (lo, hi) = partials[k][u];
+            g.accumulate(reduce, v, lo, hi);
+        }
+    }
+    let tail = g.b.use_var(in_tail);
+    g.b.ins().brif(tail, tail_done, &[], next, &[]);
+
+    g.b.switch_to_block(next);
+    let i = g.b.use_var(index);
+    let i = g.b.ins().iadd_imm_s(i, block);
+    g.b.def_var(index, i);
+    g.b.ins().jump(head, &[]);
+
+    // After the tail: copy the stored elements back.
+    g.b.switch_to_block(tail_done);
+    let i = g.b.use_var(index);
+    let n = g.b.ins().isub(end, i);
+    let offset = g.b.ins().ishl_imm_u(i, 2);
+    let stack_base = g.b.ins().stack_addr(ptr, stack, 0);
+    copy_loop(&mut g, j_var, n, exit, |g, byte| {
+        for &(buf, _) in &kernel.stores {
+            let src = g.b.ins().iadd(stack_base, byte);
+            let x =
+                g.b.ins()
+                    .load(types::F32, MemFlagsData::trusted(), src, region(buf) as i32);
+            let dst = g.b.ins().iadd(base(buf), offset);
+            let dst = g.b.ins().iadd(dst, byte);
+            g.b.ins().store(heap(), x, dst, 0);
+        }
+    });
+
+    // Exit: fold the partials (a fixed order) and combine into the caller's.
+    g.b.switch_to_block(exit);
+    for (k, &(reduce, _)) in kernel.accumulators.iter().enumerate() {
+        let mut total = None;
+        for &(lo, hi) in &partials[k] {
+            let lo = g.b.use_var(lo);
+            let hi = g.b.use_var(hi);
+            let pair = fold2(&mut g, reduce, lo, hi);
+            total = Some(match total {
+                None => pair,
+                Some(t) => fold2(&mut g, reduce, t, pair),
+            });
+        }
+        let total = total.expect("unroll > 0");
+        let l0 = g.b.ins().extractlane(total, 0);
+        let l1 = g.b.ins().extractlane(total, 1);
+        let total = g.combine(reduce, l0, l1);
+        let addr = g.b.ins().iadd_imm_s(acc_ptr, (k * 8) as i64);
+        let prev = g.b.ins().load(types::F64, MemFlagsData::trusted(), addr, 0);
+        let result = g.combine(reduce, prev, total);
+        g.b.ins().store(MemFlagsData::trusted(), result, addr, 0);
+    }
+    g.b.ins().return_(&[]);
+    b.seal_all_blocks();
+    b.finalize(frontend);
+}
+
+/// Lane-wise combination of two partial vectors (no NaN in max/min partials).
+fn fold2(g: &mut Gen, reduce: ReduceOp, a: Value, b: Value) -> Value {
+    match reduce {
+        ReduceOp::Sum => g.b.ins().fadd(a, b),
+        ReduceOp::Max | ReduceOp::Min => {
+            let better = if reduce == ReduceOp::Max {
+                g.b.ins().fcmp(FloatCC::LessThan, a, b)
+            } else {
+                g.b.ins().fcmp(FloatCC::LessThan, b, a)
+            };
+            let m = g.b.ins().bitcast(types::F64X2, MemFlagsData::new(), better);
+            g.b.ins().bitselect(m, b, a)
+        }
+    }
+}
+
+/// `for j in 0..n { body(j * 4) }`, then jump to `done`; leaves the builder
+/// in no block.
+fn copy_loop(
+    g: &mut Gen,
+    j_var: Variable,
+    n: Value,
+    done: cranelift_codegen::ir::Block,
+    body: impl FnOnce(&mut Gen, Value),
+) {
+    let head = g.b.create_block();
+    let block = g.b.create_block();
+    let zero = g.b.ins().iconst(g.ptr, 0);
+    g.b.def_var(j_var, zero);
+    g.b.ins().jump(head, &[]);
+    g.b.switch_to_block(head);
+    let j = g.b.use_var(j_var);
+    let more = g.b.ins().icmp(IntCC::UnsignedLessThan, j, n);
+    g.b.ins().brif(more, block, &[], done, &[]);
+    g.b.switch_to_block(block);
+    let j = g.b.use_var(j_var);
+    let byte = g.b.ins().ishl_imm_u(j, 2);
+    body(g, byte);
+    let next = g.b.ins().iadd_imm_s(j, 1);
+    g.b.def_var(j_var, next);
+    g.b.ins().jump(head, &[]);
+}

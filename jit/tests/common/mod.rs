@@ -1,0 +1,432 @@
+//! Shared test helpers: random inputs, ulp distances, a model evaluator and
+//! hand-written kernels.
+#![allow(dead_code)]
+
+use optc_compiler::interpret::{binary, lerp, select, unary};
+use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
+use optc_compiler::kernel::{is_approximated, is_transcendental, Kernel, Op};
+use optc_jit::approx;
+
+/// xorshift64*: reproducible inputs without extra dependencies.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let t = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * t
+    }
+
+    /// A mix of special values, ordinary values and arbitrary bit patterns.
+    pub fn interesting(&mut self) -> f32 {
+        match self.below(10) {
+            0..=2 => SPECIALS[self.below(SPECIALS.len() as u64) as usize],
+            3..=6 => self.uniform(-4.0, 4.0),
+            _ => f32::from_bits(self.next() as u32),
+        }
+    }
+}
+
+pub const SPECIALS: [f32; 24] = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    -2.0,
+    3.0,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    f32::NAN,
+    f32::MIN_POSITIVE,
+    -f32::MIN_POSITIVE,
+    1.0e-45,
+    -3.0e-42,
+    f32::MAX,
+    f32::MIN,
+    1.0e-30,
+    -1.0e30,
+    1.0e-7,
+    0.9,
+    0.999,
+    1e8,
+    -88.0,
+    90.0,
+];
+
+/// The lengths every differential test covers (tails of every size).
+pub const LENGTHS: [usize; 8] = [0, 1, 3, 5, 7, 8, 17, 1001];
+
+/// Distance in ulps; NaN equals NaN, +0 equals -0, NaN vs number is MAX.
+pub fn ulps(a: f32, b: f32) -> u64 {
+    if a.is_nan() || b.is_nan() {
+        return if a.is_nan() && b.is_nan() {
+            0
+        } else {
+            u64::MAX
+        };
+    }
+    let ordered = |x: f32| {
+        let bits = x.to_bits();
+        if bits & 0x8000_0000 != 0 {
+            -i64::from(bits & 0x7FFF_FFFF)
+        } else {
+            i64::from(bits)
+        }
+    };
+    ordered(a).abs_diff(ordered(b))
+}
+
+/// Bit equality with all NaNs equal.
+pub fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// `max`/`min` with the tie rule the JIT documents (first operand on ties).
+pub fn pinned_binary(op: BinaryOp, a: f32, b: f32) -> f32 {
+    match op {
+        BinaryOp::Max => {
+            if a < b || a.is_nan() {
+                b
+            } else {
+                a
+            }
+        }
+        BinaryOp::Min => {
+            if b < a || a.is_nan() {
+                b
+            } else {
+                a
+            }
+        }
+        BinaryOp::Pow => approx::pow(a, b),
+        _ => binary::<f32>(op, a, b),
+    }
+}
+
+pub fn model_unary(op: UnaryOp, x: f32) -> f32 {
+    match op {
+        UnaryOp::Exp => approx::exp(x),
+        UnaryOp::Log => approx::ln(x),
+        UnaryOp::Tanh => approx::tanh(x),
+        UnaryOp::Sigmoid => approx::sigmoid(x),
+        UnaryOp::Cos => approx::cos(x),
+        _ => unary::<f32>(op, x),
+    }
+}
+
+/// Whether the kernel uses an approximated operation.
+pub fn approximates(kernel: &Kernel) -> bool {
+    kernel.ops.iter().any(|op| match op {
+        Op::Unary(u, _) => is_transcendental(*u),
+        Op::Binary(b, _, _) => is_approximated(*b),
+        _ => false,
+    })
+}
+
+/// The kernel with `min`/`max` spelled as comparisons and a select, so that
+/// the reference interpreter follows the JIT's tie rule for signed zeros
+/// (`f32::max(+0, -0)` is unspecified in Rust and varies with LLVM's
+/// lowering). Equivalent to the original in every other case.
+pub fn pin_min_max(kernel: &Kernel) -> Kernel {
+    let mut ops = Vec::new();
+    let mut map = Vec::new();
+    for op in &kernel.ops {
+        let m = |i: u32| map[i as usize];
+        let new = match *op {
+            Op::Binary(b @ (BinaryOp::Max | BinaryOp::Min), x, y) => {
+                let (x, y) = (m(x), m(y));
+                let better = if b == BinaryOp::Max {
+                    Op::Binary(BinaryOp::Lt, x, y)
+                } else {
+                    Op::Binary(BinaryOp::Lt, y, x)
+                };
+                ops.push(better);
+                let better = (ops.len() - 1) as u32;
+                ops.push(Op::Binary(BinaryOp::Ne, x, x));
+                let nan = (ops.len() - 1) as u32;
+                ops.push(Op::Binary(BinaryOp::Or, better, nan));
+                let take = (ops.len() - 1) as u32;
+                Op::Select(take, y, x)
+            }
+            Op::Unary(u, a) => Op::Unary(u, m(a)),
+            Op::Binary(b, x, y) => Op::Binary(b, m(x), m(y)),
+            Op::Select(c, a, b) => Op::Select(m(c), m(a), m(b)),
+            Op::Lerp(a, b, w) => Op::Lerp(m(a), m(b), m(w)),
+            leaf => leaf,
+        };
+        ops.push(new);
+        map.push((ops.len() - 1) as u32);
+    }
+    Kernel {
+        ops,
+        stores: kernel
+            .stores
+            .iter()
+            .map(|&(b, op)| (b, map[op as usize]))
+            .collect(),
+        accumulators: kernel
+            .accumulators
+            .iter()
+            .map(|&(r, op)| (r, map[op as usize]))
+            .collect(),
+        buffers: kernel.buffers,
+        scalars: kernel.scalars,
+    }
+}
+
+/// `kernel::run`'s loop with the JIT's documented choices (the approximation
+/// models and the min/max tie rule). Also returns, per accumulator, the sum
+/// of the magnitudes it combined (the scale of a reordered sum's error).
+pub fn run_model(
+    kernel: &Kernel,
+    buffers: &mut [Vec<f32>],
+    scalars: &[f32],
+    accumulators: &mut [f64],
+    range: std::ops::Range<usize>,
+) -> Vec<f64> {
+    let mut magnitude = vec![0.0f64; kernel.accumulators.len()];
+    let mut values = vec![0.0f32; kernel.ops.len()];
+    for i in range {
+        for (slot, op) in kernel.ops.iter().enumerate() {
+            let v = |k: u32| values[k as usize];
+            values[slot] = match *op {
+                Op::Load(b) => buffers[b as usize][i],
+                Op::Scalar(k) => scalars[k as usize],
+                Op::Const(c) => c,
+                Op::Unary(op, a) => model_unary(op, v(a)),
+                Op::Binary(op, a, b) => pinned_binary(op, v(a), v(b)),
+                Op::Select(c, a, b) => select::<f32>(v(c), v(a), v(b)),
+                Op::Lerp(a, b, w) => lerp::<f32>(v(a), v(b), v(w)),
+            };
+        }
+        for (k, (acc, &(op, value))) in accumulators
+            .iter_mut()
+            .zip(&kernel.accumulators)
+            .enumerate()
+        {
+            let x = f64::from(values[value as usize]);
+            *acc = Kernel::combine(op, *acc, x);
+            magnitude[k] += x.abs();
+        }
+        for &(buffer, value) in &kernel.stores {
+            buffers[buffer as usize][i] = values[value as usize];
+        }
+    }
+    magnitude
+}
+
+pub fn identities(kernel: &Kernel) -> Vec<f64> {
+    kernel
+        .accumulators
+        .iter()
+        .map(|&(r, _)| Kernel::identity(r))
+        .collect()
+}
+
+/// Accumulator results agree: sums within 1e-12 of the summed magnitudes
+/// (the order differs), max and min exactly; NaN and infinities alike.
+pub fn accumulators_agree(
+    kernel: &Kernel,
+    jit: &[f64],
+    reference: &[f64],
+    magnitude: &[f64],
+) -> Result<(), String> {
+    for (k, &(reduce, _)) in kernel.accumulators.iter().enumerate() {
+        let (a, b) = (jit[k], reference[k]);
+        let ok = if a.is_nan() || b.is_nan() {
+            a.is_nan() && b.is_nan()
+        } else if a.is_infinite() || b.is_infinite() {
+            a == b
+        } else if reduce == ReduceOp::Sum {
+            (a - b).abs() <= 1e-12 * magnitude[k].max(b.abs())
+        } else {
+            a == b
+        };
+        if !ok {
+            return Err(format!(
+                "accumulator {k} ({reduce:?}): jit {a:e}, reference {b:e}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn load(b: u32) -> Op {
+    Op::Load(b)
+}
+
+/// Builds kernels op by op.
+#[derive(Default)]
+pub struct KernelBuilder {
+    pub kernel: Kernel,
+}
+
+impl KernelBuilder {
+    pub fn new(buffers: u32, scalars: u32) -> Self {
+        KernelBuilder {
+            kernel: Kernel {
+                buffers,
+                scalars,
+                ..Kernel::default()
+            },
+        }
+    }
+    pub fn push(&mut self, op: Op) -> u32 {
+        self.kernel.ops.push(op);
+        (self.kernel.ops.len() - 1) as u32
+    }
+    pub fn load(&mut self, b: u32) -> u32 {
+        self.push(load(b))
+    }
+    pub fn scalar(&mut self, k: u32) -> u32 {
+        self.push(Op::Scalar(k))
+    }
+    pub fn constant(&mut self, c: f32) -> u32 {
+        self.push(Op::Const(c))
+    }
+    pub fn un(&mut self, op: UnaryOp, a: u32) -> u32 {
+        self.push(Op::Unary(op, a))
+    }
+    pub fn bin(&mut self, op: BinaryOp, a: u32, b: u32) -> u32 {
+        self.push(Op::Binary(op, a, b))
+    }
+    pub fn store(&mut self, b: u32, op: u32) {
+        self.kernel.stores.push((b, op));
+    }
+    pub fn acc(&mut self, r: ReduceOp, op: u32) {
+        self.kernel.accumulators.push((r, op));
+    }
+}
+
+/// Adam with decoupled weight decay. Buffers p, g, m, v (p, m, v in place);
+/// scalars lr, beta1, beta2, eps, bias corrections 1 and 2, weight decay.
+pub fn adam() -> Kernel {
+    use BinaryOp::*;
+    let mut k = KernelBuilder::new(4, 7);
+    let p = k.load(0);
+    let g = k.load(1);
+    let m = k.load(2);
+    let v = k.load(3);
+    let lr = k.scalar(0);
+    let b1 = k.scalar(1);
+    let b2 = k.scalar(2);
+    let eps = k.scalar(3);
+    let bc1 = k.scalar(4);
+    let bc2 = k.scalar(5);
+    let wd = k.scalar(6);
+    let one = k.constant(1.0);
+    let omb1 = k.bin(Sub, one, b1);
+    let omb2 = k.bin(Sub, one, b2);
+    let b1m = k.bin(Mul, b1, m);
+    let g1 = k.bin(Mul, omb1, g);
+    let m2 = k.bin(Add, b1m, g1);
+    let b2v = k.bin(Mul, b2, v);
+    let gg = k.bin(Mul, g, g);
+    let g2 = k.bin(Mul, omb2, gg);
+    let v2 = k.bin(Add, b2v, g2);
+    let mhat = k.bin(Div, m2, bc1);
+    let vhat = k.bin(Div, v2, bc2);
+    let root = k.un(UnaryOp::Sqrt, vhat);
+    let den = k.bin(Add, root, eps);
+    let step = k.bin(Div, mhat, den);
+    let decay = k.bin(Mul, wd, p);
+    let upd = k.bin(Add, step, decay);
+    let scaled = k.bin(Mul, lr, upd);
+    let p2 = k.bin(Sub, p, scaled);
+    k.store(0, p2);
+    k.store(2, m2);
+    k.store(3, v2);
+    k.kernel
+}
+
+/// Adam's scalars for step `t`.
+pub fn adam_scalars(t: i32) -> Vec<f32> {
+    let (b1, b2) = (0.9f32, 0.999f32);
+    vec![1e-3, b1, b2, 1e-8, 1.0 - b1.powi(t), 1.0 - b2.powi(t), 0.01]
+}
+
+/// Lion: p -= lr (sign(lerp(g, m, beta1)) + wd p); m = lerp(g, m, beta2).
+/// Buffers p, g, m; scalars lr, beta1, beta2, wd.
+pub fn lion() -> Kernel {
+    use BinaryOp::*;
+    let mut k = KernelBuilder::new(3, 4);
+    let p = k.load(0);
+    let g = k.load(1);
+    let m = k.load(2);
+    let lr = k.scalar(0);
+    let b1 = k.scalar(1);
+    let b2 = k.scalar(2);
+    let wd = k.scalar(3);
+    let c = k.push(Op::Lerp(g, m, b1));
+    let s = k.un(UnaryOp::Sign, c);
+    let decay = k.bin(Mul, wd, p);
+    let upd = k.bin(Add, s, decay);
+    let scaled = k.bin(Mul, lr, upd);
+    let p2 = k.bin(Sub, p, scaled);
+    let m2 = k.push(Op::Lerp(g, m, b2));
+    k.store(0, p2);
+    k.store(2, m2);
+    k.kernel
+}
+
+/// Reductions over g: sum of squares, max |g|, min g, sum of positive parts,
+/// count of NaNs; stores clip(g, -c, c) with a select chain.
+pub fn reductions() -> Kernel {
+    use BinaryOp::*;
+    let mut k = KernelBuilder::new(2, 1);
+    let g = k.load(0);
+    let c = k.scalar(0);
+    let gg = k.bin(Mul, g, g);
+    let ag = k.un(UnaryOp::Abs, g);
+    let zero = k.constant(0.0);
+    let pos = k.bin(Gt, g, zero);
+    let posg = k.push(Op::Select(pos, g, zero));
+    let nan = k.bin(Ne, g, g);
+    let nc = k.un(UnaryOp::Neg, c);
+    let above = k.bin(Gt, g, c);
+    let below = k.bin(Lt, g, nc);
+    let hi = k.push(Op::Select(above, c, g));
+    let clipped = k.push(Op::Select(below, nc, hi));
+    k.acc(ReduceOp::Sum, gg);
+    k.acc(ReduceOp::Max, ag);
+    k.acc(ReduceOp::Min, g);
+    k.acc(ReduceOp::Sum, posg);
+    k.acc(ReduceOp::Sum, nan);
+    k.store(1, clipped);
+    k.kernel
+}
+
+/// Every approximated op applied to loads and stored directly:
+/// buffers x, y, then exp(x), log(x), tanh(x), sigmoid(x), cos(x), pow(x, y).
+pub fn transcendentals() -> Kernel {
+    let mut k = KernelBuilder::new(8, 0);
+    let x = k.load(0);
+    let y = k.load(1);
+    for (b, op) in [
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Cos,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = k.un(op, x);
+        k.store(2 + b as u32, r);
+    }
+    let r = k.bin(BinaryOp::Pow, x, y);
+    k.store(7, r);
+    k.kernel
+}
