@@ -82,7 +82,13 @@ impl Jit {
 struct JitKernel(optc_jit::CompiledKernel);
 
 impl CompiledKernel for JitKernel {
-    unsafe fn call(&self, buffers: &[*mut f32], scalars: &[f32], accumulators: &mut [f64], range: Range<usize>) {
+    unsafe fn call(
+        &self,
+        buffers: &[*mut f32],
+        scalars: &[f32],
+        accumulators: &mut [f64],
+        range: Range<usize>,
+    ) {
         // SAFETY: forwarded from the caller; the counts were fixed by the same plan.
         let _ = unsafe { self.0.run_raw(buffers, scalars, accumulators, range) };
     }
