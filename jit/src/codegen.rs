@@ -571,10 +571,7 @@ pub(crate) fn translate(
     kernel: &Kernel,
 ) {
     let ptr = func.signature.params[0].value_type;
-    let unroll: usize = std::env::var("OPTC_UNROLL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(UNROLL);
+    let unroll = UNROLL;
     let an = analyse(kernel);
     let mut b = FunctionBuilder::new(func, fctx);
     let entry = b.create_block();

@@ -173,11 +173,9 @@ impl Jit {
         } else {
             "false"
         };
-        let opt = std::env::var("OPTC_JIT_OPT").unwrap_or("speed".into());
-        let ra = std::env::var("OPTC_JIT_RA").unwrap_or("backtracking".into());
-        flags.set("regalloc_algorithm", &ra).unwrap();
+        flags.set("regalloc_algorithm", "backtracking").unwrap();
         for (name, value) in [
-            ("opt_level", opt.as_str()),
+            ("opt_level", "speed"),
             ("enable_verifier", verifier),
             ("unwind_info", "false"),
             ("use_colocated_libcalls", "false"),
@@ -223,39 +221,17 @@ impl Jit {
             .declare_anonymous_function(&self.signature)
             .map_err(|e| codegen_err(&e))?;
         self.ctx.func.name = UserFuncName::user(0, id.as_u32());
-        let t0 = std::time::Instant::now();
         codegen::translate(
             &mut self.ctx.func,
             &mut self.builder,
             module.isa().frontend_config(),
             kernel,
         );
-        let t1 = std::time::Instant::now();
-        let dump = std::env::var_os("OPTC_JIT_DUMP").is_some();
-        if dump {
-            eprintln!("{}", self.ctx.func.display());
-            self.ctx.set_disasm(true);
-        }
         let defined = module.define_function(id, &mut self.ctx);
-        let t2 = std::time::Instant::now();
-        if dump {
-            if let Some(c) = self.ctx.compiled_code() {
-                eprintln!("{}", c.vcode.clone().unwrap_or_default());
-            }
-        }
         module.clear_context(&mut self.ctx);
         defined.map_err(|e| codegen_err(&format!("{e:?}")))?;
         module.finalize_definitions().map_err(|e| codegen_err(&e))?;
         let code = module.get_finalized_function(id);
-        if std::env::var_os("OPTC_JIT_TIMES").is_some() {
-            eprintln!(
-                "translate {:?} define {:?} finalize {:?} insts {}",
-                t1 - t0,
-                t2 - t1,
-                t2.elapsed(),
-                self.ctx.func.dfg.num_insts()
-            );
-        }
         // SAFETY: the function was built with `codegen::signature`, which is
         // this type's ABI on the host.
         let function = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
