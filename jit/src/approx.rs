@@ -2,9 +2,9 @@
 //!
 //! The JIT cannot call libm per element, so `exp log tanh sigmoid cos` and
 //! `pow` are branch-free polynomial algorithms. Each is written here once,
-//! generically over [`Arith`], a tiny instruction set of f64 lanes, i64 lanes
-//! and lane masks. The code generator implements [`Arith`] by emitting
-//! Cranelift `f64x2`/`i64x2` instructions; [`Scalar`] implements it with plain
+//! generically over `Arith`, a tiny instruction set of f64 lanes, i64 lanes
+//! and lane masks. The code generator implements `Arith` by emitting
+//! Cranelift `f64x2`/`i64x2` instructions; `Scalar` implements it with plain
 //! Rust `f64`/`u64` arithmetic. The public scalar functions below ([`exp`],
 //! [`ln`], ...) are therefore a bit-exact model of what compiled kernels
 //! compute (the same IEEE operations in the same order, no FMA), which the
@@ -49,8 +49,8 @@ pub(crate) trait Arith {
     fn not(&mut self, a: Self::M) -> Self::M;
     /// `m ? a : b`, lane-wise.
     fn sel(&mut self, m: Self::M, a: Self::F, b: Self::F) -> Self::F;
-    fn to_bits(&mut self, a: Self::F) -> Self::I;
-    fn from_bits(&mut self, a: Self::I) -> Self::F;
+    fn bits(&mut self, a: Self::F) -> Self::I;
+    fn float(&mut self, a: Self::I) -> Self::F;
     fn iadd(&mut self, a: Self::I, b: Self::I) -> Self::I;
     fn iand(&mut self, a: Self::I, b: Self::I) -> Self::I;
     fn shl(&mut self, a: Self::I, by: u8) -> Self::I;
@@ -117,10 +117,10 @@ impl Arith for Scalar {
             b
         }
     }
-    fn to_bits(&mut self, a: f64) -> u64 {
+    fn bits(&mut self, a: f64) -> u64 {
         a.to_bits()
     }
-    fn from_bits(&mut self, a: u64) -> f64 {
+    fn float(&mut self, a: u64) -> f64 {
         f64::from_bits(a)
     }
     fn iadd(&mut self, a: u64, b: u64) -> u64 {
@@ -150,7 +150,7 @@ const EXP2_LIMIT: f64 = 160.0;
 /// (2^f - 1) / f on [-1/2, 1/2], lowest degree first (Chebyshev fit,
 /// relative error 2^-43.5).
 const EXP2_Q: [f64; 9] = [
-    0.6931471805599453,
+    LN_2, // 0.6931471805599453, as fitted
     0.2402265069581299,
     0.055504108664760424,
     0.009618129159402558,
@@ -242,11 +242,11 @@ fn exp2_parts<A: Arith>(a: &mut A, t: A::F) -> (A::F, A::F, A::M) {
     let q = a.mul(f, poly);
     let one = a.f(1.0);
     let p = a.add(one, q);
-    let kbits = a.to_bits(kd);
+    let kbits = a.bits(kd);
     let scale = a.shl(kbits, 52);
-    let pbits = a.to_bits(p);
+    let pbits = a.bits(p);
     let bits = a.iadd(pbits, scale);
-    let value = a.from_bits(bits);
+    let value = a.float(bits);
     let zero = a.f(0.0);
     let k_is_zero = a.eq(k, zero);
     (value, q, k_is_zero)
@@ -259,7 +259,7 @@ fn exp2<A: Arith>(a: &mut A, t: A::F) -> A::F {
 /// ln(x) and log2(x) pieces for positive finite x: (k, ln(m)) with
 /// x = 2^k m, m in [sqrt(1/2), sqrt(2)). Garbage for other inputs.
 fn log_parts<A: Arith>(a: &mut A, x: A::F) -> (A::F, A::F) {
-    let bits = a.to_bits(x);
+    let bits = a.bits(x);
     let shift = a.i(ONE_BITS.wrapping_sub(SQRT_HALF_BITS));
     let ix = a.iadd(bits, shift);
     let biased = a.ushr(ix, 52);
@@ -267,10 +267,10 @@ fn log_parts<A: Arith>(a: &mut A, x: A::F) -> (A::F, A::F) {
     let mant = a.iand(ix, mask);
     let sqrt_half = a.i(SQRT_HALF_BITS);
     let mbits = a.iadd(mant, sqrt_half);
-    let m = a.from_bits(mbits);
+    let m = a.float(mbits);
     let two52 = a.i(TWO52_BITS);
     let kbits = a.iadd(biased, two52);
-    let kraw = a.from_bits(kbits);
+    let kraw = a.float(kbits);
     let kbias = a.f(4503599627370496.0 + 1023.0);
     let k = a.sub(kraw, kbias);
     let one = a.f(1.0);
@@ -360,7 +360,7 @@ pub(crate) fn cos_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
     let rz = a.mul(r, z);
     let rzs = a.mul(rz, sp);
     let sinr = a.add(r, rzs);
-    let kbits = a.to_bits(kd);
+    let kbits = a.bits(kd);
     let one_i = a.i(1);
     let low = a.iand(kbits, one_i);
     let odd = a.ieq(low, one_i);
@@ -405,7 +405,7 @@ pub(crate) fn pow_f64<A: Arith>(ar: &mut A, a: A::F, b: A::F) -> A::F {
     let not_half_int = ar.not(half_int);
     let is_odd = ar.and(is_int, not_half_int);
     // A negative sign bit (including -0 and -inf) with an odd exponent.
-    let abits = ar.to_bits(a);
+    let abits = ar.bits(a);
     let sign = ar.ushr(abits, 63);
     let one_i = ar.i(1);
     let a_signed = ar.ieq(sign, one_i);

@@ -5,13 +5,17 @@
 //! * entry: buffer pointers are loaded, scalars splatted, and every op that
 //!   does not depend on a load (scalars, constants and what is computed from
 //!   them) is evaluated once, as a vector, outside the loop;
-//! * main loop: `UNROLL` f32x4 vectors per iteration, unaligned loads of all
+//! * loop: `UNROLL` (2) f32x4 vectors per iteration (1 for bodies heavy
+//!   with transcendentals), unaligned loads of all
 //!   loaded buffers first, the ops interleaved across the vectors, then the
-//!   stores (so in-place updates read before they write);
-//! * tail (fewer than `UNROLL * 4` elements left): each group of up to four
-//!   elements is copied into a zeroed stack block, run through the *same*
-//!   vector code, and copied back; accumulators mask the padding lanes. An
-//!   element's result therefore never depends on where it falls;
+//!   stores (so in-place updates read before they write). The body works on
+//!   pointer variables;
+//! * tail (fewer than one iteration's elements left): the remaining elements
+//!   are copied into a zeroed stack block, the pointer variables redirected
+//!   to it, and the *same* body runs once more; then the stored elements are
+//!   copied back. Accumulators mask the padding lanes (in the main loop the
+//!   mask is all ones). An element's result therefore never depends on
+//!   where it falls, and the body is emitted only once (compile time);
 //! * exit: per-lane f64 accumulator partials are folded and combined into
 //!   `*accumulators`.
 //!
@@ -32,8 +36,36 @@ use std::collections::HashMap;
 
 /// f32 lanes per vector (Cranelift's x86 backend has 128-bit vectors).
 pub(crate) const LANES: usize = 4;
-/// Vectors per main-loop iteration.
+/// Vectors per loop iteration...
 pub(crate) const UNROLL: usize = 2;
+/// ...unless the body is heavier than this (in rough instructions per
+/// vector; a transcendental counts ~50): then one, which halves compile time
+/// for transcendental-heavy kernels at a few percent of their throughput
+/// (out-of-order execution already overlaps the iterations).
+const UNROLL_BUDGET: usize = 100;
+
+/// The unroll factor for a kernel.
+fn unroll_for(kernel: &Kernel, an: &Analysis) -> usize {
+    let weight: usize = kernel
+        .ops
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| an.live[i] && an.variant[i])
+        .map(|(_, op)| match op {
+            Op::Unary(
+                UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Cos,
+                _,
+            ) => 50,
+            Op::Binary(BinaryOp::Pow, _, _) => 100,
+            _ => 1,
+        })
+        .sum();
+    if weight > UNROLL_BUDGET {
+        1
+    } else {
+        UNROLL
+    }
+}
 
 /// The generated function's signature (see [`crate::KernelFn`]).
 pub(crate) fn signature(ptr: Type, call_conv: CallConv) -> Signature {
@@ -223,10 +255,10 @@ impl Arith for Wide<'_, '_> {
         let m = self.b.ins().bitcast(types::F64X2, MemFlagsData::new(), m);
         self.b.ins().bitselect(m, a, b)
     }
-    fn to_bits(&mut self, a: Value) -> Value {
+    fn bits(&mut self, a: Value) -> Value {
         self.b.ins().bitcast(types::I64X2, MemFlagsData::new(), a)
     }
-    fn from_bits(&mut self, a: Value) -> Value {
+    fn float(&mut self, a: Value) -> Value {
         self.b.ins().bitcast(types::F64X2, MemFlagsData::new(), a)
     }
     fn iadd(&mut self, a: Value, b: Value) -> Value {
@@ -571,8 +603,8 @@ pub(crate) fn translate(
     kernel: &Kernel,
 ) {
     let ptr = func.signature.params[0].value_type;
-    let unroll = UNROLL;
     let an = analyse(kernel);
+    let unroll = unroll_for(kernel, &an);
     let mut b = FunctionBuilder::new(func, fctx);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
@@ -603,18 +635,20 @@ pub(crate) fn translate(
             used.push(buf);
         }
     }
-    let region = |buf: u32| used.iter().position(|&b| b == buf).unwrap() * 16 * unroll;
-    let mut base = vec![None; kernel.buffers as usize];
-    let mut cursor = vec![None; kernel.buffers as usize];
+    // (Indexed densely: buffer numbers may be large.)
+    let dense = |buf: u32| used.iter().position(|&b| b == buf).unwrap();
+    let region = |buf: u32| dense(buf) * 16 * unroll;
+    let mut base = Vec::new();
+    let mut cursor = Vec::new();
     for &buf in &used {
         let addr =
             g.b.ins()
                 .iadd_imm_s(buffers, i64::from(buf) * ptr.bytes() as i64);
-        base[buf as usize] = Some(g.b.ins().load(ptr, MemFlagsData::trusted(), addr, 0));
-        cursor[buf as usize] = Some(g.b.declare_var(ptr));
+        base.push(g.b.ins().load(ptr, MemFlagsData::trusted(), addr, 0));
+        cursor.push(g.b.declare_var(ptr));
     }
-    let base = |buf: u32| base[buf as usize].unwrap();
-    let cursor = |buf: u32| cursor[buf as usize].unwrap();
+    let base = |buf: u32| base[dense(buf)];
+    let cursor = |buf: u32| cursor[dense(buf)];
     let mut invariant = vec![Slot::default(); kernel.ops.len()];
     g.invariant(kernel, &an, scalars, &mut invariant);
 
@@ -740,18 +774,15 @@ pub(crate) fn translate(
 
     // The body: unroll vectors, loads first, ops interleaved, then stores.
     g.b.switch_to_block(body);
-    let mut at = vec![None; kernel.buffers as usize];
-    for &buf in &used {
-        at[buf as usize] = Some(g.b.use_var(cursor(buf)));
-    }
-    let at = |buf: u32| at[buf as usize].unwrap();
-    let mut loads = vec![Vec::new(); kernel.buffers as usize];
+    let at: Vec<Value> = used.iter().map(|&buf| g.b.use_var(cursor(buf))).collect();
+    let at = |buf: u32| at[dense(buf)];
+    let mut loads = vec![Vec::new(); used.len()];
     for &buf in &an.loaded {
         for u in 0..unroll {
             let v =
                 g.b.ins()
                     .load(types::F32X4, heap(), at(buf), (u * LANES * 4) as i32);
-            loads[buf as usize].push(v);
+            loads[dense(buf)].push(v);
         }
     }
     let mut envs = vec![invariant.clone(); unroll];
@@ -760,7 +791,7 @@ pub(crate) fn translate(
             continue;
         }
         for (u, env) in envs.iter_mut().enumerate() {
-            g.op(kernel, env, i, &|buf| loads[buf as usize][u]);
+            g.op(kernel, env, i, &|buf| loads[dense(buf)][u]);
         }
     }
     for &(buf, op) in &kernel.stores {

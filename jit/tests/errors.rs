@@ -93,6 +93,16 @@ fn huge_indices_are_fine_when_in_range() {
     compiled.run(&mut views, &scalars, &mut acc, 1..4).unwrap();
     assert_eq!(acc, [999.0]);
     assert_eq!(data[998], vec![998.0, 1000.0, 1000.0, 1000.0, 998.0]);
+    // Counts near u32::MAX compile without allocating by them.
+    let last = u32::MAX - 1;
+    let mut k = kernel(vec![Op::Scalar(last), Op::Load(last)], u32::MAX, u32::MAX);
+    k.stores = vec![(last, 0)];
+    k.accumulators = vec![(ReduceOp::Sum, 1)];
+    let compiled = jit.compile(&k).unwrap();
+    assert!(matches!(
+        compiled.run(&mut [], &[], &mut [0.0], 0..0),
+        Err(JitError::BadArguments(_))
+    ));
 }
 
 #[test]

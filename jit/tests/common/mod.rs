@@ -30,16 +30,18 @@ impl Rng {
     /// A mix of special values, ordinary values and arbitrary bit patterns.
     pub fn interesting(&mut self) -> f32 {
         match self.below(10) {
-            0..=2 => SPECIALS[self.below(SPECIALS.len() as u64) as usize],
-            3..=6 => self.uniform(-4.0, 4.0),
+            0..=3 => SPECIALS[self.below(SPECIALS.len() as u64) as usize],
+            4..=6 => self.uniform(-4.0, 4.0),
             _ => f32::from_bits(self.next() as u32),
         }
     }
 }
 
-pub const SPECIALS: [f32; 24] = [
+pub const SPECIALS: [f32; 26] = [
     0.0,
     -0.0,
+    0.0,
+    -f32::NAN,
     1.0,
     -1.0,
     0.5,
