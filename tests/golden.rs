@@ -191,18 +191,29 @@ fn every_golden_case_replays_through_the_cli() {
     }
 }
 
+/// The case's rule, compiled, and its hyperparameter overrides.
+fn compiled(
+    case: &Case,
+) -> (
+    Arc<optc_compiler::ir::Rule>,
+    Vec<(String, optc_compiler::ir::ScalarExpr)>,
+) {
+    let mut program = optc_stdlib::prelude();
+    let rule = Arc::new(program.compile(&case.rule).unwrap());
+    let overrides = case
+        .sets
+        .iter()
+        .map(|(k, v)| (k.clone(), program.compile_scalar(k, v).unwrap()))
+        .collect();
+    (rule, overrides)
+}
+
 #[test]
 fn fused_plans_equal_the_interpreter_on_every_golden_case() {
     use optc_runtime::fused::{FusedOptimizer, Reference};
     let (cases, _) = cases();
     for case in &cases {
-        let mut program = optc_stdlib::prelude();
-        let rule = Arc::new(program.compile(&case.rule).unwrap());
-        let overrides: Vec<_> = case
-            .sets
-            .iter()
-            .map(|(k, v)| (k.clone(), program.compile_scalar(k, v).unwrap()))
-            .collect();
+        let (rule, overrides) = compiled(case);
         let mut interpreted = Optimizer::<f32>::new(rule.clone(), overrides.clone()).unwrap();
         let mut fused = FusedOptimizer::new(rule, overrides, &mut Reference, 2).unwrap();
         let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
@@ -247,13 +258,7 @@ fn golden_cases_pass_through_the_jit() {
     };
     let (cases, _) = cases();
     for case in &cases {
-        let mut program = optc_stdlib::prelude();
-        let rule = Arc::new(program.compile(&case.rule).unwrap());
-        let overrides: Vec<_> = case
-            .sets
-            .iter()
-            .map(|(k, v)| (k.clone(), program.compile_scalar(k, v).unwrap()))
-            .collect();
+        let (rule, overrides) = compiled(case);
         let mut fused = FusedOptimizer::new(rule, overrides, &mut jit, 2).unwrap();
         let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
         let reference = Trace::from_json(&std::fs::read_to_string(path).unwrap()).unwrap();
