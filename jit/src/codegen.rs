@@ -26,13 +26,15 @@ use crate::approx::{self, Arith};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, Block, ConstantData, Endianness, Function, InstBuilder, MemFlagsData,
-    Signature, StackSlotData, StackSlotKind, Type, Value,
+    Signature, StackSlot, StackSlotData, StackSlotKind, Type, Value,
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use optc_compiler::kernel::{Kernel, Op};
 use std::collections::HashMap;
+
+use crate::prefetch::{self, Stubs};
 
 /// f32 lanes per vector (Cranelift's x86 backend has 128-bit vectors).
 pub(crate) const LANES: usize = 4;
@@ -162,10 +164,14 @@ fn analyse(kernel: &Kernel) -> Analysis {
 }
 
 /// An op's value in one vector copy: as f32 lanes, as a lane mask, or both.
+/// Inside the loop, values computed before it live in the invariant table
+/// instead (see [`Gen::table`]) and are reloaded at every use.
 #[derive(Clone, Copy, Default)]
 struct Slot {
     val: Option<Value>,
     mask: Option<Value>,
+    val_at: Option<(i32, Type)>,
+    mask_at: Option<(i32, Type)>,
 }
 
 /// Cranelift f64x2 arithmetic: the code generator's side of [`Arith`].
@@ -282,9 +288,55 @@ struct Gen<'x, 'b> {
     b: &'x mut FunctionBuilder<'b>,
     ptr: Type,
     consts: Consts,
+    /// The invariant table: a stack slot holding every loop-invariant vector
+    /// the loop uses. Reloading them at each use (the load folds into the
+    /// instruction as a memory operand) keeps the 16 vector registers for
+    /// the per-element values; holding them in registers made the register
+    /// allocator spill and re-store them on every iteration.
+    table: Option<StackSlot>,
 }
 
 impl Gen<'_, '_> {
+    fn reload(&mut self, (at, ty): (i32, Type)) -> Value {
+        let table = self
+            .table
+            .expect("the invariant table exists before the loop");
+        self.b.ins().stack_load(self.ptr, ty, table, at)
+    }
+
+    /// Moves the invariant values the loop needs into the invariant table and
+    /// returns the environment the loop body starts from.
+    fn spill_invariants(&mut self, an: &Analysis, invariant: &[Slot]) -> Vec<Slot> {
+        let mut entries = Vec::new();
+        for (i, slot) in invariant.iter().enumerate() {
+            if an.live[i] && !an.variant[i] {
+                entries.extend(slot.val.filter(|_| an.need_val[i]).map(|v| (i, false, v)));
+                entries.extend(slot.mask.filter(|_| an.need_mask[i]).map(|v| (i, true, v)));
+            }
+        }
+        let mut body = vec![Slot::default(); invariant.len()];
+        if entries.is_empty() {
+            return body;
+        }
+        let table = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (entries.len() * 16) as u32,
+            4,
+        ));
+        self.table = Some(table);
+        for (k, (i, is_mask, v)) in entries.into_iter().enumerate() {
+            let at = (16 * k) as i32;
+            self.b.ins().stack_store(self.ptr, v, table, at);
+            let entry = Some((at, self.b.func.dfg.value_type(v)));
+            if is_mask {
+                body[i].mask_at = entry;
+            } else {
+                body[i].val_at = entry;
+            }
+        }
+        body
+    }
+
     fn f32s(&mut self, c: f32) -> Value {
         vconst(self.b, &mut self.consts, types::F32X4, &c.to_le_bytes())
     }
@@ -360,6 +412,9 @@ impl Gen<'_, '_> {
         if let Some(v) = slot.val {
             return v;
         }
+        if let Some(at) = slot.val_at {
+            return self.reload(at);
+        }
         let mask = slot.mask.expect("op evaluated before use");
         let m = self.as_f32x4(mask);
         let one = self.f32s(1.0);
@@ -374,6 +429,9 @@ impl Gen<'_, '_> {
         if let Some(m) = slot.mask {
             return m;
         }
+        if let Some(at) = slot.mask_at {
+            return self.reload(at);
+        }
         let v = slot.val.expect("op evaluated before use");
         let zero = self.f32s(0.0);
         let m = self.b.ins().fcmp(FloatCC::NotEqual, v, zero);
@@ -385,11 +443,11 @@ impl Gen<'_, '_> {
     fn op(&mut self, kernel: &Kernel, env: &mut [Slot], i: usize, load: &dyn Fn(u32) -> Value) {
         let value = |v: Value| Slot {
             val: Some(v),
-            mask: None,
+            ..Slot::default()
         };
         let mask = |m: Value| Slot {
-            val: None,
             mask: Some(m),
+            ..Slot::default()
         };
         let slot = match kernel.ops[i] {
             Op::Load(b) => value(load(b)),
@@ -468,17 +526,22 @@ impl Gen<'_, '_> {
             }
             UnaryOp::Floor => self.b.ins().floor(x),
             UnaryOp::Sign => {
-                // x > 0 ? 1 : x < 0 ? -1 : x is NaN ? x : +0
+                // Branch-free and without blends: (x & -0.0) | 1.0 is ±1 with
+                // x's sign; masked to +0 where x == 0; a NaN's own bits are
+                // or-ed back in (±1 has an all-zero mantissa, so the result
+                // is exactly x).
+                let sign_bit = self.f32s(-0.0);
+                let one = self.f32s(1.0);
+                let signed = self.b.ins().band(x, sign_bit);
+                let unit = self.b.ins().bor(signed, one);
                 let zero = self.f32s(0.0);
-                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, x, zero);
-                let lt = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+                let nonzero = self.b.ins().fcmp(FloatCC::NotEqual, x, zero);
+                let nonzero = self.as_f32x4(nonzero);
+                let unit = self.b.ins().band(unit, nonzero);
                 let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
                 let nan = self.as_f32x4(nan);
-                let inner = self.b.ins().band(nan, x);
-                let minus = self.f32s(-1.0);
-                let mid = self.sel(lt, minus, inner);
-                let one = self.f32s(1.0);
-                self.sel(gt, one, mid)
+                let nan = self.b.ins().band(nan, x);
+                self.b.ins().bor(unit, nan)
             }
             UnaryOp::Exp => self.wide1(x, UnaryOp::Exp),
             UnaryOp::Log => self.wide1(x, UnaryOp::Log),
@@ -601,6 +664,7 @@ pub(crate) fn translate(
     fctx: &mut FunctionBuilderContext,
     frontend: TargetFrontendConfig,
     kernel: &Kernel,
+    stubs: Option<&Stubs>,
 ) {
     let ptr = func.signature.params[0].value_type;
     let an = analyse(kernel);
@@ -622,6 +686,7 @@ pub(crate) fn translate(
         b: &mut b,
         ptr,
         consts: Consts::default(),
+        table: None,
     };
     let start = g.b.ins().umin(start, end);
     let block = (unroll * LANES) as i64;
@@ -651,6 +716,7 @@ pub(crate) fn translate(
     let cursor = |buf: u32| cursor[dense(buf)];
     let mut invariant = vec![Slot::default(); kernel.ops.len()];
     g.invariant(kernel, &an, scalars, &mut invariant);
+    let body_env = g.spill_invariants(&an, &invariant);
 
     // Accumulator partials: per unrolled vector, lanes 0-1 and 2-3 in f64;
     // and per unrolled vector the lanes that hold elements (all of them but
@@ -700,9 +766,21 @@ pub(crate) fn translate(
     g.b.switch_to_block(enter_main);
     let i = g.b.use_var(index);
     let offset = g.b.ins().ishl_imm_u(i, 2);
+    let mut ahead = Vec::new();
     for &buf in &used {
         let p = g.b.ins().iadd(base(buf), offset);
         g.b.def_var(cursor(buf), p);
+        ahead.push(g.b.ins().iadd_imm_s(p, prefetch::DISTANCE));
+    }
+    if let Some(stubs) = stubs {
+        for streams in ahead.chunks(prefetch::MAX_STREAMS) {
+            let mut sig = Signature::new(CallConv::PreserveAll);
+            sig.params = vec![AbiParam::new(ptr); streams.len()];
+            let sig = g.b.import_signature(sig);
+            let stub = stubs.0[streams.len() - 1] as i64;
+            let stub = g.b.ins().iconst(ptr, stub);
+            g.b.ins().call_indirect(sig, stub, streams);
+        }
     }
     if !active.is_empty() {
         let all = vconst(g.b, &mut g.consts, types::I32X4, &[0xFF]);
@@ -785,7 +863,7 @@ pub(crate) fn translate(
             loads[dense(buf)].push(v);
         }
     }
-    let mut envs = vec![invariant.clone(); unroll];
+    let mut envs = vec![body_env; unroll];
     for i in 0..kernel.ops.len() {
         if !an.live[i] || !an.variant[i] {
             continue;

@@ -1,4 +1,5 @@
-//! Buffers for the runtime's own state. Large ones are placed on transparent
+//! Buffers the runtime owns (its state, and parameters where a caller lets it
+//! allocate them, as `optc bench` does). Large ones are placed on transparent
 //! huge pages (`madvise(MADV_HUGEPAGE)` on Linux; without them two-thread
 //! bandwidth drops 1.2-1.6x on the machines we measured), and every buffer
 //! starts at its own offset within a page, so that buffers a kernel streams
@@ -12,18 +13,18 @@ const CACHE_LINE: usize = 64;
 
 /// A zero-initialised f32 buffer with a chosen placement.
 #[derive(Debug)]
-pub struct StateBuffer {
+pub struct Buffer {
     storage: Vec<f32>,
     offset: usize,
     len: usize,
 }
 
-impl StateBuffer {
+impl Buffer {
     /// `len` zeros; `stagger` picks the buffer's offset within a 4 KiB page
     /// (buffers used together should get different staggers).
-    pub fn zeroed(len: usize, stagger: usize) -> StateBuffer {
+    pub fn zeroed(len: usize, stagger: usize) -> Buffer {
         if len * 4 < HUGE_PAGE {
-            return StateBuffer {
+            return Buffer {
                 storage: vec![0.0; len],
                 offset: 0,
                 len,
@@ -35,29 +36,29 @@ impl StateBuffer {
         let aligned = address.next_multiple_of(HUGE_PAGE);
         let offset = (aligned + shift - address) / 4;
         advise_huge_pages(aligned, (len * 4 + shift) / HUGE_PAGE * HUGE_PAGE);
-        StateBuffer {
+        Buffer {
             storage,
             offset,
             len,
         }
     }
 
-    /// A buffer holding `values`, placed like [`StateBuffer::zeroed`].
-    pub fn from_slice(values: &[f32], stagger: usize) -> StateBuffer {
-        let mut buffer = StateBuffer::zeroed(values.len(), stagger);
+    /// A buffer holding `values`, placed like [`Buffer::zeroed`].
+    pub fn from_slice(values: &[f32], stagger: usize) -> Buffer {
+        let mut buffer = Buffer::zeroed(values.len(), stagger);
         buffer.copy_from_slice(values);
         buffer
     }
 }
 
-impl Deref for StateBuffer {
+impl Deref for Buffer {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
         &self.storage[self.offset..self.offset + self.len]
     }
 }
 
-impl DerefMut for StateBuffer {
+impl DerefMut for Buffer {
     fn deref_mut(&mut self) -> &mut [f32] {
         &mut self.storage[self.offset..self.offset + self.len]
     }
@@ -82,14 +83,14 @@ mod tests {
     #[test]
     fn large_buffers_are_zeroed_aligned_and_staggered() {
         let n = 3 << 20;
-        let a = StateBuffer::zeroed(n, 0);
-        let b = StateBuffer::zeroed(n, 1);
+        let a = Buffer::zeroed(n, 0);
+        let b = Buffer::zeroed(n, 1);
         assert_eq!((a.len(), b.len()), (n, n));
         assert!(a.iter().chain(b.iter()).all(|&x| x == 0.0));
-        let offset = |s: &StateBuffer| s.as_ptr() as usize % HUGE_PAGE;
+        let offset = |s: &Buffer| s.as_ptr() as usize % HUGE_PAGE;
         assert_eq!(offset(&a), 0);
         assert_eq!(offset(&b), 17 * CACHE_LINE);
-        let small = StateBuffer::from_slice(&[1.0, 2.0, 3.0], 5);
+        let small = Buffer::from_slice(&[1.0, 2.0, 3.0], 5);
         assert_eq!(&*small, &[1.0, 2.0, 3.0]);
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::buffer::StateBuffer;
+use crate::buffer::Buffer;
 use crate::fused::{FusedOptimizer, Scalar};
 use crate::Error;
 
@@ -162,7 +162,7 @@ impl FusedOptimizer {
             Ok(view.data().to_vec())
         };
         let f64_of = |bytes: Vec<u8>| f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-        let mut elem_state: Vec<Vec<StateBuffer>> = numels.iter().map(|_| Vec::new()).collect();
+        let mut elem_state: Vec<Vec<Buffer>> = numels.iter().map(|_| Vec::new()).collect();
         let mut scalar_state: Vec<Option<Scalar>> = vec![None; self.rule.states.len()];
         if step > 0 {
             for (slot, state) in self.rule.states.iter().enumerate() {
@@ -193,7 +193,7 @@ impl FusedOptimizer {
                                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                                 .collect();
                             let stagger = tensor.len();
-                            tensor.push(StateBuffer::from_slice(&values, stagger));
+                            tensor.push(Buffer::from_slice(&values, stagger));
                         }
                     }
                 }

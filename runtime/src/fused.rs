@@ -17,7 +17,7 @@ use optc_compiler::kernel::{self, Kernel};
 use optc_compiler::plan::{self, Plan};
 
 use crate::bind::{check_shapes, Bindings};
-use crate::buffer::StateBuffer;
+use crate::buffer::Buffer;
 use crate::Error;
 
 /// Elements per work item. A multiple of every SIMD width, large enough to
@@ -148,7 +148,7 @@ pub struct FusedOptimizer {
     threads: usize,
     non_finite: NonFinite,
     /// Per-element state: `[tensor][slot]` in buffer order.
-    pub(crate) elem_state: Vec<Vec<StateBuffer>>,
+    pub(crate) elem_state: Vec<Vec<Buffer>>,
     /// Tensor and group state, by slot (`None` for per-element slots).
     pub(crate) scalar_state: Vec<Option<Scalar>>,
     pub(crate) step: u64,
@@ -249,11 +249,7 @@ impl FusedOptimizer {
             let slots = self.first.plan.state_buffers.iter().flatten().count();
             self.elem_state = numels
                 .iter()
-                .map(|&n| {
-                    (0..slots)
-                        .map(|slot| StateBuffer::zeroed(n, slot))
-                        .collect()
-                })
+                .map(|&n| (0..slots).map(|slot| Buffer::zeroed(n, slot)).collect())
                 .collect();
         }
         let hypers = self.hypers.values(self.step + 1);
@@ -423,7 +419,7 @@ pub struct Floor {
 fn buffer_pointers(
     params: &mut [&mut [f32]],
     grads: &[&[f32]],
-    elem_state: &mut [Vec<StateBuffer>],
+    elem_state: &mut [Vec<Buffer>],
 ) -> Vec<Vec<SendPtr>> {
     params
         .iter_mut()

@@ -5,7 +5,7 @@
 //! [`trace`] replays recorded gradients in the golden-file schema.
 
 mod bind;
-mod buffer;
+pub mod buffer;
 pub mod checkpoint;
 pub mod fused;
 pub mod trace;
