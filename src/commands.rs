@@ -191,8 +191,7 @@ pub fn train(
 }
 
 pub fn bench(settings: &crate::bench::Settings<'_>) -> Result<String, Failure> {
-    let (mut backend, name) = optc_runtime::fused::default_backend();
-    crate::bench::run(settings, &mut *backend, name)
+    crate::bench::run(settings, &optc_runtime::fused::default_backend)
 }
 
 pub fn list() -> Result<String, Failure> {

@@ -8,8 +8,9 @@
 //! then tensor order. The chunking never depends on the thread count, so
 //! neither do the results.
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use optc_compiler::interpret::{binary, lerp, select, unary};
 use optc_compiler::ir::{Input, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape};
@@ -18,6 +19,7 @@ use optc_compiler::plan::{self, Plan};
 
 use crate::bind::{check_shapes, Bindings};
 use crate::buffer::Buffer;
+use crate::pool::Pool;
 use crate::Error;
 
 /// Elements per work item. A multiple of every SIMD width, large enough to
@@ -69,17 +71,36 @@ impl Backend for Reference {
     }
 }
 
-/// Kernels compiled by Cranelift to native SIMD loops (`optc-jit`).
-pub struct Jit(optc_jit::Jit);
+/// Kernels compiled by Cranelift to native SIMD loops (`optc-jit`), cached:
+/// a kernel equal to one compiled before (same ops, constants, buffers and
+/// scalars; keyed by its full text, so different kernels never share an
+/// entry, except constants that are NaNs of different payloads) reuses that
+/// code. Rules that share kernels, both plans of a rule
+/// and a search that revisits programs compile each kernel once. The cache
+/// lives as long as the backend and is never evicted (the JIT never frees
+/// code either).
+pub struct Jit {
+    jit: optc_jit::Jit,
+    cache: HashMap<String, Arc<optc_jit::CompiledKernel>>,
+}
 
 impl Jit {
     /// A JIT for the host CPU, detected at run time.
     pub fn new() -> Result<Jit, String> {
-        optc_jit::Jit::new().map(Jit).map_err(|e| e.to_string())
+        let jit = optc_jit::Jit::new().map_err(|e| e.to_string())?;
+        Ok(Jit {
+            jit,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// Kernels compiled so far (cache entries).
+    pub fn cached(&self) -> usize {
+        self.cache.len()
     }
 }
 
-struct JitKernel(optc_jit::CompiledKernel);
+struct JitKernel(Arc<optc_jit::CompiledKernel>);
 
 impl CompiledKernel for JitKernel {
     unsafe fn call(
@@ -96,7 +117,12 @@ impl CompiledKernel for JitKernel {
 
 impl Backend for Jit {
     fn compile(&mut self, kernel: &Kernel) -> Result<Box<dyn CompiledKernel>, String> {
-        let compiled = self.0.compile(kernel).map_err(|e| e.to_string())?;
+        let key = format!("{kernel:?}");
+        if let Some(compiled) = self.cache.get(&key) {
+            return Ok(Box::new(JitKernel(compiled.clone())));
+        }
+        let compiled = Arc::new(self.jit.compile(kernel).map_err(|e| e.to_string())?);
+        self.cache.insert(key, compiled.clone());
         Ok(Box::new(JitKernel(compiled)))
     }
 }
@@ -145,7 +171,7 @@ pub struct FusedOptimizer {
     pub(crate) hypers: Bindings,
     first: Compiled,
     steady: Compiled,
-    threads: usize,
+    pool: Pool,
     non_finite: NonFinite,
     /// Per-element state: `[tensor][slot]` in buffer order.
     pub(crate) elem_state: Vec<Vec<Buffer>>,
@@ -202,7 +228,7 @@ impl FusedOptimizer {
             hypers,
             first,
             steady,
-            threads: threads.max(1),
+            pool: Pool::new(threads),
             non_finite: NonFinite::default(),
             elem_state: Vec::new(),
             step: 0,
@@ -306,7 +332,7 @@ impl FusedOptimizer {
                 &pointers,
                 &scalars,
                 &numels,
-                self.threads,
+                &self.pool,
             );
             for (k, &reduction) in pass.reductions.iter().enumerate() {
                 let (op, scope) = match graph.node(reduction) {
@@ -386,7 +412,7 @@ impl FusedOptimizer {
                 &pointers,
                 &no_scalars,
                 &numels,
-                self.threads,
+                &self.pool,
             );
         }
         Ok(())
@@ -542,7 +568,7 @@ fn run_pass(
     pointers: &[Vec<SendPtr>],
     scalars: &[Vec<f32>],
     numels: &[usize],
-    threads: usize,
+    pool: &Pool,
 ) -> Vec<Vec<Vec<f64>>> {
     let identity: Vec<f64> = kernel
         .accumulators
@@ -565,6 +591,7 @@ fn run_pass(
         unsafe { compiled.call(&buffers, &scalars[*tensor], partial, range.clone()) };
     };
     let total: usize = numels.iter().sum();
+    let threads = pool.threads();
     if threads <= 1 || total < 2 * CHUNK {
         for (item, partial) in items.iter().zip(partials.iter_mut()) {
             run_item(item, partial);
@@ -582,17 +609,18 @@ fn run_pass(
         }
         bounds.push(items.len());
         bounds.dedup();
-        std::thread::scope(|scope| {
-            let mut rest: &mut [Vec<f64>] = &mut partials;
-            for window in bounds.windows(2) {
-                let (mine, tail) = rest.split_at_mut(window[1] - window[0]);
-                rest = tail;
-                let items = &items[window[0]..window[1]];
-                scope.spawn(move || {
-                    for (item, partial) in items.iter().zip(mine.iter_mut()) {
-                        run_item(item, partial);
-                    }
-                });
+        let mut shares = Vec::new();
+        let mut rest: &mut [Vec<f64>] = &mut partials;
+        for window in bounds.windows(2) {
+            let (mine, tail) = rest.split_at_mut(window[1] - window[0]);
+            rest = tail;
+            shares.push(Mutex::new((&items[window[0]..window[1]], mine)));
+        }
+        pool.run(shares.len(), &|share| {
+            let mut guard = shares[share].lock().unwrap_or_else(PoisonError::into_inner);
+            let (items, mine) = &mut *guard;
+            for (item, partial) in items.iter().zip(mine.iter_mut()) {
+                run_item(item, partial);
             }
         });
     }

@@ -8,6 +8,7 @@ mod bind;
 pub mod buffer;
 pub mod checkpoint;
 pub mod fused;
+mod pool;
 pub mod trace;
 
 use bind::check_shapes;

@@ -191,3 +191,31 @@ fn non_finite_gradients_skip_the_step_when_asked() {
     );
     assert!(params[0][7].is_nan(), "propagated");
 }
+
+#[test]
+fn the_jit_reuses_cached_kernels_and_agrees_with_the_reference_on_any_thread_count() {
+    let mut jit = optc_runtime::fused::Jit::new().unwrap();
+    let compiled = Arc::new(optc_stdlib::prelude().compile("lamb").unwrap());
+    let sizes = [2 * CHUNK + 3, 7, 1000];
+    let run = |fused: &mut FusedOptimizer| {
+        let mut params: Vec<Vec<f32>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| values(n, i as u64))
+            .collect();
+        steps(fused, &mut params, 0, 3);
+        params
+    };
+    let mut reference =
+        FusedOptimizer::new(compiled.clone(), Vec::new(), &mut Reference, 1).unwrap();
+    let expected = run(&mut reference);
+    let mut cached = None;
+    for threads in [1, 2, 3] {
+        let mut fused =
+            FusedOptimizer::new(compiled.clone(), Vec::new(), &mut jit, threads).unwrap();
+        // LAMB: two passes in each of the two plans, compiled once in all.
+        assert_eq!(*cached.get_or_insert(jit.cached()), jit.cached());
+        assert!(jit.cached() >= 2);
+        assert!(run(&mut fused) == expected, "{threads} thread(s)");
+    }
+}
