@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use optc_runtime::buffer::Buffer;
+use optc_runtime::buffer::Arena;
 use optc_runtime::fused::{Backend, FusedOptimizer};
 
 use crate::load::{self, Failure};
@@ -66,33 +66,24 @@ pub fn run(
         .floor(&mut *backend)
         .map_err(|e| format!("error: {e}"))?;
 
-    // Parameters and gradients placed like the runtime's state (huge pages,
-    // staggered), as a training loop that lets the runtime allocate gets them.
-    let place = |tensors: Vec<Vec<f32>>, stagger: usize| -> Vec<Buffer> {
-        tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Buffer::from_slice(t, stagger + 2 * i))
-            .collect()
+    // Parameters and gradients in arenas like the runtime's state (huge
+    // pages, staggered), as a training loop that lets the runtime allocate gets.
+    let arena = |seed: u64, stagger: usize| {
+        let tensors = optc_tasks::random_tensors(settings.numel, settings.tensors, seed);
+        Arena::from_tensors(&tensors, stagger)
     };
-    let mut params = place(
-        optc_tasks::random_tensors(settings.numel, settings.tensors, 1),
-        40,
-    );
-    let grads = place(
-        optc_tasks::random_tensors(settings.numel, settings.tensors, 2),
-        41,
-    );
-    let grads: Vec<&[f32]> = grads.iter().map(|b| &b[..]).collect();
+    let mut params = arena(1, 40);
+    let mut grads = arena(2, 41);
+    let grads: Vec<&[f32]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
     let step_error = |e: optc_runtime::Error| format!("error: {e}");
     for _ in 0..2 {
-        let mut views: Vec<&mut [f32]> = params.iter_mut().map(|b| &mut b[..]).collect();
+        let mut views: Vec<&mut [f32]> = params.tensors_mut();
         optimizer.step(&mut views, &grads).map_err(step_error)?;
     }
     // Alternate step and floor so that both see the same machine conditions.
     let (mut step_times, mut floor_times) = (Vec::new(), Vec::new());
     for _ in 0..settings.steps.max(1) {
-        let mut views: Vec<&mut [f32]> = params.iter_mut().map(|b| &mut b[..]).collect();
+        let mut views: Vec<&mut [f32]> = params.tensors_mut();
         let start = Instant::now();
         optimizer.step(&mut views, &grads).map_err(step_error)?;
         step_times.push(start.elapsed());

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::buffer::Buffer;
+use crate::buffer::Arena;
 use crate::fused::{FusedOptimizer, Scalar};
 use crate::Error;
 
@@ -64,8 +64,8 @@ impl FusedOptimizer {
                     }
                 }
                 None if state.shape == optc_compiler::ir::Shape::Elem => {
-                    for (name, tensor) in names.iter().zip(&self.elem_state) {
-                        let values = &tensor[elem_slot];
+                    for (t, name) in names.iter().enumerate() {
+                        let values = self.elem_state[elem_slot].tensor(t);
                         data.push((
                             format!("{name}/{}", state.name),
                             Dtype::F32,
@@ -162,7 +162,7 @@ impl FusedOptimizer {
             Ok(view.data().to_vec())
         };
         let f64_of = |bytes: Vec<u8>| f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-        let mut elem_state: Vec<Vec<Buffer>> = numels.iter().map(|_| Vec::new()).collect();
+        let mut elem_state: Vec<Arena> = Vec::new();
         let mut scalar_state: Vec<Option<Scalar>> = vec![None; self.rule.states.len()];
         if step > 0 {
             for (slot, state) in self.rule.states.iter().enumerate() {
@@ -184,17 +184,18 @@ impl FusedOptimizer {
                         scalar_state[slot] = Some(Scalar::Tensor(values));
                     }
                     optc_compiler::ir::Shape::Elem => {
-                        for ((name, &n), tensor) in
-                            names.iter().zip(numels).zip(elem_state.iter_mut())
-                        {
-                            let bytes = read(&format!("{name}/{}", state.name), Dtype::F32, n)?;
-                            let values: Vec<f32> = bytes
-                                .chunks_exact(4)
-                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                                .collect();
-                            let stagger = tensor.len();
-                            tensor.push(Buffer::from_slice(&values, stagger));
-                        }
+                        let tensors = names
+                            .iter()
+                            .zip(numels)
+                            .map(|(name, &n)| {
+                                let bytes = read(&format!("{name}/{}", state.name), Dtype::F32, n)?;
+                                Ok(bytes
+                                    .chunks_exact(4)
+                                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                    .collect::<Vec<f32>>())
+                            })
+                            .collect::<Result<Vec<_>, Error>>()?;
+                        elem_state.push(Arena::from_tensors(&tensors, elem_state.len()));
                     }
                 }
             }

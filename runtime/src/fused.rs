@@ -18,7 +18,7 @@ use optc_compiler::kernel::{self, Kernel};
 use optc_compiler::plan::{self, Plan};
 
 use crate::bind::{check_shapes, Bindings};
-use crate::buffer::Buffer;
+use crate::buffer::Arena;
 use crate::pool::Pool;
 use crate::Error;
 
@@ -173,8 +173,9 @@ pub struct FusedOptimizer {
     steady: Compiled,
     pool: Pool,
     non_finite: NonFinite,
-    /// Per-element state: `[tensor][slot]` in buffer order.
-    pub(crate) elem_state: Vec<Vec<Buffer>>,
+    /// Per-element state: one arena per slot, in buffer order, holding the
+    /// slot of every tensor.
+    pub(crate) elem_state: Vec<Arena>,
     /// Tensor and group state, by slot (`None` for per-element slots).
     pub(crate) scalar_state: Vec<Option<Scalar>>,
     pub(crate) step: u64,
@@ -273,9 +274,8 @@ impl FusedOptimizer {
         let first_step = self.numels.is_none();
         if first_step {
             let slots = self.first.plan.state_buffers.iter().flatten().count();
-            self.elem_state = numels
-                .iter()
-                .map(|&n| (0..slots).map(|slot| Buffer::zeroed(n, slot)).collect())
+            self.elem_state = (0..slots)
+                .map(|slot| Arena::zeroed(&numels, slot))
                 .collect();
         }
         let hypers = self.hypers.values(self.step + 1);
@@ -427,10 +427,10 @@ impl FusedOptimizer {
             return Some((0..tensors).map(|i| vec![scalar.at(i) as f32]).collect());
         }
         let buffer = self.first.plan.state_buffers[slot]? as usize - 2;
+        let tensors = self.numels.as_ref().map_or(0, Vec::len);
         Some(
-            self.elem_state
-                .iter()
-                .map(|tensor| tensor[buffer].to_vec())
+            (0..tensors)
+                .map(|t| self.elem_state[buffer].tensor(t).to_vec())
                 .collect(),
         )
     }
@@ -445,16 +445,21 @@ pub struct Floor {
 fn buffer_pointers(
     params: &mut [&mut [f32]],
     grads: &[&[f32]],
-    elem_state: &mut [Vec<Buffer>],
+    elem_state: &mut [Arena],
 ) -> Vec<Vec<SendPtr>> {
+    let mut state: Vec<Vec<&mut [f32]>> = elem_state.iter_mut().map(Arena::tensors_mut).collect();
     params
         .iter_mut()
         .zip(grads)
-        .zip(elem_state.iter_mut())
-        .map(|((p, g), state)| {
+        .enumerate()
+        .map(|(tensor, (p, g))| {
             // g is passed as a mutable pointer for the kernel ABI; no plan stores to it.
             let mut buffers = vec![SendPtr(p.as_mut_ptr()), SendPtr(g.as_ptr() as *mut f32)];
-            buffers.extend(state.iter_mut().map(|s| SendPtr(s.as_mut_ptr())));
+            buffers.extend(
+                state
+                    .iter_mut()
+                    .map(|slot| SendPtr(slot[tensor].as_mut_ptr())),
+            );
             buffers
         })
         .collect()

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Measurements for docs/performance.md, printed as markdown tables.
+
+    python3 benches/perf/report.py targets   # Adam, AdamW, Lion, SGD-momentum: 1 and 200
+                                             # tensors, 1 and 2 threads, against the
+                                             # same-run floor and the C programs
+    python3 benches/perf/report.py stdlib    # every standard-library optimizer, once
+
+Each row is one `optc bench RULE ... --json` run (the command is printed with
+the table). `targets` also compiles benches/perf/opt_c.c (hand-fused C steps
+and the C data-movement floor, gcc -O3 -march=native -fopenmp) and runs it
+in the same session, interleaved with optc, so both see the same machine.
+Needs python3, cargo and, for `targets`, gcc with OpenMP.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OPTC = os.path.join(ROOT, "target", "release", "optc")
+OPT_C = os.path.join(ROOT, "target", "opt_c")
+NUMEL = 1 << 24
+STEPS = 20
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
+
+
+def bench(rule, threads=1, tensors=1, steps=STEPS):
+    args = [OPTC, "bench", rule, "--numel", str(NUMEL), "--threads", str(threads),
+            "--tensors", str(tensors), "--steps", str(steps), "--json"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def c_programs(threads):
+    """ns/param of the C programs, by kernel name (copy28/copy20 are the C floors)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([OPT_C, str(NUMEL), str(STEPS), "adam,adamw,lion,sgdm,copy28,copy20"],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    rows = [line.split(",") for line in out.splitlines() if line.startswith("c_")]
+    return {row[1]: float(row[7]) for row in rows}
+
+
+def targets():
+    subprocess.run(["gcc", "-O3", "-march=native", "-fno-math-errno", "-fopenmp",
+                    os.path.join(ROOT, "benches", "perf", "opt_c.c"), "-lm", "-o", OPT_C],
+                   check=True)
+    c_name = {"adam": "adam", "adamw": "adamw", "lion": "lion", "sgd_momentum": "sgdm"}
+    c_floor = {"adam": "copy28", "adamw": "copy28", "lion": "copy20", "sgd_momentum": "copy20"}
+    print(f"`optc bench RULE --numel {NUMEL} --threads T --tensors K --steps {STEPS} --json`; "
+          f"C: `OMP_NUM_THREADS=T target/opt_c {NUMEL} {STEPS} ...` in the same session.\n")
+    print("| rule | threads | tensors | ns/param | optc floor | ratio | C floor | ratio to C floor "
+          "| C fused | target |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for threads in (1, 2):
+        c = c_programs(threads)
+        for tensors in (1, 200):
+            for rule in ("adam", "adamw", "lion", "sgd_momentum"):
+                r = bench(rule, threads, tensors)
+                target = 1.10 if tensors == 1 else 1.15
+                floor = c[c_floor[rule]]
+                met = "met" if r["ratio_to_floor"] <= target else "missed"
+                print(f"| {rule} | {threads} | {tensors} | {r['ns_per_param']:.3f} "
+                      f"| {r['floor_ns_per_param']:.3f} | {r['ratio_to_floor']:.2f} "
+                      f"| {floor:.3f} | {r['ns_per_param'] / floor:.2f} "
+                      f"| {c[c_name[rule]]:.3f} | ≤ {target:.2f}: {met} |")
+
+
+def stdlib():
+    rules = subprocess.run([OPTC, "list"], capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    rules = [line.split()[0] for line in rules if line.strip()]
+    print(f"`optc bench RULE --numel {NUMEL} --steps 10 --json`, one run each, 1 thread.\n")
+    print("| rule | passes | B/param | ns/param | floor ns/param | ratio | compile ms (cold / cached) |")
+    print("|---|---|---|---|---|---|---|")
+    for rule in rules:
+        r = bench(rule, steps=10)
+        print(f"| {rule} | {r['passes']} | {r['bytes_per_param']} | {r['ns_per_param']:.3f} "
+              f"| {r['floor_ns_per_param']:.3f} | {r['ratio_to_floor']:.2f} "
+              f"| {r['compile_ms']:.2f} / {r['compile_cached_ms']:.3f} |")
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what not in ("targets", "stdlib"):
+        sys.exit(__doc__)
+    build()
+    {"targets": targets, "stdlib": stdlib}[what]()
