@@ -1,12 +1,14 @@
 //! Criterion benchmarks of fused optimizer steps: Adam, AdamW, Lion and SGD
 //! with momentum on one tensor and on 200 tensors of the same total size,
-//! next to the data-movement floor of the same step measured in the same run.
+//! next to the data-movement floor of the same step measured in the same run;
+//! and compile times of stdlib rules, cold and from the kernel cache.
 //! `cargo bench --bench step` (set OPTC_BENCH_NUMEL to change the size; the
 //! default is 2^24 parameters).
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use optc_runtime::buffer::Arena;
 use optc_runtime::fused::FusedOptimizer;
 
 fn steps(c: &mut Criterion) {
@@ -29,10 +31,12 @@ fn steps(c: &mut Criterion) {
             let mut optimizer =
                 FusedOptimizer::new(compiled, Vec::new(), &mut *backend, threads).unwrap();
             let floor = optimizer.floor(&mut *backend).unwrap();
-            let mut params = optc_tasks::random_tensors(numel, tensors, 1);
-            let grads = optc_tasks::random_tensors(numel, tensors, 2);
-            let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-            let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+            let arena = |seed, stagger| {
+                Arena::from_tensors(&optc_tasks::random_tensors(numel, tensors, seed), stagger)
+            };
+            let (mut params, mut grads) = (arena(1, 40), arena(2, 41));
+            let grads: Vec<&[f32]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
+            let mut views = params.tensors_mut();
             optimizer.step(&mut views, &grads).unwrap();
             group.bench_function(format!("{rule}/{tensors}-tensors"), |b| {
                 b.iter(|| optimizer.step(&mut views, &grads).unwrap())
@@ -45,5 +49,27 @@ fn steps(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, steps);
+/// Cold compilation of both plans of stdlib rules (a fresh backend each time,
+/// so its kernel cache is empty), and the same from a warm cache.
+fn compile(c: &mut Criterion) {
+    let program = optc_stdlib::prelude();
+    let mut group = c.benchmark_group("compile");
+    for rule in ["adam", "lion", "lamb"] {
+        let compiled = Arc::new(program.compile(rule).unwrap());
+        group.bench_function(format!("{rule}/cold"), |b| {
+            b.iter_batched(
+                || optc_runtime::fused::default_backend().0,
+                |mut backend| FusedOptimizer::new(compiled.clone(), Vec::new(), &mut *backend, 1),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        let (mut backend, _) = optc_runtime::fused::default_backend();
+        group.bench_function(format!("{rule}/cached"), |b| {
+            b.iter(|| FusedOptimizer::new(compiled.clone(), Vec::new(), &mut *backend, 1))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, steps, compile);
 criterion_main!(benches);

@@ -45,7 +45,7 @@ pub fn show(file: &str, rule: Option<&str>, ir: bool, plan: bool) -> Result<Stri
             Plan::new(&rule, false).describe(&rule)
         ));
         out.push_str(&format!(
-            "plan (first step, state from its initialisers):\n{}",
+            "plan (first step: state from its initialisers):\n{}",
             Plan::new(&rule, true).describe(&rule)
         ));
     }

@@ -44,6 +44,13 @@ pub struct Plan {
     pub stage: Vec<usize>,
     /// Buffer of each state slot (per-element slots only).
     pub state_buffers: Vec<Option<u32>>,
+    /// First step only: per-element slots whose initialiser is a constant
+    /// are read from their buffer like on every later step, and the runtime
+    /// fills the new buffer with this value first. The first step's kernels
+    /// then usually equal the later steps' kernels, so a kernel cache
+    /// compiles them once (half the compile time of Adam-like rules), for 4
+    /// more bytes per element and slot read once.
+    pub fill: Vec<Option<f32>>,
 }
 
 impl Plan {
@@ -62,17 +69,30 @@ impl Plan {
                 })
             })
             .collect();
-        // What each node stands for: on the first step, a state input is its initialiser.
+        let fill: Vec<Option<f32>> = rule
+            .states
+            .iter()
+            .map(|slot| match graph.node(slot.init) {
+                Node::Const(bits) if first_step && slot.shape == Shape::Elem => {
+                    Some(f64::from_bits(*bits) as f32)
+                }
+                _ => None,
+            })
+            .collect();
+        // What each node stands for: on the first step, a state input is its
+        // initialiser (unless its buffer is filled with it).
         let resolve = |h: Handle| -> Handle {
             match graph.node(h) {
-                Node::Input(Input::State(i), _) if first_step => rule.states[*i as usize].init,
+                Node::Input(Input::State(i), _) if first_step && fill[*i as usize].is_none() => {
+                    rule.states[*i as usize].init
+                }
                 _ => h,
             }
         };
         let mut stage = vec![0usize; graph.len()];
         for (h, node) in graph.iter() {
             stage[h.index()] = match *node {
-                Node::Input(Input::State(_), _) if first_step => stage[resolve(h).index()],
+                Node::Input(Input::State(_), _) if resolve(h) != h => stage[resolve(h).index()],
                 Node::Reduce(_, _, arg) if graph.ty(arg).shape == Shape::Elem => {
                     stage[arg.index()] + 1
                 }
@@ -142,6 +162,7 @@ impl Plan {
             passes,
             stage,
             state_buffers,
+            fill,
         }
     }
 
@@ -352,6 +373,15 @@ impl Plan {
                 .join(", ")
         };
         let mut out = String::new();
+        let filled: Vec<String> = rule
+            .states
+            .iter()
+            .zip(&self.fill)
+            .filter_map(|(slot, value)| value.map(|v| format!("{} = {v}", slot.name)))
+            .collect();
+        if !filled.is_empty() {
+            out.push_str(&format!("buffers filled first: {}\n", filled.join(", ")));
+        }
         for (index, pass) in self.passes.iter().enumerate() {
             let k = &pass.kernel;
             let stores: Vec<u32> = k.stores.iter().map(|s| s.0).collect();

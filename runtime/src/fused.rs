@@ -277,6 +277,13 @@ impl FusedOptimizer {
             self.elem_state = (0..slots)
                 .map(|slot| Arena::zeroed(&numels, slot))
                 .collect();
+            let plan = &self.first.plan;
+            for (buffer, value) in plan.state_buffers.iter().zip(&plan.fill) {
+                if let (Some(buffer), Some(value)) = (buffer, value.filter(|v| v.to_bits() != 0)) {
+                    let arena = &mut self.elem_state[*buffer as usize - 2];
+                    arena.tensors_mut().into_iter().for_each(|t| t.fill(value));
+                }
+            }
         }
         let hypers = self.hypers.values(self.step + 1);
         let compiled = if first_step {
