@@ -11,31 +11,39 @@ use std::ops::{Deref, DerefMut};
 const HUGE_PAGE: usize = 2 << 20;
 const CACHE_LINE: usize = 64;
 
-/// A zero-initialised f32 buffer with a chosen placement.
+/// What a buffer can hold: plain numbers whose all-zero bit pattern is zero
+/// (`f32`, and bf16 as `u16` bit patterns or `half::bf16`).
+pub trait Word: Copy + Default + Send + Sync + 'static {}
+impl Word for f32 {}
+impl Word for u16 {}
+impl Word for half::bf16 {}
+
+/// A zero-initialised buffer with a chosen placement.
 #[derive(Debug)]
-pub struct Buffer {
-    storage: Vec<f32>,
+pub struct Buffer<T: Word = f32> {
+    storage: Vec<T>,
     offset: usize,
     len: usize,
 }
 
-impl Buffer {
+impl<T: Word> Buffer<T> {
     /// `len` zeros; `stagger` picks the buffer's offset within a 4 KiB page
     /// (buffers used together should get different staggers).
-    pub fn zeroed(len: usize, stagger: usize) -> Buffer {
-        if len * 4 < HUGE_PAGE {
+    pub fn zeroed(len: usize, stagger: usize) -> Buffer<T> {
+        let size = std::mem::size_of::<T>();
+        if len * size < HUGE_PAGE {
             return Buffer {
-                storage: vec![0.0; len],
+                storage: vec![T::default(); len],
                 offset: 0,
                 len,
             };
         }
         let shift = (stagger * 17 % 64) * CACHE_LINE;
-        let storage = vec![0.0f32; len + (HUGE_PAGE + shift) / 4];
+        let storage = vec![T::default(); len + (HUGE_PAGE + shift) / size];
         let address = storage.as_ptr() as usize;
         let aligned = address.next_multiple_of(HUGE_PAGE);
-        let offset = (aligned + shift - address) / 4;
-        advise_huge_pages(aligned, (len * 4 + shift) / HUGE_PAGE * HUGE_PAGE);
+        let offset = (aligned + shift - address) / size;
+        advise_huge_pages(aligned, (len * size + shift) / HUGE_PAGE * HUGE_PAGE);
         Buffer {
             storage,
             offset,
@@ -44,22 +52,22 @@ impl Buffer {
     }
 
     /// A buffer holding `values`, placed like [`Buffer::zeroed`].
-    pub fn from_slice(values: &[f32], stagger: usize) -> Buffer {
+    pub fn from_slice(values: &[T], stagger: usize) -> Buffer<T> {
         let mut buffer = Buffer::zeroed(values.len(), stagger);
         buffer.copy_from_slice(values);
         buffer
     }
 }
 
-impl Deref for Buffer {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl<T: Word> Deref for Buffer<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         &self.storage[self.offset..self.offset + self.len]
     }
 }
 
-impl DerefMut for Buffer {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T: Word> DerefMut for Buffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         &mut self.storage[self.offset..self.offset + self.len]
     }
 }
@@ -70,21 +78,21 @@ impl DerefMut for Buffer {
 /// (separate small buffers would each be too small for a huge page, and the
 /// TLB misses made a 200-tensor Adam step about 15% slower).
 #[derive(Debug)]
-pub struct Arena {
-    buffer: Buffer,
+pub struct Arena<T: Word = f32> {
+    buffer: Buffer<T>,
     /// Where each tensor starts, and its length.
     starts: Vec<usize>,
     lens: Vec<usize>,
 }
 
-impl Arena {
+impl<T: Word> Arena<T> {
     /// Zeroed tensors of lengths `numels`, placed like [`Buffer::zeroed`].
-    pub fn zeroed(numels: &[usize], stagger: usize) -> Arena {
+    pub fn zeroed(numels: &[usize], stagger: usize) -> Arena<T> {
         let mut starts = Vec::with_capacity(numels.len());
         let mut end = 0;
         for &n in numels {
             starts.push(end);
-            end = (end + n).next_multiple_of(CACHE_LINE / 4);
+            end = (end + n).next_multiple_of(CACHE_LINE / std::mem::size_of::<T>());
         }
         Arena {
             buffer: Buffer::zeroed(end, stagger),
@@ -94,7 +102,7 @@ impl Arena {
     }
 
     /// An arena holding copies of `tensors`.
-    pub fn from_tensors<T: AsRef<[f32]>>(tensors: &[T], stagger: usize) -> Arena {
+    pub fn from_tensors<S: AsRef<[T]>>(tensors: &[S], stagger: usize) -> Arena<T> {
         let numels: Vec<usize> = tensors.iter().map(|t| t.as_ref().len()).collect();
         let mut arena = Arena::zeroed(&numels, stagger);
         for (view, tensor) in arena.tensors_mut().into_iter().zip(tensors) {
@@ -104,13 +112,13 @@ impl Arena {
     }
 
     /// Tensor `index`.
-    pub fn tensor(&self, index: usize) -> &[f32] {
+    pub fn tensor(&self, index: usize) -> &[T] {
         &self.buffer[self.starts[index]..self.starts[index] + self.lens[index]]
     }
 
     /// Every tensor, mutably, in order.
-    pub fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
-        let mut rest: &mut [f32] = &mut self.buffer;
+    pub fn tensors_mut(&mut self) -> Vec<&mut [T]> {
+        let mut rest: &mut [T] = &mut self.buffer;
         let mut position = 0;
         let mut views = Vec::with_capacity(self.lens.len());
         for (&start, &len) in self.starts.iter().zip(&self.lens) {
@@ -143,13 +151,16 @@ mod tests {
     #[test]
     fn large_buffers_are_zeroed_aligned_and_staggered() {
         let n = 3 << 20;
-        let a = Buffer::zeroed(n, 0);
-        let b = Buffer::zeroed(n, 1);
+        let a = Buffer::<f32>::zeroed(n, 0);
+        let b = Buffer::<f32>::zeroed(n, 1);
         assert_eq!((a.len(), b.len()), (n, n));
         assert!(a.iter().chain(b.iter()).all(|&x| x == 0.0));
         let offset = |s: &Buffer| s.as_ptr() as usize % HUGE_PAGE;
         assert_eq!(offset(&a), 0);
         assert_eq!(offset(&b), 17 * CACHE_LINE);
+        let halves = Buffer::<u16>::zeroed(2 * n, 1);
+        assert_eq!(halves.as_ptr() as usize % HUGE_PAGE, 17 * CACHE_LINE);
+        assert!(halves.iter().all(|&x| x == 0));
         let small = Buffer::from_slice(&[1.0, 2.0, 3.0], 5);
         assert_eq!(&*small, &[1.0, 2.0, 3.0]);
     }
