@@ -5,8 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use half::bf16;
+use optc_compiler::kernel::Storage;
 use optc_runtime::buffer::Arena;
-use optc_runtime::fused::{Backend, FusedOptimizer};
+use optc_runtime::fused::{Backend, Floor, FusedOptimizer};
+use optc_runtime::precision::{Element, Precision};
 
 use crate::load::{self, Failure};
 
@@ -18,7 +21,25 @@ pub struct Settings<'a> {
     pub threads: usize,
     pub steps: usize,
     pub sets: &'a [String],
+    pub dtype: Dtype,
+    pub stochastic_rounding: bool,
     pub json: bool,
+}
+
+/// Storage of parameters, gradients and state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+impl Dtype {
+    fn storage(self) -> Storage {
+        match self {
+            Dtype::F32 => Storage::F32,
+            Dtype::Bf16 => Storage::Bf16,
+        }
+    }
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -37,6 +58,15 @@ pub fn run(
     let name = rule.name.clone();
     let overrides = load::overrides(&mut program, settings.sets)?;
     let rule = std::sync::Arc::new(rule);
+    if settings.stochastic_rounding && settings.dtype != Dtype::Bf16 {
+        return Err("error: --stochastic-rounding needs --dtype bf16".into());
+    }
+    let precision = Precision {
+        params: settings.dtype.storage(),
+        state: settings.dtype.storage(),
+        stochastic_rounding: settings.stochastic_rounding,
+        seed: 0,
+    };
     // Compile time: plan and compile every kernel of both plans, with a fresh
     // backend (cold) and again with the same one (its kernel cache warm);
     // medians of several.
@@ -47,11 +77,12 @@ pub fn run(
         let mut optimizer = None;
         for times in [&mut cold, &mut warm] {
             let start = Instant::now();
-            let compiled = FusedOptimizer::new(
+            let compiled = FusedOptimizer::with_precision(
                 rule.clone(),
                 overrides.clone(),
                 &mut *backend,
                 settings.threads,
+                precision,
             )
             .map_err(|e| format!("error: {e}"))?;
             times.push(start.elapsed());
@@ -66,33 +97,12 @@ pub fn run(
         .floor(&mut *backend)
         .map_err(|e| format!("error: {e}"))?;
 
-    // Parameters and gradients in arenas like the runtime's state (huge
-    // pages, staggered), as a training loop that lets the runtime allocate gets.
-    let arena = |seed: u64, stagger: usize| {
-        let tensors = optc_tasks::random_tensors(settings.numel, settings.tensors, seed);
-        Arena::from_tensors(&tensors, stagger)
-    };
-    let mut params = arena(1, 40);
-    let mut grads = arena(2, 41);
-    let grads: Vec<&[f32]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
-    let step_error = |e: optc_runtime::Error| format!("error: {e}");
-    for _ in 0..2 {
-        let mut views: Vec<&mut [f32]> = params.tensors_mut();
-        optimizer.step(&mut views, &grads).map_err(step_error)?;
+    let times = match settings.dtype {
+        Dtype::F32 => time_steps(settings, &mut optimizer, &floor, |x| x),
+        Dtype::Bf16 => time_steps(settings, &mut optimizer, &floor, bf16::from_f32),
     }
-    // Alternate step and floor so that both see the same machine conditions.
-    let (mut step_times, mut floor_times) = (Vec::new(), Vec::new());
-    for _ in 0..settings.steps.max(1) {
-        let mut views: Vec<&mut [f32]> = params.tensors_mut();
-        let start = Instant::now();
-        optimizer.step(&mut views, &grads).map_err(step_error)?;
-        step_times.push(start.elapsed());
-        let start = Instant::now();
-        optimizer
-            .run_floor(&floor, &mut views, &grads)
-            .map_err(step_error)?;
-        floor_times.push(start.elapsed());
-    }
+    .map_err(|e| format!("error: {e}"))?;
+    let (step_times, floor_times) = times;
     let numel = settings.numel as f64;
     let step_ns = median(step_times).as_nanos() as f64 / numel;
     let floor_ns = median(floor_times).as_nanos() as f64 / numel;
@@ -111,7 +121,8 @@ pub fn run(
             "numel": settings.numel,
             "tensors": settings.tensors,
             "threads": settings.threads,
-            "dtype": "f32",
+            "dtype": format!("{:?}", settings.dtype).to_lowercase(),
+            "stochastic_rounding": settings.stochastic_rounding,
             "passes": passes,
             "bytes_per_param": bytes,
             "steps_timed": settings.steps.max(1),
@@ -125,7 +136,7 @@ pub fn run(
         return Ok(format!("{object}\n"));
     }
     Ok(format!(
-        "{name}: {} params in {} tensor(s), {} thread(s), {backend_name} backend, {passes} pass(es), {bytes} B/param\n  \
+        "{name}: {} params in {} tensor(s), {} thread(s), {:?}{}, {backend_name} backend, {passes} pass(es), {bytes} B/param\n  \
          step  {step_ns:>8.3} ns/param  {:>7.2} GB/s   (median of {} steps)\n  \
          floor {floor_ns:>8.3} ns/param  {:>7.2} GB/s   (same bytes, no math, same run)\n  \
          ratio {:>8.2}x the floor\n  \
@@ -134,10 +145,53 @@ pub fn run(
         settings.numel,
         settings.tensors,
         settings.threads,
+        settings.dtype,
+        if settings.stochastic_rounding {
+            " with stochastic rounding"
+        } else {
+            ""
+        },
         bytes as f64 / step_ns,
         settings.steps.max(1),
         bytes as f64 / floor_ns,
         step_ns / floor_ns,
         compile_cached.as_secs_f64() * 1e3,
     ))
+}
+
+/// Times `settings.steps` steps and floors, alternating so that both see the
+/// same machine conditions, on parameters and gradients of element type `P`
+/// in arenas like the runtime's state (huge pages, staggered), as a training
+/// loop that lets the runtime allocate gets.
+fn time_steps<P: Element>(
+    settings: &Settings<'_>,
+    optimizer: &mut FusedOptimizer,
+    floor: &Floor,
+    convert: impl Fn(f32) -> P,
+) -> Result<(Vec<Duration>, Vec<Duration>), optc_runtime::Error> {
+    let arena = |seed: u64, stagger: usize| {
+        let tensors: Vec<Vec<P>> =
+            optc_tasks::random_tensors(settings.numel, settings.tensors, seed)
+                .into_iter()
+                .map(|t| t.into_iter().map(&convert).collect())
+                .collect();
+        Arena::from_tensors(&tensors, stagger)
+    };
+    let mut params = arena(1, 40);
+    let mut grads = arena(2, 41);
+    let grads: Vec<&[P]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
+    for _ in 0..2 {
+        optimizer.step(&mut params.tensors_mut(), &grads)?;
+    }
+    let (mut step_times, mut floor_times) = (Vec::new(), Vec::new());
+    for _ in 0..settings.steps.max(1) {
+        let mut views = params.tensors_mut();
+        let start = Instant::now();
+        optimizer.step(&mut views, &grads)?;
+        step_times.push(start.elapsed());
+        let start = Instant::now();
+        optimizer.run_floor(floor, &mut views, &grads)?;
+        floor_times.push(start.elapsed());
+    }
+    Ok((step_times, floor_times))
 }

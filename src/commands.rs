@@ -84,7 +84,7 @@ fn signature(rule: &Rule) -> String {
             _ => "computed on the first step".to_string(),
         };
         let per = match slot.shape {
-            Shape::Elem => "one f32 per element",
+            Shape::Elem => "one number per element",
             Shape::Tensor => "one scalar per tensor",
             Shape::Group => "one scalar per group",
         };
@@ -95,9 +95,13 @@ fn signature(rule: &Rule) -> String {
     }
     let words = rule.elem_state_slots();
     out.push_str(&format!(
-        "memory: {} bytes of state per parameter ({words} f32 slot{})\n",
+        "memory per parameter: {} B of state in f32, {} B in bf16 ({words} slot{}); \
+         with the parameter and its gradient, {} B in f32, {} B in bf16\n",
         4 * words,
-        if words == 1 { "" } else { "s" }
+        2 * words,
+        if words == 1 { "" } else { "s" },
+        4 * (words + 2),
+        2 * (words + 2),
     ));
     out
 }

@@ -8,6 +8,7 @@ mod load;
 
 use std::process::ExitCode;
 
+use bench::Dtype;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -118,7 +119,7 @@ enum Command {
     /// the same bytes; print ns/param, GB/s and the ratio to the floor.
     #[command(
         after_help = "Examples:\n  optc bench adam\n  optc bench lion --numel 16777216 --threads 2\n  \
-                  optc bench lamb --tensors 200 --json"
+                  optc bench lamb --tensors 200 --json\n  optc bench adam --dtype bf16 --stochastic-rounding"
     )]
     Bench {
         /// An .opt file or a standard-library optimizer name.
@@ -141,6 +142,12 @@ enum Command {
         /// Set a hyperparameter (`name=value`). Repeatable.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Storage of parameters, gradients and state (computation is f32).
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+        /// With --dtype bf16: round stores stochastically instead of to nearest even.
+        #[arg(long)]
+        stochastic_rounding: bool,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -193,6 +200,8 @@ fn main() -> ExitCode {
             threads,
             steps,
             set,
+            dtype,
+            stochastic_rounding,
             json,
         } => commands::bench(&bench::Settings {
             file: &file,
@@ -202,6 +211,8 @@ fn main() -> ExitCode {
             threads,
             steps,
             sets: &set,
+            dtype,
+            stochastic_rounding,
             json,
         }),
         Command::List => commands::list(),

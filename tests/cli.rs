@@ -39,11 +39,11 @@ fn show_prints_signature_state_memory_and_ir() {
     assert!(stdout.contains("optimizer adam\n"), "{stdout}");
     assert!(stdout.contains("  b1 = 0.9\n"), "{stdout}");
     assert!(
-        stdout.contains("  mu: elem = 0  (one f32 per element)"),
+        stdout.contains("  mu: elem = 0  (one number per element)"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("memory: 8 bytes of state per parameter (2 f32 slots)"),
+        stdout.contains("memory per parameter: 8 B of state in f32, 4 B in bf16 (2 slots); with the parameter and its gradient, 16 B in f32, 8 B in bf16"),
         "{stdout}"
     );
     assert!(

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use crate::ir::{Handle, Input, Node, ReduceOp, Rule, Scope, Shape};
-use crate::kernel::{Kernel, Op};
+use crate::kernel::{Kernel, Op, Rounding, Storage};
 
 pub const PARAM_BUFFER: u32 = 0;
 pub const GRAD_BUFFER: u32 = 1;
@@ -198,6 +198,9 @@ pub fn floor(pass: &Pass) -> Kernel {
         accumulators,
         buffers: k.buffers,
         scalars: 0,
+        storage: k.storage.clone(),
+        // Rounding moves no bytes, and the floor has no seed scalar.
+        rounding: Rounding::NearestEven,
     }
 }
 
@@ -339,6 +342,8 @@ fn build_pass(
             accumulators,
             buffers,
             scalars,
+            storage: vec![Storage::F32; buffers as usize],
+            rounding: Rounding::NearestEven,
         },
         scalar_args,
         reductions: accumulate.to_vec(),

@@ -2,7 +2,7 @@
 //! `cargo run --release -p optc-jit --example jit_bench`.
 
 use optc_compiler::ir::{BinaryOp, UnaryOp};
-use optc_compiler::kernel::{self, Kernel, Op};
+use optc_compiler::kernel::{self, bf16, BufferMut, Kernel, Op, Rounding, Storage};
 use optc_jit::Jit;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -45,6 +45,8 @@ fn adam() -> Kernel {
         accumulators: vec![],
         buffers: 4,
         scalars: 7,
+        storage: vec![Storage::F32; 4],
+        rounding: Rounding::NearestEven,
     }
 }
 
@@ -68,6 +70,8 @@ fn transcendental() -> Kernel {
         accumulators: vec![],
         buffers: 2,
         scalars: 0,
+        storage: vec![Storage::F32; 2],
+        rounding: Rounding::NearestEven,
     }
 }
 
@@ -156,32 +160,95 @@ fn main() {
 
     // In cache (8K elements, best of 2000 runs): compute bound.
     let small = 8192;
-    for (name, k, compiled, s) in [
-        ("Adam", &adam, &compiled, &scalars[..]),
-        (
-            "tanh(x)*exp(-x*x)",
-            &trans,
-            &jit.compile(&trans).unwrap(),
-            &[][..],
-        ),
-    ] {
-        let mut bufs: Vec<Vec<f32>> = (0..k.buffers as usize)
-            .map(|b| {
-                (0..small)
-                    .map(|i| ((i * 7 + b * 3) % 100) as f32 * 0.01 + 0.001)
-                    .collect()
-            })
-            .collect();
-        let mut best = Duration::MAX;
-        for _ in 0..2000 {
-            let mut views: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-            let t = Instant::now();
-            compiled.run(&mut views, s, &mut [], 0..small).unwrap();
-            best = best.min(t.elapsed());
-        }
+    let nearest = with_bf16_moments(&adam, Rounding::NearestEven);
+    let stochastic = with_bf16_moments(&adam, Rounding::Stochastic { seed_scalar: 7 });
+    let seeded: Vec<f32> = scalars.iter().copied().chain([f32::from_bits(7)]).collect();
+    let bf16_adams = [
+        ("Adam, bf16 m v, nearest even", &nearest, &scalars[..]),
+        ("Adam, bf16 m v, stochastic", &stochastic, &seeded[..]),
+    ];
+    for (name, k, s) in [
+        ("Adam", &adam, &scalars[..]),
+        ("tanh(x)*exp(-x*x)", &trans, &[][..]),
+    ]
+    .into_iter()
+    .chain(bf16_adams)
+    {
+        let compiled = jit.compile(k).unwrap();
+        let best = timings(&compiled, k, s, small, 2000)
+            .into_iter()
+            .min()
+            .unwrap();
         println!(
             "{name}, {small} elements in cache (best of 2000): {:.3} ns/element",
             per(best, small)
         );
     }
+    // Memory bound again, with the moments in bf16 (20 bytes per element).
+    for (name, k, s) in bf16_adams {
+        let compiled = jit.compile(k).unwrap();
+        let t = median(timings(&compiled, k, s, n, 7));
+        println!(
+            "{name}, {n} elements (median of 7): {:.3} ns/element ({:.1} GB/s)",
+            per(t, n),
+            k.bytes_per_element() as f64 * n as f64 / t.as_secs_f64() / 1e9,
+        );
+    }
+}
+
+/// `kernel` with buffers 2 and 3 (Adam's m and v) stored as bf16.
+fn with_bf16_moments(kernel: &Kernel, rounding: Rounding) -> Kernel {
+    let mut k = kernel.clone();
+    k.storage[2] = Storage::Bf16;
+    k.storage[3] = Storage::Bf16;
+    k.rounding = rounding;
+    if let Rounding::Stochastic { seed_scalar } = rounding {
+        k.scalars = k.scalars.max(seed_scalar + 1);
+    }
+    k
+}
+
+/// A buffer's elements in its storage type.
+enum Elements {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// Times `runs` calls of `compiled` over `n` elements of buffers in the
+/// kernel's storage types, filled with small positive values.
+fn timings(
+    compiled: &optc_jit::CompiledKernel,
+    kernel: &Kernel,
+    scalars: &[f32],
+    n: usize,
+    runs: usize,
+) -> Vec<Duration> {
+    let mut buffers: Vec<Elements> = kernel
+        .storage
+        .iter()
+        .enumerate()
+        .map(|(b, storage)| {
+            let values = (0..n).map(|i| ((i * 7 + b * 3) % 100) as f32 * 0.01 + 0.001);
+            match storage {
+                Storage::F32 => Elements::F32(values.collect()),
+                Storage::Bf16 => Elements::Bf16(values.map(bf16::round_nearest_even).collect()),
+            }
+        })
+        .collect();
+    (0..runs)
+        .map(|_| {
+            let mut views: Vec<BufferMut> = buffers
+                .iter_mut()
+                .map(|b| match b {
+                    Elements::F32(v) => BufferMut::F32(v),
+                    Elements::Bf16(v) => BufferMut::Bf16(v),
+                })
+                .collect();
+            let t = Instant::now();
+            compiled
+                .run_typed(&mut views, scalars, &mut [], 0..n)
+                .unwrap();
+            t.elapsed()
+        })
+        .collect()
 }

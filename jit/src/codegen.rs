@@ -9,13 +9,17 @@
 //!   with transcendentals), unaligned loads of all
 //!   loaded buffers first, the ops interleaved across the vectors, then the
 //!   stores (so in-place updates read before they write). The body works on
-//!   pointer variables;
+//!   pointer variables. bf16 buffers are widened as they are loaded and
+//!   rounded (to nearest even, or stochastically with per-lane draws of the
+//!   reference's hash, from the element index and a per-stream key computed
+//!   before the loop) as they are stored, as u16 lanes;
 //! * tail (fewer than one iteration's elements left): the remaining elements
 //!   are copied into a zeroed stack block, the pointer variables redirected
 //!   to it, and the *same* body runs once more; then the stored elements are
 //!   copied back. Accumulators mask the padding lanes (in the main loop the
 //!   mask is all ones). An element's result therefore never depends on
-//!   where it falls, and the body is emitted only once (compile time);
+//!   where it falls, and the body is emitted only once (compile time). The
+//!   copies move elements in each buffer's storage type;
 //! * exit: per-lane f64 accumulator partials are folded and combined into
 //!   `*accumulators`.
 //!
@@ -31,7 +35,7 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
-use optc_compiler::kernel::{Kernel, Op};
+use optc_compiler::kernel::{bf16, Kernel, Op, Rounding, Storage};
 use std::collections::HashMap;
 
 use crate::prefetch::{self, Stubs};
@@ -304,19 +308,35 @@ impl Gen<'_, '_> {
         self.b.ins().stack_load(self.ptr, ty, table, at)
     }
 
-    /// Moves the invariant values the loop needs into the invariant table and
-    /// returns the environment the loop body starts from.
-    fn spill_invariants(&mut self, an: &Analysis, invariant: &[Slot]) -> Vec<Slot> {
+    /// Moves the invariant values the loop needs, op values and the `extra`
+    /// vectors, into the invariant table; returns the environment the loop
+    /// body starts from and where each extra vector went.
+    fn spill_invariants(
+        &mut self,
+        an: &Analysis,
+        invariant: &[Slot],
+        extra: &[Value],
+    ) -> (Vec<Slot>, Vec<(i32, Type)>) {
         let mut entries = Vec::new();
         for (i, slot) in invariant.iter().enumerate() {
             if an.live[i] && !an.variant[i] {
-                entries.extend(slot.val.filter(|_| an.need_val[i]).map(|v| (i, false, v)));
-                entries.extend(slot.mask.filter(|_| an.need_mask[i]).map(|v| (i, true, v)));
+                entries.extend(
+                    slot.val
+                        .filter(|_| an.need_val[i])
+                        .map(|v| (Some((i, false)), v)),
+                );
+                entries.extend(
+                    slot.mask
+                        .filter(|_| an.need_mask[i])
+                        .map(|v| (Some((i, true)), v)),
+                );
             }
         }
+        entries.extend(extra.iter().map(|&v| (None, v)));
         let mut body = vec![Slot::default(); invariant.len()];
+        let mut extra_at = Vec::new();
         if entries.is_empty() {
-            return body;
+            return (body, extra_at);
         }
         let table = self.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
@@ -324,17 +344,149 @@ impl Gen<'_, '_> {
             4,
         ));
         self.table = Some(table);
-        for (k, (i, is_mask, v)) in entries.into_iter().enumerate() {
+        for (k, (op, v)) in entries.into_iter().enumerate() {
             let at = (16 * k) as i32;
             self.b.ins().stack_store(self.ptr, v, table, at);
-            let entry = Some((at, self.b.func.dfg.value_type(v)));
-            if is_mask {
-                body[i].mask_at = entry;
-            } else {
-                body[i].val_at = entry;
+            let entry = (at, self.b.func.dfg.value_type(v));
+            match op {
+                Some((i, true)) => body[i].mask_at = Some(entry),
+                Some((i, false)) => body[i].val_at = Some(entry),
+                None => extra_at.push(entry),
             }
         }
-        body
+        (body, extra_at)
+    }
+
+    fn i32s(&mut self, c: u32) -> Value {
+        vconst(self.b, &mut self.consts, types::I32X4, &c.to_le_bytes())
+    }
+
+    /// [`bf16::mix32`] on i32 lanes.
+    fn mix32(&mut self, mut x: Value) -> Value {
+        for (shift, multiplier) in bf16::MIX32_ROUNDS {
+            let shifted = self.b.ins().ushr_imm_u(x, i64::from(shift));
+            x = self.b.ins().bxor(x, shifted);
+            let multiplier = self.i32s(multiplier);
+            x = self.b.ins().imul(x, multiplier);
+        }
+        let shifted = self
+            .b
+            .ins()
+            .ushr_imm_u(x, i64::from(bf16::MIX32_FINAL_SHIFT));
+        self.b.ins().bxor(x, shifted)
+    }
+
+    /// Loads `count` consecutive vectors of bf16 elements from `at`, widened
+    /// to f32: two vectors per 16-byte load (each half interleaved with zero
+    /// low halves), a last odd one from 8 bytes.
+    fn load_bf16(&mut self, at: Value, count: usize) -> Vec<Value> {
+        let mut vectors = Vec::new();
+        for k in 0..count.div_ceil(2) {
+            let offset = (k * 2 * LANES * 2) as i32;
+            if 2 * k + 1 < count {
+                let patterns = self.b.ins().load(types::I8X16, heap(), at, offset);
+                let zero = vconst(self.b, &mut self.consts, types::I8X16, &[0]);
+                for half in [0u8, 8] {
+                    // Word 2j of the result is zero's, word 2j + 1 pattern j
+                    // of this half (`punpcklwd`/`punpckhwd`).
+                    let interleave: Vec<u8> = (0..8u8)
+                        .flat_map(|w| {
+                            let byte = w % 2 * 16 + half + w / 2 * 2;
+                            [byte, byte + 1]
+                        })
+                        .collect();
+                    let interleave = self
+                        .b
+                        .func
+                        .dfg
+                        .immediates
+                        .push(ConstantData::from(interleave));
+                    let wide = self.b.ins().shuffle(zero, patterns, interleave);
+                    vectors.push(self.b.ins().bitcast(types::F32X4, little(), wide));
+                }
+            } else {
+                let patterns = self.b.ins().uload16x4(heap(), at, offset);
+                let wide = self.b.ins().ishl_imm_u(patterns, 16);
+                vectors.push(
+                    self.b
+                        .ins()
+                        .bitcast(types::F32X4, MemFlagsData::new(), wide),
+                );
+            }
+        }
+        vectors
+    }
+
+    /// `buffer`'s 16 random bits ([`bf16::random_bits`]) from its stream's
+    /// draw.
+    fn random_bits(&mut self, draw: Value, buffer: u32) -> Value {
+        match bf16::draw_shift(buffer) {
+            0 => {
+                let low = self.i32s(0xFFFF);
+                self.b.ins().band(draw, low)
+            }
+            // The top half needs no mask.
+            shift => self.b.ins().ushr_imm_u(draw, i64::from(shift)),
+        }
+    }
+
+    /// `v` rounded to bf16 patterns, one per i32 lane: [`bf16::round_stochastic`]
+    /// with the 16-bit lanes of `random`, or [`bf16::round_nearest_even`]
+    /// without.
+    fn round_bf16(&mut self, v: Value, random: Option<Value>) -> Value {
+        let bits = self.b.ins().bitcast(types::I32X4, MemFlagsData::new(), v);
+        let increment = match random {
+            Some(random) => random,
+            None => {
+                let kept = self.b.ins().ushr_imm_u(bits, 16);
+                let one = self.i32s(1);
+                let lowest_kept = self.b.ins().band(kept, one);
+                let half = self.i32s(0x7FFF);
+                self.b.ins().iadd(lowest_kept, half)
+            }
+        };
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+        let increment = self.b.ins().band_not(increment, nan);
+        let quiet_bit = self.i32s(bf16::QUIET_BIT);
+        let quiet_bit = self.b.ins().band(nan, quiet_bit);
+        let bits = self.b.ins().bor(bits, quiet_bit);
+        let rounded = self.b.ins().iadd(bits, increment);
+        self.b.ins().ushr_imm_u(rounded, 16)
+    }
+
+    /// Stores consecutive vectors of bf16 patterns (one per i32 lane, as
+    /// [`Gen::round_bf16`] makes them) as u16s from `at`: two vectors per
+    /// 16-byte store, a last odd one as 8 bytes.
+    fn store_bf16(&mut self, patterns: &[Value], at: Value) {
+        for (k, pair) in patterns.chunks(2).enumerate() {
+            let offset = (k * 2 * LANES * 2) as i32;
+            let packed = self.b.ins().unarrow(pair[0], *pair.last().unwrap());
+            if pair.len() == 2 {
+                self.b.ins().store(heap(), packed, at, offset);
+            } else {
+                let halves = self.b.ins().bitcast(types::I64X2, little(), packed);
+                let low = self.b.ins().extractlane(halves, 0);
+                self.b.ins().store(heap(), low, at, offset);
+            }
+        }
+    }
+
+    /// Each random stream's key ([`bf16::stream_key`]) under the seed in
+    /// scalar `seed_scalar`, in all lanes.
+    fn stream_keys(&mut self, scalars: Value, seed_scalar: u32, streams: &[u32]) -> Vec<Value> {
+        let addr = self.b.ins().iadd_imm_s(scalars, i64::from(seed_scalar) * 4);
+        let seed = self
+            .b
+            .ins()
+            .load(types::I32, MemFlagsData::trusted(), addr, 0);
+        let seed = self.b.ins().splat(types::I32X4, seed);
+        let mut keys = Vec::new();
+        for &stream in streams {
+            let mixed_stream = self.i32s(bf16::mix32(stream));
+            let x = self.b.ins().bxor(seed, mixed_stream);
+            keys.push(self.mix32(x));
+        }
+        keys
     }
 
     fn f32s(&mut self, c: f32) -> Value {
@@ -693,7 +845,8 @@ pub(crate) fn translate(
 
     // Buffers touched: loaded ones, then stored-only ones. Each has a base
     // pointer, a pointer variable the body works on (into the buffer, or into
-    // the stack block during the tail), and a 16 * unroll byte stack region.
+    // the stack block during the tail), and a 16 * unroll byte stack region
+    // (of which bf16 buffers use half).
     let mut used: Vec<u32> = an.loaded.clone();
     for &(buf, _) in &kernel.stores {
         if !used.contains(&buf) {
@@ -714,9 +867,26 @@ pub(crate) fn translate(
     }
     let base = |buf: u32| base[dense(buf)];
     let cursor = |buf: u32| cursor[dense(buf)];
+    let storage = |buf: u32| kernel.storage[buf as usize];
     let mut invariant = vec![Slot::default(); kernel.ops.len()];
     g.invariant(kernel, &an, scalars, &mut invariant);
-    let body_env = g.spill_invariants(&an, &invariant);
+    // Stochastic rounding: the key of each random stream bf16 stores draw from.
+    let mut streams: Vec<u32> = kernel
+        .stores
+        .iter()
+        .filter(|&&(buf, _)| storage(buf) == Storage::Bf16)
+        .map(|&(buf, _)| bf16::stream(buf))
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let keys = match kernel.rounding {
+        Rounding::Stochastic { seed_scalar } if !streams.is_empty() => {
+            g.stream_keys(scalars, seed_scalar, &streams)
+        }
+        _ => Vec::new(),
+    };
+    let (body_env, key_at) = g.spill_invariants(&an, &invariant, &keys);
+    let key_at = |stream: u32| key_at[streams.iter().position(|&s| s == stream).unwrap()];
 
     // Accumulator partials: per unrolled vector, lanes 0-1 and 2-3 in f64;
     // and per unrolled vector the lanes that hold elements (all of them but
@@ -765,10 +935,10 @@ pub(crate) fn translate(
 
     g.b.switch_to_block(enter_main);
     let i = g.b.use_var(index);
-    let offset = g.b.ins().ishl_imm_u(i, 2);
+    let offset = ByteOffsets::of_element(g.b, i);
     let mut ahead = Vec::new();
     for &buf in &used {
-        let p = g.b.ins().iadd(base(buf), offset);
+        let p = g.b.ins().iadd(base(buf), offset.get(storage(buf)));
         g.b.def_var(cursor(buf), p);
         ahead.push(g.b.ins().iadd_imm_s(p, prefetch::DISTANCE));
     }
@@ -802,7 +972,7 @@ pub(crate) fn translate(
     g.b.switch_to_block(enter_tail);
     let i = g.b.use_var(index);
     let n = g.b.ins().isub(end, i);
-    let offset = g.b.ins().ishl_imm_u(i, 2);
+    let offset = ByteOffsets::of_element(g.b, i);
     let stack = g.b.create_sized_stack_slot(StackSlotData::new(
         StackSlotKind::ExplicitSlot,
         (used.len().max(1) * 16 * unroll) as u32,
@@ -819,12 +989,14 @@ pub(crate) fn translate(
     }
     let j_var = g.b.declare_var(ptr);
     let copied_in = g.b.create_block();
-    copy_loop(&mut g, j_var, n, copied_in, |g, byte| {
+    copy_loop(&mut g, j_var, n, copied_in, |g, j| {
+        let byte = ByteOffsets::of_element(g.b, j);
         for &buf in &an.loaded {
-            let src = g.b.ins().iadd(base(buf), offset);
-            let src = g.b.ins().iadd(src, byte);
-            let x = g.b.ins().load(types::F32, heap(), src, 0);
-            let dst = g.b.ins().iadd(stack_base, byte);
+            let storage = storage(buf);
+            let src = g.b.ins().iadd(base(buf), offset.get(storage));
+            let src = g.b.ins().iadd(src, byte.get(storage));
+            let x = g.b.ins().load(element_type(storage), heap(), src, 0);
+            let dst = g.b.ins().iadd(stack_base, byte.get(storage));
             g.b.ins()
                 .store(MemFlagsData::trusted(), x, dst, region(buf) as i32);
         }
@@ -856,12 +1028,15 @@ pub(crate) fn translate(
     let at = |buf: u32| at[dense(buf)];
     let mut loads = vec![Vec::new(); used.len()];
     for &buf in &an.loaded {
-        for u in 0..unroll {
-            let v =
-                g.b.ins()
-                    .load(types::F32X4, heap(), at(buf), (u * LANES * 4) as i32);
-            loads[dense(buf)].push(v);
-        }
+        loads[dense(buf)] = match storage(buf) {
+            Storage::F32 => (0..unroll)
+                .map(|u| {
+                    let offset = (u * LANES * 4) as i32;
+                    g.b.ins().load(types::F32X4, heap(), at(buf), offset)
+                })
+                .collect(),
+            Storage::Bf16 => g.load_bf16(at(buf), unroll),
+        };
     }
     let mut envs = vec![body_env; unroll];
     for i in 0..kernel.ops.len() {
@@ -872,10 +1047,55 @@ pub(crate) fn translate(
             g.op(kernel, env, i, &|buf| loads[dense(buf)][u]);
         }
     }
+    // Stochastic rounding's counters: the Weyl sequence at each element.
+    let counters: Vec<Value> = if keys.is_empty() {
+        Vec::new()
+    } else {
+        let i = g.b.use_var(index);
+        let i = g.b.ins().ireduce(types::I32, i);
+        let counter = g.b.ins().imul_imm_u(i, i64::from(bf16::INDEX_STEP));
+        let counter = g.b.ins().splat(types::I32X4, counter);
+        (0..unroll)
+            .map(|u| {
+                let lanes: Vec<u8> = (0..LANES)
+                    .flat_map(|l| {
+                        ((u * LANES + l) as u32)
+                            .wrapping_mul(bf16::INDEX_STEP)
+                            .to_le_bytes()
+                    })
+                    .collect();
+                let lanes = vconst(g.b, &mut g.consts, types::I32X4, &lanes);
+                g.b.ins().iadd(counter, lanes)
+            })
+            .collect()
+    };
+    // Each stream's draws, per vector, made once for both buffers sharing it.
+    let mut draws: HashMap<(u32, usize), Value> = HashMap::new();
     for &(buf, op) in &kernel.stores {
-        for (u, env) in envs.iter_mut().enumerate() {
-            let v = g.val(env, op);
-            g.b.ins().store(heap(), v, at(buf), (u * LANES * 4) as i32);
+        match storage(buf) {
+            Storage::F32 => {
+                for (u, env) in envs.iter_mut().enumerate() {
+                    let v = g.val(env, op);
+                    g.b.ins().store(heap(), v, at(buf), (u * LANES * 4) as i32);
+                }
+            }
+            Storage::Bf16 => {
+                let mut patterns = Vec::new();
+                for (u, env) in envs.iter_mut().enumerate() {
+                    let v = g.val(env, op);
+                    let random = (!counters.is_empty()).then(|| {
+                        let stream = bf16::stream(buf);
+                        let draw = *draws.entry((stream, u)).or_insert_with(|| {
+                            let key = g.reload(key_at(stream));
+                            let x = g.b.ins().iadd(counters[u], key);
+                            g.mix32(x)
+                        });
+                        g.random_bits(draw, buf)
+                    });
+                    patterns.push(g.round_bf16(v, random));
+                }
+                g.store_bf16(&patterns, at(buf));
+            }
         }
     }
     for (k, &(reduce, op)) in kernel.accumulators.iter().enumerate() {
@@ -901,16 +1121,21 @@ pub(crate) fn translate(
     g.b.switch_to_block(tail_done);
     let i = g.b.use_var(index);
     let n = g.b.ins().isub(end, i);
-    let offset = g.b.ins().ishl_imm_u(i, 2);
+    let offset = ByteOffsets::of_element(g.b, i);
     let stack_base = g.b.ins().stack_addr(ptr, stack, 0);
-    copy_loop(&mut g, j_var, n, exit, |g, byte| {
+    copy_loop(&mut g, j_var, n, exit, |g, j| {
+        let byte = ByteOffsets::of_element(g.b, j);
         for &(buf, _) in &kernel.stores {
-            let src = g.b.ins().iadd(stack_base, byte);
-            let x =
-                g.b.ins()
-                    .load(types::F32, MemFlagsData::trusted(), src, region(buf) as i32);
-            let dst = g.b.ins().iadd(base(buf), offset);
-            let dst = g.b.ins().iadd(dst, byte);
+            let storage = storage(buf);
+            let src = g.b.ins().iadd(stack_base, byte.get(storage));
+            let x = g.b.ins().load(
+                element_type(storage),
+                MemFlagsData::trusted(),
+                src,
+                region(buf) as i32,
+            );
+            let dst = g.b.ins().iadd(base(buf), offset.get(storage));
+            let dst = g.b.ins().iadd(dst, byte.get(storage));
             g.b.ins().store(heap(), x, dst, 0);
         }
     });
@@ -958,8 +1183,8 @@ fn fold2(g: &mut Gen, reduce: ReduceOp, a: Value, b: Value) -> Value {
     }
 }
 
-/// `for j in 0..n { body(j * 4) }`, then jump to `done`; leaves the builder
-/// in no block.
+/// `for j in 0..n { body(j) }`, then jump to `done`; leaves the builder in
+/// no block.
 fn copy_loop(
     g: &mut Gen,
     j_var: Variable,
@@ -978,9 +1203,40 @@ fn copy_loop(
     g.b.ins().brif(more, block, &[], done, &[]);
     g.b.switch_to_block(block);
     let j = g.b.use_var(j_var);
-    let byte = g.b.ins().ishl_imm_u(j, 2);
-    body(g, byte);
+    body(g, j);
     let next = g.b.ins().iadd_imm_s(j, 1);
     g.b.def_var(j_var, next);
     g.b.ins().jump(head, &[]);
+}
+
+/// The scalar type of one element in memory.
+fn element_type(storage: Storage) -> Type {
+    match storage {
+        Storage::F32 => types::F32,
+        Storage::Bf16 => types::I16,
+    }
+}
+
+/// An element index's byte offset in buffers of each storage type (the
+/// unused one is never emitted: Cranelift skips unused pure instructions).
+struct ByteOffsets {
+    f32: Value,
+    bf16: Value,
+}
+
+impl ByteOffsets {
+    fn of_element(b: &mut FunctionBuilder, index: Value) -> ByteOffsets {
+        let shift = |storage: Storage| i64::from(storage.bytes().trailing_zeros());
+        ByteOffsets {
+            f32: b.ins().ishl_imm_u(index, shift(Storage::F32)),
+            bf16: b.ins().ishl_imm_u(index, shift(Storage::Bf16)),
+        }
+    }
+
+    fn get(&self, storage: Storage) -> Value {
+        match storage {
+            Storage::F32 => self.f32,
+            Storage::Bf16 => self.bf16,
+        }
+    }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::Rng;
 use common::*;
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
-use optc_compiler::kernel::{self, Kernel, Op};
+use optc_compiler::kernel::{self, Kernel, Storage};
 use optc_jit::{CompiledKernel, Jit};
 use proptest::prelude::*;
 use std::ops::Range;
@@ -239,6 +239,7 @@ fn results_do_not_depend_on_position() {
     let q = k.bin(BinaryOp::Max, x, s);
     let r = k.un(UnaryOp::Rsqrt, q);
     k.kernel.buffers += 1;
+    k.kernel.storage.push(Storage::F32);
     k.store(8, r);
     let kernel = k.kernel;
     let compiled = jit.compile(&kernel).unwrap();
@@ -392,129 +393,6 @@ fn kernels_without_effects_and_dead_ops() {
 }
 
 // ---- random kernels -------------------------------------------------------
-
-const UNARY: [UnaryOp; 12] = [
-    UnaryOp::Neg,
-    UnaryOp::Not,
-    UnaryOp::Abs,
-    UnaryOp::Sign,
-    UnaryOp::Sqrt,
-    UnaryOp::Rsqrt,
-    UnaryOp::Floor,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Cos,
-];
-/// The first 7 are exact.
-const EXACT_UNARY: usize = 7;
-
-const BINARY: [BinaryOp; 15] = [
-    BinaryOp::Add,
-    BinaryOp::Sub,
-    BinaryOp::Mul,
-    BinaryOp::Div,
-    BinaryOp::Min,
-    BinaryOp::Max,
-    BinaryOp::Eq,
-    BinaryOp::Ne,
-    BinaryOp::Lt,
-    BinaryOp::Le,
-    BinaryOp::Gt,
-    BinaryOp::Ge,
-    BinaryOp::And,
-    BinaryOp::Or,
-    BinaryOp::Pow,
-];
-const EXACT_BINARY: usize = 14;
-
-/// One op's recipe: a kind and operand choices (reduced modulo the index).
-type Recipe = (u8, u8, u32, u32, u32);
-
-fn build(
-    buffers: u32,
-    scalars: u32,
-    recipes: &[Recipe],
-    stores: &[(u32, u32)],
-    accs: &[(u8, u32)],
-    approximate: bool,
-) -> Kernel {
-    let mut ops = Vec::new();
-    for (i, &(kind, sub, a, b, c)) in recipes.iter().enumerate() {
-        let i = i as u32;
-        let pick = |x: u32| x % i;
-        let leaf = i == 0 || kind < 3;
-        let op = if leaf {
-            match kind % 3 {
-                0 => Op::Load(a % buffers),
-                1 if scalars > 0 => Op::Scalar(a % scalars),
-                _ => Op::Const(SPECIALS[(a % SPECIALS.len() as u32) as usize]),
-            }
-        } else {
-            let unary = if approximate {
-                UNARY.len()
-            } else {
-                EXACT_UNARY
-            };
-            let binary = if approximate {
-                BINARY.len()
-            } else {
-                EXACT_BINARY
-            };
-            match kind % 4 {
-                0 => Op::Unary(UNARY[sub as usize % unary], pick(a)),
-                1 => Op::Binary(BINARY[sub as usize % binary], pick(a), pick(b)),
-                2 => Op::Select(pick(a), pick(b), pick(c)),
-                _ => Op::Lerp(pick(a), pick(b), pick(c)),
-            }
-        };
-        ops.push(op);
-    }
-    let n = ops.len() as u32;
-    let mut stored = Vec::new();
-    let mut kernel_stores = Vec::new();
-    for &(b, op) in stores {
-        let b = b % buffers;
-        if !stored.contains(&b) {
-            stored.push(b);
-            kernel_stores.push((b, n - 1 - op % n.min(4)));
-        }
-    }
-    let reduce = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min];
-    Kernel {
-        ops,
-        stores: kernel_stores,
-        accumulators: accs
-            .iter()
-            .map(|&(r, op)| (reduce[r as usize % 3], op % n))
-            .collect(),
-        buffers,
-        scalars,
-    }
-}
-
-fn kernels(approximate: bool) -> impl Strategy<Value = Kernel> {
-    (
-        1u32..4,
-        0u32..3,
-        prop::collection::vec(
-            (
-                0u8..12,
-                any::<u8>(),
-                any::<u32>(),
-                any::<u32>(),
-                any::<u32>(),
-            ),
-            1..28,
-        ),
-        prop::collection::vec((any::<u32>(), any::<u32>()), 0..3),
-        prop::collection::vec((any::<u8>(), any::<u32>()), 0..3),
-    )
-        .prop_map(move |(buffers, scalars, recipes, stores, accs)| {
-            build(buffers, scalars, &recipes, &stores, &accs, approximate)
-        })
-}
 
 /// Every length of [`LENGTHS`] at a random offset, fresh inputs each.
 fn random_case(kernel: &Kernel, seed: u64) -> Result<(), TestCaseError> {

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
-use optc_compiler::kernel::{Kernel, Op};
+use optc_compiler::kernel::{Kernel, Op, Rounding, Storage};
 use optc_jit::{Jit, JitError};
 
 fn kernel(ops: Vec<Op>, buffers: u32, scalars: u32) -> Kernel {
@@ -14,6 +14,8 @@ fn kernel(ops: Vec<Op>, buffers: u32, scalars: u32) -> Kernel {
         accumulators: vec![],
         buffers,
         scalars,
+        storage: vec![Storage::F32; buffers as usize],
+        rounding: Rounding::NearestEven,
     }
 }
 

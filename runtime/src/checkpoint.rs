@@ -10,9 +10,10 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::buffer::Arena;
 use crate::fused::{FusedOptimizer, Scalar};
+use crate::precision::StateArena;
 use crate::Error;
+use optc_compiler::kernel::Storage;
 
 const FORMAT: &str = "optc-checkpoint-1";
 
@@ -31,8 +32,12 @@ fn fail(message: impl Into<String>) -> Error {
     Error::Checkpoint(message.into())
 }
 
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// The safetensors dtype of a storage type.
+fn dtype(storage: Storage) -> Dtype {
+    match storage {
+        Storage::F32 => Dtype::F32,
+        Storage::Bf16 => Dtype::BF16,
+    }
 }
 
 impl FusedOptimizer {
@@ -64,13 +69,14 @@ impl FusedOptimizer {
                     }
                 }
                 None if state.shape == optc_compiler::ir::Shape::Elem => {
+                    let arena = &self.elem_state[elem_slot];
                     for (t, name) in names.iter().enumerate() {
-                        let values = self.elem_state[elem_slot].tensor(t);
+                        let bytes = arena.bytes(t);
                         data.push((
                             format!("{name}/{}", state.name),
-                            Dtype::F32,
-                            vec![values.len()],
-                            f32_bytes(values),
+                            dtype(arena.storage()),
+                            vec![bytes.len() / arena.storage().bytes()],
+                            bytes,
                         ));
                     }
                     elem_slot += 1;
@@ -162,7 +168,7 @@ impl FusedOptimizer {
             Ok(view.data().to_vec())
         };
         let f64_of = |bytes: Vec<u8>| f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-        let mut elem_state: Vec<Arena> = Vec::new();
+        let mut elem_state: Vec<StateArena> = Vec::new();
         let mut scalar_state: Vec<Option<Scalar>> = vec![None; self.rule.states.len()];
         if step > 0 {
             for (slot, state) in self.rule.states.iter().enumerate() {
@@ -184,18 +190,16 @@ impl FusedOptimizer {
                         scalar_state[slot] = Some(Scalar::Tensor(values));
                     }
                     optc_compiler::ir::Shape::Elem => {
+                        let storage = self.precision.state;
                         let tensors = names
                             .iter()
                             .zip(numels)
                             .map(|(name, &n)| {
-                                let bytes = read(&format!("{name}/{}", state.name), Dtype::F32, n)?;
-                                Ok(bytes
-                                    .chunks_exact(4)
-                                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                                    .collect::<Vec<f32>>())
+                                read(&format!("{name}/{}", state.name), dtype(storage), n)
                             })
                             .collect::<Result<Vec<_>, Error>>()?;
-                        elem_state.push(Arena::from_tensors(&tensors, elem_state.len()));
+                        let stagger = elem_state.len();
+                        elem_state.push(StateArena::from_bytes(storage, &tensors, stagger));
                     }
                 }
             }

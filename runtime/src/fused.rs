@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use optc_compiler::interpret::{binary, lerp, select, unary};
 use optc_compiler::ir::{Input, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape};
-use optc_compiler::kernel::{self, Kernel};
+use optc_compiler::kernel::{self, Kernel, Rounding, Storage};
 use optc_compiler::plan::{self, Plan};
 
 use crate::bind::{check_shapes, Bindings};
-use crate::buffer::Arena;
 use crate::pool::Pool;
+use crate::precision::{Element, Precision, StateArena};
 use crate::Error;
 
 /// Elements per work item. A multiple of every SIMD width, large enough to
@@ -173,9 +173,10 @@ pub struct FusedOptimizer {
     steady: Compiled,
     pool: Pool,
     non_finite: NonFinite,
+    pub(crate) precision: Precision,
     /// Per-element state: one arena per slot, in buffer order, holding the
     /// slot of every tensor.
-    pub(crate) elem_state: Vec<Arena>,
+    pub(crate) elem_state: Vec<StateArena>,
     /// Tensor and group state, by slot (`None` for per-element slots).
     pub(crate) scalar_state: Vec<Option<Scalar>>,
     pub(crate) step: u64,
@@ -205,16 +206,32 @@ pub enum Outcome {
 }
 
 impl FusedOptimizer {
-    /// Plans `rule`, compiles its kernels with `backend` and binds its hyperparameters.
+    /// Plans `rule`, compiles its kernels with `backend` and binds its
+    /// hyperparameters; everything in f32.
     pub fn new(
         rule: Arc<Rule>,
         overrides: Vec<(String, ScalarExpr)>,
         backend: &mut dyn Backend,
         threads: usize,
     ) -> Result<FusedOptimizer, Error> {
+        Self::with_precision(rule, overrides, backend, threads, Precision::default())
+    }
+
+    /// [`FusedOptimizer::new`] with parameters, gradients and state stored
+    /// as `precision` says.
+    pub fn with_precision(
+        rule: Arc<Rule>,
+        overrides: Vec<(String, ScalarExpr)>,
+        backend: &mut dyn Backend,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<FusedOptimizer, Error> {
         let hypers = Bindings::new(&rule, overrides)?;
         let mut compile = |first_step: bool| -> Result<Compiled, Error> {
-            let plan = Plan::new(&rule, first_step);
+            let mut plan = Plan::new(&rule, first_step);
+            for pass in &mut plan.passes {
+                store_as(&mut pass.kernel, &precision);
+            }
             let kernels = plan
                 .passes
                 .iter()
@@ -231,10 +248,15 @@ impl FusedOptimizer {
             steady,
             pool: Pool::new(threads),
             non_finite: NonFinite::default(),
+            precision,
             elem_state: Vec::new(),
             step: 0,
             numels: None,
         })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn rule(&self) -> &Rule {
@@ -257,7 +279,14 @@ impl FusedOptimizer {
 
     /// Applies one step to `params` given `grads`, in place. On error nothing
     /// changes; under [`NonFinite::Skip`] a non-finite gradient skips the step.
-    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<Outcome, Error> {
+    /// Parameters and gradients are `f32` or `half::bf16`, as the optimizer's
+    /// [`Precision`] says (another type is an error).
+    pub fn step<P: Element>(
+        &mut self,
+        params: &mut [&mut [P]],
+        grads: &[&[P]],
+    ) -> Result<Outcome, Error> {
+        self.check_element::<P>()?;
         let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
         check_shapes(
             self.numels.as_deref(),
@@ -266,7 +295,7 @@ impl FusedOptimizer {
         )?;
         if self.non_finite == NonFinite::Skip {
             for (tensor, grad) in grads.iter().enumerate() {
-                if let Some(index) = grad.iter().position(|g| !g.is_finite()) {
+                if let Some(index) = grad.iter().position(|g| !g.to_f32().is_finite()) {
                     return Ok(Outcome::Skipped { tensor, index });
                 }
             }
@@ -275,13 +304,12 @@ impl FusedOptimizer {
         if first_step {
             let slots = self.first.plan.state_buffers.iter().flatten().count();
             self.elem_state = (0..slots)
-                .map(|slot| Arena::zeroed(&numels, slot))
+                .map(|slot| StateArena::zeroed(self.precision.state, &numels, slot))
                 .collect();
             let plan = &self.first.plan;
             for (buffer, value) in plan.state_buffers.iter().zip(&plan.fill) {
                 if let (Some(buffer), Some(value)) = (buffer, value.filter(|v| v.to_bits() != 0)) {
-                    let arena = &mut self.elem_state[*buffer as usize - 2];
-                    arena.tensors_mut().into_iter().for_each(|t| t.fill(value));
+                    self.elem_state[*buffer as usize - 2].fill(value);
                 }
             }
         }
@@ -321,16 +349,23 @@ impl FusedOptimizer {
                 break;
             }
             let pass = &compiled.plan.passes[stage];
+            let seeded = matches!(pass.kernel.rounding, Rounding::Stochastic { .. });
             let scalars: Vec<Vec<f32>> = (0..tensors)
                 .map(|i| {
-                    pass.scalar_args
+                    let mut args: Vec<f32> = pass
+                        .scalar_args
                         .iter()
                         .map(|&h| {
                             values[h.index()]
                                 .as_ref()
                                 .map_or(f32::NAN, |v| v.at(i) as f32)
                         })
-                        .collect()
+                        .collect();
+                    if seeded {
+                        let seed = self.precision.step_seed(self.step + 1, i);
+                        args.push(f32::from_bits(seed));
+                    }
+                    args
                 })
                 .collect();
             let partials = run_pass(
@@ -397,12 +432,13 @@ impl FusedOptimizer {
 
     /// Runs the floor over the same buffers a step touches (after a first step
     /// has allocated the state), on the same threads.
-    pub fn run_floor(
+    pub fn run_floor<P: Element>(
         &mut self,
         floor: &Floor,
-        params: &mut [&mut [f32]],
-        grads: &[&[f32]],
+        params: &mut [&mut [P]],
+        grads: &[&[P]],
     ) -> Result<(), Error> {
+        self.check_element::<P>()?;
         let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
         if self.numels.as_deref() != Some(&numels[..]) {
             return Err(Error::Internal(
@@ -437,9 +473,42 @@ impl FusedOptimizer {
         let tensors = self.numels.as_ref().map_or(0, Vec::len);
         Some(
             (0..tensors)
-                .map(|t| self.elem_state[buffer].tensor(t).to_vec())
+                .map(|t| self.elem_state[buffer].values(t))
                 .collect(),
         )
+    }
+
+    fn check_element<P: Element>(&self) -> Result<(), Error> {
+        if P::STORAGE == self.precision.params {
+            Ok(())
+        } else {
+            Err(Error::Dtype {
+                expected: self.precision.params,
+                found: P::STORAGE,
+            })
+        }
+    }
+}
+
+/// Sets a plan kernel's buffer storage (p and g, then state) and rounding:
+/// stochastic rounding takes its seed as one more scalar argument.
+fn store_as(kernel: &mut Kernel, precision: &Precision) {
+    for (buffer, storage) in kernel.storage.iter_mut().enumerate() {
+        *storage = if buffer < 2 {
+            precision.params
+        } else {
+            precision.state
+        };
+    }
+    let rounds = kernel
+        .stores
+        .iter()
+        .any(|&(b, _)| kernel.storage[b as usize] == Storage::Bf16);
+    if precision.stochastic_rounding && rounds {
+        kernel.rounding = Rounding::Stochastic {
+            seed_scalar: kernel.scalars,
+        };
+        kernel.scalars += 1;
     }
 }
 
@@ -449,24 +518,24 @@ pub struct Floor {
 }
 
 /// Buffer pointers per tensor, in the plan's numbering: p, g, then state slots.
-fn buffer_pointers(
-    params: &mut [&mut [f32]],
-    grads: &[&[f32]],
-    elem_state: &mut [Arena],
+fn buffer_pointers<P: Element>(
+    params: &mut [&mut [P]],
+    grads: &[&[P]],
+    elem_state: &mut [StateArena],
 ) -> Vec<Vec<SendPtr>> {
-    let mut state: Vec<Vec<&mut [f32]>> = elem_state.iter_mut().map(Arena::tensors_mut).collect();
+    let state: Vec<Vec<*mut f32>> = elem_state.iter_mut().map(StateArena::pointers).collect();
     params
         .iter_mut()
         .zip(grads)
         .enumerate()
         .map(|(tensor, (p, g))| {
-            // g is passed as a mutable pointer for the kernel ABI; no plan stores to it.
-            let mut buffers = vec![SendPtr(p.as_mut_ptr()), SendPtr(g.as_ptr() as *mut f32)];
-            buffers.extend(
-                state
-                    .iter_mut()
-                    .map(|slot| SendPtr(slot[tensor].as_mut_ptr())),
-            );
+            // Kernels take every buffer as a `*mut f32` (bf16 bit patterns
+            // cast); g is never stored to.
+            let mut buffers = vec![
+                SendPtr(p.as_mut_ptr().cast::<f32>()),
+                SendPtr(g.as_ptr().cast::<f32>().cast_mut()),
+            ];
+            buffers.extend(state.iter().map(|slot| SendPtr(slot[tensor])));
             buffers
         })
         .collect()

@@ -9,6 +9,7 @@ pub mod buffer;
 pub mod checkpoint;
 pub mod fused;
 mod pool;
+pub mod precision;
 pub mod trace;
 
 use bind::check_shapes;
@@ -39,6 +40,11 @@ pub enum Error {
         tensor: usize,
         expected: usize,
         found: usize,
+    },
+    /// Parameters or gradients of another storage type than the optimizer's.
+    Dtype {
+        expected: optc_compiler::kernel::Storage,
+        found: optc_compiler::kernel::Storage,
     },
     Checkpoint(String),
     Internal(String),
@@ -80,6 +86,10 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "tensor {tensor}: expected {expected} elements, got {found}"
+            ),
+            Error::Dtype { expected, found } => write!(
+                f,
+                "parameters and gradients are {expected:?} in this optimizer, got {found:?}"
             ),
             Error::Checkpoint(message) => write!(f, "checkpoint: {message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),

@@ -1,11 +1,12 @@
-//! Shared test helpers: random inputs, ulp distances, a model evaluator and
-//! hand-written kernels.
+//! Shared test helpers: random inputs, ulp distances, a model evaluator,
+//! hand-written kernels and a generator of random ones.
 #![allow(dead_code)]
 
 use optc_compiler::interpret::{binary, lerp, select, unary};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
-use optc_compiler::kernel::{is_approximated, is_transcendental, Kernel, Op};
+use optc_compiler::kernel::{is_approximated, is_transcendental, Kernel, Op, Rounding, Storage};
 use optc_jit::approx;
+use proptest::prelude::*;
 
 /// xorshift64*: reproducible inputs without extra dependencies.
 pub struct Rng(pub u64);
@@ -184,6 +185,8 @@ pub fn pin_min_max(kernel: &Kernel) -> Kernel {
             .collect(),
         buffers: kernel.buffers,
         scalars: kernel.scalars,
+        storage: kernel.storage.clone(),
+        rounding: kernel.rounding,
     }
 }
 
@@ -280,6 +283,7 @@ impl KernelBuilder {
             kernel: Kernel {
                 buffers,
                 scalars,
+                storage: vec![Storage::F32; buffers as usize],
                 ..Kernel::default()
             },
         }
@@ -431,4 +435,134 @@ pub fn transcendentals() -> Kernel {
     let r = k.bin(BinaryOp::Pow, x, y);
     k.store(7, r);
     k.kernel
+}
+
+// ---- random kernels -------------------------------------------------------
+
+pub const UNARY: [UnaryOp; 12] = [
+    UnaryOp::Neg,
+    UnaryOp::Not,
+    UnaryOp::Abs,
+    UnaryOp::Sign,
+    UnaryOp::Sqrt,
+    UnaryOp::Rsqrt,
+    UnaryOp::Floor,
+    UnaryOp::Exp,
+    UnaryOp::Log,
+    UnaryOp::Tanh,
+    UnaryOp::Sigmoid,
+    UnaryOp::Cos,
+];
+/// The first 7 are exact.
+pub const EXACT_UNARY: usize = 7;
+
+pub const BINARY: [BinaryOp; 15] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Div,
+    BinaryOp::Min,
+    BinaryOp::Max,
+    BinaryOp::Eq,
+    BinaryOp::Ne,
+    BinaryOp::Lt,
+    BinaryOp::Le,
+    BinaryOp::Gt,
+    BinaryOp::Ge,
+    BinaryOp::And,
+    BinaryOp::Or,
+    BinaryOp::Pow,
+];
+pub const EXACT_BINARY: usize = 14;
+
+/// One op's recipe: a kind and operand choices (reduced modulo the index).
+pub type Recipe = (u8, u8, u32, u32, u32);
+
+/// The kernel the recipes describe (operands and buffers reduced into range).
+fn build(
+    buffers: u32,
+    scalars: u32,
+    recipes: &[Recipe],
+    stores: &[(u32, u32)],
+    accs: &[(u8, u32)],
+    approximate: bool,
+) -> Kernel {
+    let mut ops = Vec::new();
+    for (i, &(kind, sub, a, b, c)) in recipes.iter().enumerate() {
+        let i = i as u32;
+        let pick = |x: u32| x % i;
+        let leaf = i == 0 || kind < 3;
+        let op = if leaf {
+            match kind % 3 {
+                0 => Op::Load(a % buffers),
+                1 if scalars > 0 => Op::Scalar(a % scalars),
+                _ => Op::Const(SPECIALS[(a % SPECIALS.len() as u32) as usize]),
+            }
+        } else {
+            let unary = if approximate {
+                UNARY.len()
+            } else {
+                EXACT_UNARY
+            };
+            let binary = if approximate {
+                BINARY.len()
+            } else {
+                EXACT_BINARY
+            };
+            match kind % 4 {
+                0 => Op::Unary(UNARY[sub as usize % unary], pick(a)),
+                1 => Op::Binary(BINARY[sub as usize % binary], pick(a), pick(b)),
+                2 => Op::Select(pick(a), pick(b), pick(c)),
+                _ => Op::Lerp(pick(a), pick(b), pick(c)),
+            }
+        };
+        ops.push(op);
+    }
+    let n = ops.len() as u32;
+    let mut stored = Vec::new();
+    let mut kernel_stores = Vec::new();
+    for &(b, op) in stores {
+        let b = b % buffers;
+        if !stored.contains(&b) {
+            stored.push(b);
+            kernel_stores.push((b, n - 1 - op % n.min(4)));
+        }
+    }
+    let reduce = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min];
+    Kernel {
+        ops,
+        stores: kernel_stores,
+        accumulators: accs
+            .iter()
+            .map(|&(r, op)| (reduce[r as usize % 3], op % n))
+            .collect(),
+        buffers,
+        scalars,
+        storage: vec![Storage::F32; buffers as usize],
+        rounding: Rounding::NearestEven,
+    }
+}
+
+/// Random kernels of 1 to 27 ops over 1 to 3 buffers and up to 2 scalars,
+/// with up to 2 stores and 2 accumulators; all buffers f32.
+pub fn kernels(approximate: bool) -> impl Strategy<Value = Kernel> {
+    (
+        1u32..4,
+        0u32..3,
+        prop::collection::vec(
+            (
+                0u8..12,
+                any::<u8>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+            ),
+            1..28,
+        ),
+        prop::collection::vec((any::<u32>(), any::<u32>()), 0..3),
+        prop::collection::vec((any::<u8>(), any::<u32>()), 0..3),
+    )
+        .prop_map(move |(buffers, scalars, recipes, stores, accs)| {
+            build(buffers, scalars, &recipes, &stores, &accs, approximate)
+        })
 }
