@@ -208,6 +208,24 @@ impl Node {
             Node::Select(a, b, c) | Node::Lerp(a, b, c) => vec![a, b, c],
         }
     }
+
+    /// Constants and inputs, which have no operands.
+    pub fn is_leaf(&self) -> bool {
+        matches!(self, Node::Const(_) | Node::Bool(_) | Node::Input(..))
+    }
+
+    /// The same operation on the operands `f` maps these to (for copying a
+    /// node into another graph).
+    pub fn map_children(&self, mut f: impl FnMut(Handle) -> Handle) -> Node {
+        match *self {
+            Node::Const(_) | Node::Bool(_) | Node::Input(..) => *self,
+            Node::Unary(op, a) => Node::Unary(op, f(a)),
+            Node::Binary(op, a, b) => Node::Binary(op, f(a), f(b)),
+            Node::Select(c, a, b) => Node::Select(f(c), f(a), f(b)),
+            Node::Lerp(a, b, w) => Node::Lerp(f(a), f(b), f(w)),
+            Node::Reduce(op, scope, a) => Node::Reduce(op, scope, f(a)),
+        }
+    }
 }
 
 /// An arena of typed, hash-consed nodes.

@@ -2,14 +2,17 @@
 //! checking and inlining), the IR itself, the reference interpreter that
 //! defines its semantics, and diagnostics rendering.
 
+pub mod autodiff;
 pub mod builtins;
 pub mod diagnostics;
+pub mod emit;
 pub mod interpret;
 pub mod ir;
 pub mod kernel;
 mod lower;
 pub mod plan;
 pub mod program;
+pub mod simplify;
 
 pub use optc_grammar::{Diagnostic, FileId, Span};
 pub use program::{Origin, Program, SourceFile};
