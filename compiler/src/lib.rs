@@ -4,6 +4,7 @@
 
 pub mod autodiff;
 pub mod builtins;
+pub mod derive;
 pub mod diagnostics;
 pub mod emit;
 pub mod interpret;
