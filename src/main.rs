@@ -4,7 +4,10 @@
 
 mod bench;
 mod commands;
+mod derive;
+mod diff;
 mod load;
+mod run;
 
 use std::process::ExitCode;
 
@@ -42,7 +45,8 @@ enum Command {
     /// Show an optimizer's signature: hyperparameters with defaults, state and
     /// its memory per parameter, and optionally its typed IR.
     #[command(
-        after_help = "Examples:\n  optc show adam\n  optc show my_rule.opt --rule my_adam --ir"
+        after_help = "Examples:\n  optc show adam\n  optc show my_rule.opt --rule my_adam --ir\n  \
+                      optc show lamb --plan\n  optc show adam --adjoint"
     )]
     Show {
         /// An .opt file or a standard-library optimizer name.
@@ -57,6 +61,10 @@ enum Command {
         /// loads, stores and accumulates.
         #[arg(long)]
         plan: bool,
+        /// Print instead the adjoint of a step (its vector-Jacobian product)
+        /// as an .opt rule, with its state layout.
+        #[arg(long, conflicts_with_all = ["ir", "plan"])]
+        adjoint: bool,
     },
     /// Run a rule over recorded gradients (a trace in the golden-file schema:
     /// tensors[].p0, tensors[].grads) and write the trace with params filled in.
@@ -152,9 +160,95 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print an objective's loss and the symbolic gradient of the total loss
+    /// with respect to each of its params.
+    #[command(
+        after_help = "FILE is an .opt file, a standard-library objective, or `stdlib`.\n\n\
+                      Examples:\n  optc diff rosenbrock\n  optc diff stdlib --objective beale\n  \
+                      optc diff my_objectives.opt --objective my_loss"
+    )]
+    Diff {
+        /// An .opt file, a standard-library objective name, or `stdlib`.
+        file: String,
+        /// Which objective (default: the last one of FILE).
+        #[arg(long)]
+        objective: Option<String>,
+    },
+    /// Train an objective (a test function with symbolic gradients) with a rule,
+    /// printing the loss curve and optionally plotting it as SVG.
+    #[command(
+        after_help = "Examples:\n  optc run adam --objective rosenbrock --steps 2000 --set learning_rate=0.01\n  \
+                      optc run sgd --objective ill_conditioned_quadratic --numel 50 --set learning_rate=1e-3 --plot loss.svg\n  \
+                      optc run lion --objective rosenbrock --objective-set b=10 --every 50\n  \
+                      optc run my_rule.opt --objective my_loss --objective-file my_objectives.opt"
+    )]
+    Run {
+        /// An .opt file or a standard-library optimizer name.
+        file: String,
+        /// Which optimizer of the file (default: the last one).
+        #[arg(long)]
+        rule: Option<String>,
+        /// The objective, defined in the standard library (stdlib/objectives.opt:
+        /// rosenbrock, beale, ill_conditioned_quadratic, logistic_regression), in FILE
+        /// or in --objective-file.
+        #[arg(long)]
+        objective: String,
+        /// An .opt file defining more objectives.
+        #[arg(long)]
+        objective_file: Option<String>,
+        /// Elements of each param tensor (default: the objective's `numel = N`, else 1).
+        #[arg(long)]
+        numel: Option<usize>,
+        /// Number of optimizer steps.
+        #[arg(long, default_value_t = 1000)]
+        steps: usize,
+        /// Print the loss every this many steps.
+        #[arg(long, default_value_t = 100)]
+        every: usize,
+        /// Set a hyperparameter of the rule (`name=value`, a number, bool or schedule). Repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Set a hyperparameter of the objective (`name=number`). Repeatable.
+        #[arg(long = "objective-set", value_name = "NAME=NUMBER")]
+        objective_set: Vec<String>,
+        /// Write the loss curve to this SVG file (log-scale loss).
+        #[arg(long)]
+        plot: Option<String>,
+    },
+    /// Derive a new rule from a rule by differentiation and write it as .opt source.
+    #[command(subcommand)]
+    Derive(DeriveCommand),
     /// List the standard-library optimizers with the first line of their documentation.
     #[command(after_help = "Example:\n  optc list")]
     List,
+}
+
+#[derive(Subcommand)]
+enum DeriveCommand {
+    /// The hypergradient-descent variant of a rule (Baydin et al., 2018): the
+    /// hyperparameter becomes state, adapted every step by
+    /// `-hypergrad_lr * <g_t, d p_{t-1} / d hyper>`.
+    #[command(
+        after_help = "Examples:\n  optc derive hypergrad --wrt learning_rate adam -o hd_adam.opt\n  \
+                      optc derive hypergrad --wrt b1 adam\n  \
+                      optc derive hypergrad --wrt weight_decay my_rule.opt --rule my_adamw --hypergrad-lr 1e-6"
+    )]
+    Hypergrad {
+        /// An .opt file or a standard-library optimizer name.
+        file: String,
+        /// Which optimizer of the file (default: the last one).
+        #[arg(long)]
+        rule: Option<String>,
+        /// The float hyperparameter to adapt.
+        #[arg(long, default_value = "learning_rate")]
+        wrt: String,
+        /// Default of the new `hypergrad_lr` hyperparameter (the step size of the adaptation).
+        #[arg(long, default_value_t = 1e-7)]
+        hypergrad_lr: f64,
+        /// Write the rule to this file instead of printing it.
+        #[arg(short, long)]
+        out: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -166,7 +260,21 @@ fn main() -> ExitCode {
             rule,
             ir,
             plan,
-        } => commands::show(&file, rule.as_deref(), ir, plan),
+            adjoint,
+        } => {
+            if adjoint {
+                derive::adjoint(&file, rule.as_deref())
+            } else {
+                commands::show(&file, rule.as_deref(), ir, plan)
+            }
+        }
+        Command::Derive(DeriveCommand::Hypergrad {
+            file,
+            rule,
+            wrt,
+            hypergrad_lr,
+            out,
+        }) => derive::hypergrad(&file, rule.as_deref(), &wrt, hypergrad_lr, out.as_deref()),
         Command::Replay {
             file,
             trace,
@@ -214,6 +322,30 @@ fn main() -> ExitCode {
             dtype,
             stochastic_rounding,
             json,
+        }),
+        Command::Diff { file, objective } => diff::diff(&file, objective.as_deref()),
+        Command::Run {
+            file,
+            rule,
+            objective,
+            objective_file,
+            numel,
+            steps,
+            every,
+            set,
+            objective_set,
+            plot,
+        } => run::run(&run::Settings {
+            file: &file,
+            rule: rule.as_deref(),
+            sets: &set,
+            objective: &objective,
+            objective_file: objective_file.as_deref(),
+            objective_sets: &objective_set,
+            numel,
+            steps,
+            every,
+            plot: plot.as_deref(),
         }),
         Command::List => commands::list(),
     };

@@ -324,7 +324,11 @@ pub fn scalar(expr: &ScalarExpr, step: u64, hypers: &[f64]) -> f64 {
     values[expr.output.index()].scalar(0)
 }
 
-fn evaluate<F: Real>(
+/// Evaluates every node of `graph`, in arena order, for tensors of sizes
+/// `numels`; `input` gives each input node's value (it also sees the values
+/// computed so far). Rules go through [`step`]; graphs that are not rules
+/// (objectives) call this directly.
+pub fn evaluate<F: Real>(
     graph: &Graph,
     numels: &[usize],
     mut input: impl FnMut(Input, &[Value<F>]) -> Value<F>,
@@ -382,7 +386,14 @@ fn elementwise<F: Real>(
     }
 }
 
-/// f64 accumulation in element order, then tensor order.
+/// Elements per reduction chunk: reductions over elements accumulate each
+/// chunk in element order, then combine the chunks in order (see the
+/// manual). The fused runtime's units of work are these chunks, which is why
+/// its results do not depend on the thread count.
+pub const CHUNK: usize = 1 << 15;
+
+/// f64 accumulation by chunks of [`CHUNK`] elements in element order, then
+/// chunk order, then tensor order.
 fn reduce<F: Real>(op: ReduceOp, scope: Scope, arg: &Value<F>, numels: &[usize]) -> Value<F> {
     let (start, combine): (f64, fn(f64, f64) -> f64) = match op {
         ReduceOp::Sum => (0.0, |a, b| a + b),
@@ -392,7 +403,15 @@ fn reduce<F: Real>(op: ReduceOp, scope: Scope, arg: &Value<F>, numels: &[usize])
     let per_tensor: Vec<f64> = numels
         .iter()
         .enumerate()
-        .map(|(i, &n)| (0..n).fold(start, |acc, j| combine(acc, arg.at(i, j).to_f64())))
+        .map(|(i, &n)| {
+            (0..n)
+                .step_by(CHUNK)
+                .map(|first| {
+                    (first..(first + CHUNK).min(n))
+                        .fold(start, |acc, j| combine(acc, arg.at(i, j).to_f64()))
+                })
+                .fold(start, combine)
+        })
         .collect();
     match scope {
         Scope::Tensor => Value::Tensor(per_tensor),

@@ -11,6 +11,7 @@ pub mod interpret;
 pub mod ir;
 pub mod kernel;
 mod lower;
+pub mod objective;
 pub mod plan;
 pub mod program;
 pub mod simplify;

@@ -13,6 +13,7 @@ use crate::ir::{
     BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, ReduceOp, Rule, ScalarExpr, Shape,
     StateSlot, Type, UnaryOp,
 };
+use crate::objective::{self, Objective, ObjectiveParam};
 use crate::program::Program;
 
 /// Upper bound on expressions lowered for one rule, inlining included: a
@@ -29,8 +30,19 @@ struct Frame {
     /// Hyperparameters (in a rule) or parameters (in a function).
     params: HashMap<String, Handle>,
     lets: HashMap<String, Handle>,
-    /// Optimizer bodies see `p`, `g`, `numel` and state; functions do not.
-    body: bool,
+    body: Body,
+}
+
+/// What kind of body is being lowered, which decides the names it sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Body {
+    /// A function sees only its parameters (and `t`, `pi`, `inf`).
+    #[default]
+    Function,
+    /// An optimizer sees `p`, `g`, `numel` and its state as well.
+    Optimizer,
+    /// An objective sees `index`, `numel` and its params, but not `t`.
+    Objective,
 }
 
 struct Lowerer<'p> {
@@ -60,14 +72,14 @@ pub(crate) fn rule(program: &Program, name: &str) -> Lowered<Rule> {
     };
     let ItemBody::Optimizer(body) = &item.body else {
         return Err(Diagnostic::error(
-            format!("`{name}` is a function, not an optimizer"),
+            format!("`{name}` is {}, not an optimizer", item_kind(item)),
             item.name.span,
             "defined here",
         ));
     };
     let mut lowerer = Lowerer::new(program);
     let mut frame = Frame {
-        body: true,
+        body: Body::Optimizer,
         ..Frame::default()
     };
     for param in &item.params {
@@ -109,6 +121,171 @@ pub(crate) fn rule(program: &Program, name: &str) -> Lowered<Rule> {
         param_out: p,
         state_out: state_now,
     })
+}
+
+/// Compiles the objective `name`: its params become per-element inputs (see
+/// [`objective`] for how they are numbered), the loss one node, and the
+/// gradient of the total loss with respect to each param nodes of the same graph.
+pub(crate) fn objective(program: &Program, name: &str) -> Lowered<Objective> {
+    let Some(item) = program.item(name) else {
+        let known = program.objectives().join(", ");
+        return Err(
+            Diagnostic::whole_file(format!("no objective named `{name}`"))
+                .with_hint(format!("known objectives: {known}")),
+        );
+    };
+    let ItemBody::Objective(body) = &item.body else {
+        return Err(Diagnostic::error(
+            format!("`{name}` is {}, not an objective", item_kind(item)),
+            item.name.span,
+            "defined here",
+        ));
+    };
+    let mut lowerer = Lowerer::new(program);
+    lowerer.active.push(name.to_string());
+    let mut frame = Frame {
+        body: Body::Objective,
+        ..Frame::default()
+    };
+    let mut default_numel = 1;
+    for param in &item.params {
+        let hyper = &param.name.name;
+        if hyper == "numel" {
+            default_numel = objective_size(program, param)?;
+            continue;
+        }
+        if RESERVED_NAMES.contains(&hyper.as_str()) || hyper == objective::INDEX_NAME {
+            return Err(Diagnostic::error(
+                format!("`{hyper}` cannot be a hyperparameter"),
+                param.name.span,
+                "a built-in name",
+            )
+            .with_hint("`numel = N` sets the default element count; `t`, `index`, `pi` and `inf` have fixed meanings"));
+        }
+        if frame.params.contains_key(hyper) {
+            return Err(Diagnostic::error(
+                format!("hyperparameter `{hyper}` is declared twice"),
+                param.name.span,
+                "second declaration",
+            ));
+        }
+        let handle = lowerer.declare_hyper(hyper, param.default.as_ref())?;
+        frame.params.insert(hyper.clone(), handle);
+    }
+    lowerer.declare_objective_input(objective::INDEX_NAME, item.name.span);
+    let mut loss = None;
+    for stmt in body {
+        if let Some((_, loss_span)) = loss {
+            return Err(Diagnostic::error(
+                "nothing may follow the `loss`",
+                objective_stmt_span(stmt),
+                "after the loss",
+            )
+            .with_label(loss_span, "the loss ends the objective"));
+        }
+        match stmt {
+            ast::ObjectiveStmt::Param { name, init, .. } => {
+                lowerer.objective_param(name, init, &frame)?
+            }
+            ast::ObjectiveStmt::Let { name, value, .. } => {
+                lowerer.check_new_name(name, &frame, "a `let`")?;
+                let value = lowerer.expr(value, &frame)?;
+                frame.lets.insert(name.name.clone(), value);
+            }
+            ast::ObjectiveStmt::Loss { value, span } => {
+                let handle = lowerer.expr(value, &frame)?;
+                lowerer.expect_kind(handle, Kind::Float, value.span)?;
+                let shape = lowerer.graph.ty(handle).shape;
+                if shape != Shape::Elem {
+                    return Err(Diagnostic::error(
+                        "the loss must be one value per element",
+                        value.span,
+                        format!("this is {}", per(shape)),
+                    )
+                    .with_hint("the objective is the loss summed over the elements: write the per-element term (`x * x`, not `sum(x * x)`)"));
+                }
+                loss = Some((handle, *span));
+            }
+        }
+    }
+    let Some((loss, _)) = loss else {
+        return Err(Diagnostic::error(
+            format!("objective `{name}` has no `loss`"),
+            item.name.span,
+            "declared here",
+        )
+        .with_hint("end its body with `loss EXPR;`, the loss of one element"));
+    };
+    if lowerer.states.len() == 1 {
+        return Err(Diagnostic::error(
+            format!("objective `{name}` has no `param`"),
+            item.name.span,
+            "declared here",
+        )
+        .with_hint("declare what the optimizer trains: `param x = 0;`"));
+    }
+    let Lowerer {
+        mut graph,
+        hypers,
+        states,
+        state_now,
+        ..
+    } = lowerer;
+    let params: Vec<ObjectiveParam> = states[1..]
+        .iter()
+        .map(|(slot, _)| ObjectiveParam {
+            name: slot.name.clone(),
+            init: slot.init,
+        })
+        .collect();
+    let one = graph.add(Node::constant(1.0));
+    let gradients = crate::autodiff::vjp(&mut graph, &[(loss, one)], &state_now[1..]);
+    Ok(Objective {
+        name: name.to_string(),
+        doc: item.doc.clone(),
+        hypers,
+        default_numel,
+        params,
+        graph,
+        loss,
+        gradients,
+    })
+}
+
+/// The `numel = N` entry of an objective's parameter list: its default
+/// element count, a positive whole number.
+fn objective_size(program: &Program, param: &ast::Param) -> Lowered<usize> {
+    let invalid = |span: Span| {
+        Diagnostic::error(
+            "`numel` must be a positive whole number",
+            span,
+            "the default element count",
+        )
+        .with_hint("write e.g. `numel = 100`; `--numel` overrides it")
+    };
+    let Some(default) = &param.default else {
+        return Err(invalid(param.name.span));
+    };
+    let value = scalar(program, default, "", &[])?;
+    match *value.graph.node(value.output) {
+        Node::Const(bits) => {
+            let n = f64::from_bits(bits);
+            if n >= 1.0 && n.fract() == 0.0 && n <= u32::MAX as f64 {
+                Ok(n as usize)
+            } else {
+                Err(invalid(default.span))
+            }
+        }
+        _ => Err(invalid(default.span)),
+    }
+}
+
+fn objective_stmt_span(stmt: &ast::ObjectiveStmt) -> Span {
+    match stmt {
+        ast::ObjectiveStmt::Param { span, .. }
+        | ast::ObjectiveStmt::Let { span, .. }
+        | ast::ObjectiveStmt::Loss { span, .. } => *span,
+    }
 }
 
 /// Checks a function on its own, as if called with elementwise arguments:
@@ -192,6 +369,15 @@ pub(crate) fn scalar(
     })
 }
 
+/// "a function", "an optimizer" or "an objective", for messages.
+fn item_kind(item: &ast::Item) -> &'static str {
+    match item.body {
+        ItemBody::Optimizer(_) => "an optimizer",
+        ItemBody::Function { .. } => "a function",
+        ItemBody::Objective(_) => "an objective",
+    }
+}
+
 fn source_text(program: &Program, span: Span) -> String {
     program
         .file(span.file)
@@ -270,6 +456,66 @@ impl<'p> Lowerer<'p> {
         )))
     }
 
+    /// Adds a per-element input of an objective (its element index, then
+    /// each param) as the next state slot, initialised to itself.
+    fn declare_objective_input(&mut self, name: &str, span: Span) {
+        let handle = self.graph.add(Node::Input(
+            Input::State(self.states.len() as u32),
+            Type::ELEM,
+        ));
+        self.states.push((
+            StateSlot {
+                name: name.to_string(),
+                shape: Shape::Elem,
+                init: handle,
+            },
+            span,
+        ));
+        self.state_now.push(handle);
+    }
+
+    /// `param x = init;`: a new per-element input whose initial value may
+    /// read the index, `numel`, hyperparameters and `let`s, but no param.
+    fn objective_param(
+        &mut self,
+        name: &ast::Ident,
+        init: &ast::Expr,
+        frame: &Frame,
+    ) -> Lowered<()> {
+        if let Some(index) = self.state_index(&name.name) {
+            return Err(Diagnostic::error(
+                format!("param `{}` is declared twice", name.name),
+                name.span,
+                "second declaration",
+            )
+            .with_label(self.states[index].1, "first declaration"));
+        }
+        self.check_new_name(name, frame, "a param")?;
+        if frame.lets.contains_key(&name.name) {
+            return Err(Diagnostic::error(
+                format!("a param cannot be named `{}`", name.name),
+                name.span,
+                "already a `let` here",
+            ));
+        }
+        let value = self.expr(init, frame)?;
+        self.expect_kind(value, Kind::Float, init.span)?;
+        let params: Vec<Handle> = self.state_now[1..].to_vec();
+        if reads_any(&self.graph, value, &params) {
+            return Err(Diagnostic::error(
+                "a param's initial value cannot read the params",
+                init.span,
+                "reads a param",
+            )
+            .with_hint("initial values may use `index`, `numel` and hyperparameters"));
+        }
+        self.declare_objective_input(&name.name, name.span);
+        if let Some((slot, _)) = self.states.last_mut() {
+            slot.init = value;
+        }
+        Ok(())
+    }
+
     fn enter(&mut self, name: &str, span: Span) -> Lowered<()> {
         if let Some(start) = self.active.iter().position(|n| n == name) {
             let mut cycle = self.active[start..].to_vec();
@@ -321,8 +567,13 @@ impl<'p> Lowerer<'p> {
             Some("a built-in name")
         } else if frame.params.contains_key(&name.name) {
             Some("a hyperparameter")
+        } else if frame.body == Body::Objective && name.name == objective::INDEX_NAME {
+            Some("the element index")
         } else if self.state_index(&name.name).is_some() {
-            Some("a state")
+            Some(match frame.body {
+                Body::Objective => "a param of the objective",
+                _ => "a state",
+            })
         } else {
             None
         };
@@ -492,17 +743,22 @@ impl<'p> Lowerer<'p> {
     ) -> Lowered<()> {
         let item = self.item(rule)?;
         let ItemBody::Optimizer(body) = &item.body else {
-            return Err(Diagnostic::error(
-                format!("`{}` is a function, not an optimizer", rule.name),
+            let diagnostic = Diagnostic::error(
+                format!("`{}` is {}, not an optimizer", rule.name, item_kind(item)),
                 rule.span,
                 "`use` takes an optimizer",
-            )
-            .with_hint(format!("call it in an expression: `{}(...)`", rule.name)));
+            );
+            return Err(match item.body {
+                ItemBody::Function { .. } => {
+                    diagnostic.with_hint(format!("call it in an expression: `{}(...)`", rule.name))
+                }
+                _ => diagnostic,
+            });
         };
         self.enter(&rule.name, span)?;
         let bound = match_args(&item.params, args, &rule.name, span)?;
         let mut inner = Frame {
-            body: true,
+            body: Body::Optimizer,
             ..Frame::default()
         };
         for (param, arg) in item.params.iter().zip(bound) {
@@ -651,11 +907,18 @@ impl<'p> Lowerer<'p> {
         if let Some(&handle) = frame.lets.get(name).or_else(|| frame.params.get(name)) {
             return Ok(handle);
         }
-        if frame.body {
-            match name {
-                "p" => return Ok(self.p),
-                "g" => return Ok(self.g),
-                "numel" => return Ok(self.add(Node::Input(Input::Numel, Type::TENSOR))),
+        if frame.body != Body::Function {
+            match (name, frame.body) {
+                ("p", Body::Optimizer) => return Ok(self.p),
+                ("g", Body::Optimizer) => return Ok(self.g),
+                ("numel", _) => return Ok(self.add(Node::Input(Input::Numel, Type::TENSOR))),
+                ("t", Body::Objective) => {
+                    return Err(Diagnostic::error(
+                        "an objective cannot read the step `t`",
+                        span,
+                        "the loss is the same at every step",
+                    ))
+                }
                 _ => {}
             }
             if let Some(index) = self.state_index(name) {
@@ -670,6 +933,16 @@ impl<'p> Lowerer<'p> {
         }
         let diagnostic =
             Diagnostic::error(format!("unknown name `{name}`"), span, "not defined here");
+        if name == "index" {
+            return Err(diagnostic.with_hint(
+                "`index`, the element's position, exists only in the body of an `objective`",
+            ));
+        }
+        if frame.body == Body::Objective && matches!(name, "p" | "g") {
+            return Err(diagnostic.with_hint(
+                "an objective has no `p` or `g`; declare its parameters with `param x = ...;`",
+            ));
+        }
         let body_only = matches!(name, "p" | "g" | "numel") || self.state_index(name).is_some();
         if body_only {
             return Err(diagnostic.with_hint(format!(
@@ -683,8 +956,12 @@ impl<'p> Lowerer<'p> {
             .map(String::as_str)
             .collect();
         visible.extend(["t", "pi", "inf"]);
-        if frame.body {
-            visible.extend(["p", "g", "numel"]);
+        match frame.body {
+            Body::Function => {}
+            Body::Optimizer => visible.extend(["p", "g", "numel"]),
+            Body::Objective => visible.push("numel"),
+        }
+        if frame.body != Body::Function {
             visible.extend(self.states.iter().map(|(s, _)| s.name.as_str()));
         }
         Err(match closest(name, visible.into_iter()) {
@@ -706,12 +983,17 @@ impl<'p> Lowerer<'p> {
         }
         let item = self.item(func)?;
         let ItemBody::Function { lets, result } = &item.body else {
-            return Err(Diagnostic::error(
-                format!("`{}` is an optimizer, not a function", func.name),
+            let diagnostic = Diagnostic::error(
+                format!("`{}` is {}, not a function", func.name, item_kind(item)),
                 func.span,
                 "cannot be called",
-            )
-            .with_hint(format!("run its statements with `use {};`", func.name)));
+            );
+            return Err(match item.body {
+                ItemBody::Optimizer(_) => {
+                    diagnostic.with_hint(format!("run its statements with `use {};`", func.name))
+                }
+                _ => diagnostic,
+            });
         };
         self.enter(&func.name, span)?;
         let bound = match_args(&item.params, args, &func.name, span)?;
@@ -885,6 +1167,21 @@ fn match_args<'a>(
         }
     }
     Ok(bound)
+}
+
+/// Whether `value` depends on any of `inputs`.
+fn reads_any(graph: &Graph, value: Handle, inputs: &[Handle]) -> bool {
+    let mut seen = vec![false; graph.len()];
+    let mut stack = vec![value];
+    while let Some(handle) = stack.pop() {
+        if inputs.contains(&handle) {
+            return true;
+        }
+        if !std::mem::replace(&mut seen[handle.index()], true) {
+            stack.extend(graph.node(handle).children());
+        }
+    }
+    false
 }
 
 /// The candidate nearest to `name` by edit distance, if it is near enough to be a typo.

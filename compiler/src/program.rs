@@ -9,6 +9,7 @@ use optc_grammar::{Diagnostic, FileId};
 
 use crate::ir::{Rule, ScalarExpr};
 use crate::lower;
+use crate::objective::Objective;
 
 #[derive(Clone, Debug)]
 pub struct SourceFile {
@@ -77,7 +78,7 @@ impl Program {
         let file = optc_grammar::parse(&self.files[id.0 as usize].text, id)?;
         if file.items.is_empty() && origin == Origin::User {
             return Err(Diagnostic::whole_file(format!("{name}: no optimizer or function in this file"))
-                .with_hint("an .opt file holds items: `optimizer NAME(hyper = default, ...) { ... }` or `fn NAME(...) { ... }`"));
+                .with_hint("an .opt file holds items: `optimizer NAME(hyper = default, ...) { ... }`, `fn NAME(...) { ... }` or `objective NAME(...) { ... }`"));
         }
         let mut seen: HashMap<&str, &ast::Item> = HashMap::new();
         for item in &file.items {
@@ -134,7 +135,29 @@ impl Program {
             .collect()
     }
 
-    /// Names of every visible item, optimizers and functions.
+    /// Names of the objectives defined in one file, in source order.
+    pub fn objectives_in(&self, file: FileId) -> Vec<&str> {
+        self.asts[file.0 as usize]
+            .items
+            .iter()
+            .filter(|item| matches!(item.body, ItemBody::Objective(_)))
+            .map(|item| item.name.name.as_str())
+            .collect()
+    }
+
+    /// Names of every visible objective, sorted.
+    pub fn objectives(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .items
+            .iter()
+            .filter(|(_, &(f, i))| matches!(self.asts[f].items[i].body, ItemBody::Objective(_)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Names of every visible item: optimizers, functions and objectives.
     pub fn item_names(&self) -> impl Iterator<Item = &str> {
         self.items.keys().map(String::as_str)
     }
@@ -156,6 +179,11 @@ impl Program {
         lower::rule(self, name)
     }
 
+    /// Compiles the objective `name`: its loss and symbolic gradients.
+    pub fn compile_objective(&self, name: &str) -> Result<Objective, Diagnostic> {
+        lower::objective(self, name)
+    }
+
     /// Checks every item defined in `file` (functions on their own, see
     /// [`lower::function`]), collecting one diagnostic per failing item.
     pub fn check_file(&self, file: FileId) -> Vec<Diagnostic> {
@@ -163,8 +191,13 @@ impl Program {
             .items
             .iter()
             .filter_map(|item| lower::function(self, item).err());
+        let objectives = self
+            .objectives_in(file)
+            .into_iter()
+            .filter_map(|name| self.compile_objective(name).err());
         functions
             .chain(self.check(&self.optimizers_in(file)))
+            .chain(objectives)
             .collect()
     }
 

@@ -38,6 +38,23 @@ pub enum ItemBody {
         lets: Vec<(Ident, Expr)>,
         result: Expr,
     },
+    /// `objective name(...) { param x = init; let ...; loss expr; }`
+    Objective(Vec<ObjectiveStmt>),
+}
+
+/// A statement of an objective's body. The grammar accepts them in any
+/// order; lowering requires exactly one `loss`, last.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ObjectiveStmt {
+    /// `param x = init;`: one parameter tensor and its initial elements.
+    Param { name: Ident, init: Expr, span: Span },
+    Let {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    /// `loss expr;`: the per-element loss, whose total is the objective.
+    Loss { value: Expr, span: Span },
 }
 
 #[derive(Clone, Debug, PartialEq)]

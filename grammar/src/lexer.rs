@@ -42,6 +42,12 @@ pub enum Token<'s> {
     Optimizer,
     #[token("fn")]
     Fn,
+    #[token("objective")]
+    Objective,
+    #[token("param")]
+    Param,
+    #[token("loss")]
+    Loss,
     #[token("state")]
     State,
     #[token("let")]
@@ -119,6 +125,9 @@ impl std::fmt::Display for Token<'_> {
             Token::Ident(name) => return write!(f, "`{name}`"),
             Token::Optimizer => "`optimizer`",
             Token::Fn => "`fn`",
+            Token::Objective => "`objective`",
+            Token::Param => "`param`",
+            Token::Loss => "`loss`",
             Token::State => "`state`",
             Token::Let => "`let`",
             Token::Use => "`use`",

@@ -22,9 +22,10 @@ use crate::pool::Pool;
 use crate::precision::{Element, Precision, StateArena};
 use crate::Error;
 
-/// Elements per work item. A multiple of every SIMD width, large enough to
-/// amortise a call, small enough to balance threads.
-pub const CHUNK: usize = 1 << 15;
+/// Elements per work item: the interpreter's reduction chunk (a multiple of
+/// every SIMD width, large enough to amortise a call, small enough to
+/// balance threads), so that reductions agree with it bit for bit.
+pub use optc_compiler::interpret::CHUNK;
 
 /// A compiled kernel, callable from any thread.
 pub trait CompiledKernel: Send + Sync {
