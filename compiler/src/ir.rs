@@ -243,7 +243,16 @@ impl Graph {
 
     /// Adds a node (or returns the existing identical one). Its type follows
     /// from its operands: the largest shape, and bool for comparisons and logic.
+    /// `pow(a, 2)` with the constant 2 becomes `a * a` (one rounding of the
+    /// exact square, as torch and XLA compute it, and no call to pow), so no
+    /// graph holds such a pow.
     pub fn add(&mut self, node: Node) -> Handle {
+        let node = match node {
+            Node::Binary(BinaryOp::Pow, a, b) if self.nodes[b.index()] == Node::constant(2.0) => {
+                Node::Binary(BinaryOp::Mul, a, a)
+            }
+            other => other,
+        };
         if let Some(&handle) = self.interned.get(&node) {
             return handle;
         }

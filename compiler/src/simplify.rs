@@ -203,7 +203,6 @@ pub const RULES: &[RewriteRule] = &[
     algebraic("lerp-one", "lerp(a, b, 1) => b", "rounding of a + (b - a); was NaN for infinite a"),
     algebraic("pow-zero", "x ^ 0 => 1", "none in IEEE pow; listed here because Rust does not promise pow's results"),
     algebraic("pow-one", "x ^ 1 => x", "Rust does not promise pow's rounding"),
-    algebraic("pow-two", "x ^ 2 => x * x", "pow's rounding"),
     algebraic("pow-half", "x ^ 0.5 => sqrt(x)", "pow's rounding; was +0 (now -0) for x = -0, +inf (now NaN) for x = -inf"),
     algebraic("pow-minus-one", "x ^ -1 => 1 / x", "pow's rounding"),
     algebraic("exp-log", "exp(log(x)) => x", "rounding; was NaN (now x) for x < 0"),

@@ -149,7 +149,7 @@ fn operators_get_the_parentheses_they_need_and_no_more() {
     let rule = compile(
         "optimizer precedence(h = 2, flag = false) {
             state s = 1;
-            let a = -g^2 + (-g)^2 + g^h^2 + (g^h)^2 + g^-h;
+            let a = -g^3 + (-g)^3 + g^h^3 + (g^h)^3 + g^-h;
             let b = (p - g) - (s - p) + p - (g + s) + p * (g / s) / (p * g);
             let c = -(p * g) - -p * -g;
             let d = if (g < p || flag) && !(s >= p) { a } else if g == p { b } else { c };
@@ -162,7 +162,7 @@ fn operators_get_the_parentheses_they_need_and_no_more() {
     expect![[r#"
         optimizer precedence(h = 2, flag = false) {
             state s = 1;
-            let t1 = -g^2 + (-g)^2 + g^h^2 + (g^h)^2;
+            let t1 = -g^3 + (-g)^3 + g^h^3 + (g^h)^3;
             let t2 = p - g - (s - p) + p - (g + s) + p * (g / s) / (p * g);
             let t3 = if g == p { t2 } else { -(p * g) - -p * -g };
             let t4 = if (g < p || flag) && !(s >= p) { t1 + g^-h } else { t3 };

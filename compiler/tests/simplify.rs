@@ -100,7 +100,6 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("lerp-one", "lerp(g, s, 1)"),
     ("pow-zero", "p + g ^ 0"),
     ("pow-one", "g ^ 1"),
-    ("pow-two", "g ^ 2"),
     ("pow-half", "g ^ 0.5"),
     ("pow-minus-one", "g ^ -1"),
     ("exp-log", "exp(log(abs(g)))"),
