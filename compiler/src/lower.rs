@@ -761,8 +761,19 @@ impl<'p> Lowerer<'p> {
             body: Body::Optimizer,
             ..Frame::default()
         };
+        // Parameters bound to something other than the outer rule's
+        // hyperparameter of the same name: a later default that reads one of
+        // them is computed from the bound value, not declared as a hyperparameter.
+        let mut rebound: Vec<&str> = Vec::new();
         for (param, arg) in item.params.iter().zip(bound) {
             let hyper = &param.name.name;
+            let reads_rebound = param
+                .default
+                .as_ref()
+                .is_some_and(|default| rebound.iter().any(|name| mentions(default, name)));
+            if arg.is_some() || frame.params.contains_key(hyper) {
+                rebound.push(hyper);
+            }
             let value = match arg {
                 Some(arg) => {
                     let value = self.expr(arg, frame)?;
@@ -778,6 +789,10 @@ impl<'p> Lowerer<'p> {
                         ));
                     }
                     value
+                }
+                None if reads_rebound => {
+                    let default = param.default.as_ref().expect("a default reads the names");
+                    self.expr(default, &inner)?
                 }
                 None => match frame.params.get(hyper) {
                     Some(&outer) => outer,
@@ -1185,6 +1200,23 @@ fn reads_any(graph: &Graph, value: Handle, inputs: &[Handle]) -> bool {
 }
 
 /// The candidate nearest to `name` by edit distance, if it is near enough to be a typo.
+/// Whether `expr` reads the name `name` (an unshadowed read: expressions
+/// have no binders). Parsing bounded the nesting, so the recursion is safe.
+fn mentions(expr: &ast::Expr, name: &str) -> bool {
+    match &expr.kind {
+        ExprKind::Number(_) | ExprKind::Bool(_) => false,
+        ExprKind::Name(n) => n == name,
+        ExprKind::Call { args, .. } => args.iter().any(|arg| mentions(&arg.value, name)),
+        ExprKind::Unary(_, a) => mentions(a, name),
+        ExprKind::Binary(_, a, b) => mentions(a, name) || mentions(b, name),
+        ExprKind::If {
+            cond,
+            then,
+            otherwise,
+        } => mentions(cond, name) || mentions(then, name) || mentions(otherwise, name),
+    }
+}
+
 fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(name, c), c))

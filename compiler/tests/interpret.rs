@@ -333,3 +333,21 @@ fn schedules_are_scalar_programs_of_t() {
         .collect();
     assert_eq!(values, vec![8.0, 8.0, 4.0, 4.0, 2.0, 2.0]);
 }
+
+#[test]
+fn a_used_rules_later_defaults_read_the_values_its_use_binds() {
+    let inner = "optimizer inner(a = 1, b = a * 2) { p -= a * b * g; }\n";
+    let step = |outer: &str| {
+        let rule = compile(&format!("{inner}{outer}"));
+        let out = run::<f64>(&rule, &[vec![0.0]], &[vec![1.0]], 1, None);
+        (rule.hypers.len(), out.params[0][0])
+    };
+    // b = 3 * 2, whatever the outer rule's own `a` is.
+    assert_eq!(step("optimizer outer() { use inner(a = 3); }"), (0, -18.0));
+    assert_eq!(
+        step("optimizer outer(a = 100) { use inner(a = 3); }"),
+        (1, -18.0)
+    );
+    // Unbound, `a` stays a hyperparameter and `b` one whose default reads it.
+    assert_eq!(step("optimizer outer() { use inner(); }"), (2, -2.0));
+}
