@@ -9,35 +9,18 @@
 //! cotangents into the graph and "probe" slots whose outputs read the
 //! derivative nodes out.
 
+mod common;
+
+use common::{
+    check_every_variable, default_hypers, dot, group, objective_difference, run_from, stdlib_rule,
+    variables, warm_up, Point, Random, Values, Variable, NUMELS, TOLERANCE,
+};
 use optc_compiler::autodiff::{vjp, DERIVATIVE_RULES};
-use optc_compiler::interpret::{self, StepInputs, StepOutputs, Value};
+use optc_compiler::interpret::Value;
 use optc_compiler::ir::{BinaryOp, Handle, Input, Kind, Node, Rule, Shape, StateSlot, Type};
 use optc_compiler::{Origin, Program};
 
-/// Tensor sizes of every step: a single-element tensor between two others,
-/// so per-tensor and group reductions differ.
-const NUMELS: [usize; 3] = [4, 1, 3];
-/// Largest accepted relative error between the derivative and the
-/// (Richardson-extrapolated) central difference.
-const TOLERANCE: f64 = 1e-6;
-
-/// SplitMix64: reproducible random points without a dependency.
-struct Random(u64);
-
 impl Random {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn uniform(&mut self, low: f64, high: f64) -> f64 {
-        low + (high - low) * self.next()
-    }
-
     /// One value per element of every tensor, uniform in `[low, high]`.
     fn tensors(&mut self, low: f64, high: f64) -> Vec<Vec<f64>> {
         NUMELS
@@ -50,21 +33,18 @@ impl Random {
     fn signed_tensors(&mut self, low: f64, high: f64) -> Vec<Vec<f64>> {
         let mut tensors = self.tensors(low, high);
         for x in tensors.iter_mut().flatten() {
-            if self.next() < 0.5 {
+            if self.unit() < 0.5 {
                 *x = -*x;
             }
         }
         tensors
     }
+}
 
-    fn value(&mut self, shape: Shape, low: f64, high: f64) -> Value<f64> {
-        match shape {
-            Shape::Group => Value::Group(self.uniform(low, high)),
-            Shape::Tensor => {
-                Value::Tensor(NUMELS.iter().map(|_| self.uniform(low, high)).collect())
-            }
-            Shape::Elem => Value::Elem(self.tensors(low, high)),
-        }
+impl Point {
+    /// The size of every tensor.
+    fn numels(&self) -> Vec<usize> {
+        self.params.iter().map(Vec::len).collect()
     }
 }
 
@@ -77,28 +57,6 @@ fn compile(source: &str) -> Rule {
     program
         .compile(&name)
         .unwrap_or_else(|d| panic!("{}", d.message))
-}
-
-/// Something a derivative is taken with respect to.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Variable {
-    Param,
-    Grad,
-    State(usize),
-    Hyper(usize),
-}
-
-/// `p`, `g`, every state slot and every float hyperparameter of `rule`.
-fn variables(rule: &Rule) -> Vec<Variable> {
-    let states = (0..rule.states.len()).map(Variable::State);
-    let hypers = (0..rule.hypers.len())
-        .filter(|&i| rule.hypers[i].kind == Kind::Float)
-        .map(Variable::Hyper);
-    [Variable::Param, Variable::Grad]
-        .into_iter()
-        .chain(states)
-        .chain(hypers)
-        .collect()
 }
 
 fn variable_type(rule: &Rule, variable: Variable) -> Type {
@@ -123,107 +81,12 @@ fn variable_node(rule: &mut Rule, variable: Variable) -> Handle {
     rule.graph.add(Node::Input(input, ty))
 }
 
-/// Everything one step reads (after the first step: state is an input).
-#[derive(Clone, Debug)]
-struct Point {
-    params: Vec<Vec<f64>>,
-    grads: Vec<Vec<f64>>,
-    step: u64,
-    hypers: Vec<f64>,
-    state: Vec<Value<f64>>,
-}
-
-impl Point {
-    fn numels(&self) -> Vec<usize> {
-        self.params.iter().map(Vec::len).collect()
-    }
-
-    fn get(&self, variable: Variable) -> Value<f64> {
-        match variable {
-            Variable::Param => Value::Elem(self.params.clone()),
-            Variable::Grad => Value::Elem(self.grads.clone()),
-            Variable::State(i) => self.state[i].clone(),
-            Variable::Hyper(i) => Value::Group(self.hypers[i]),
-        }
-    }
-
-    /// This point moved by `h * direction` along `variable`.
-    fn moved(&self, variable: Variable, direction: &Value<f64>, h: f64) -> Point {
-        let mut point = self.clone();
-        let moved = zip_with(&self.get(variable), direction, |x, d| x + h * d);
-        match (variable, moved) {
-            (Variable::Param, Value::Elem(params)) => point.params = params,
-            (Variable::Grad, Value::Elem(grads)) => point.grads = grads,
-            (Variable::State(i), value) => point.state[i] = value,
-            (Variable::Hyper(i), Value::Group(x)) => point.hypers[i] = x,
-            (variable, value) => panic!("{variable:?} cannot hold {value:?}"),
-        }
-        point
-    }
-}
-
-fn zip_with(a: &Value<f64>, b: &Value<f64>, f: impl Fn(f64, f64) -> f64) -> Value<f64> {
-    let zip = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(&x, &y)| f(x, y)).collect();
-    match (a, b) {
-        (Value::Group(x), Value::Group(y)) => Value::Group(f(*x, *y)),
-        (Value::Tensor(x), Value::Tensor(y)) => Value::Tensor(zip(x, y)),
-        (Value::Elem(x), Value::Elem(y)) => {
-            Value::Elem(x.iter().zip(y).map(|(x, y)| zip(x, y)).collect())
-        }
-        _ => panic!("shapes differ: {a:?} and {b:?}"),
-    }
-}
-
-fn total(value: &Value<f64>) -> f64 {
-    match value {
-        Value::Group(x) => *x,
-        Value::Tensor(xs) => xs.iter().sum(),
-        Value::Elem(xs) => xs.iter().flatten().sum(),
-    }
-}
-
-fn dot(a: &Value<f64>, b: &Value<f64>) -> f64 {
-    total(&zip_with(a, b, |x, y| x * y))
-}
-
-fn run(rule: &Rule, point: &Point, state: Option<&[Value<f64>]>) -> StepOutputs<f64> {
-    let params: Vec<&[f64]> = point.params.iter().map(Vec::as_slice).collect();
-    let grads: Vec<&[f64]> = point.grads.iter().map(Vec::as_slice).collect();
-    let inputs = StepInputs {
-        params: &params,
-        grads: &grads,
-        step: point.step,
-        hypers: &point.hypers,
-        state,
-    };
-    interpret::step(rule, &inputs).expect("inputs fit the rule")
-}
-
 /// The rule's outputs (new `p`, then each new state) with their shapes.
 fn outputs(rule: &Rule) -> Vec<(Handle, Shape)> {
     let states = rule.state_out.iter().zip(&rule.states);
     std::iter::once((rule.param_out, Shape::Elem))
         .chain(states.map(|(&out, slot)| (out, slot.shape)))
         .collect()
-}
-
-fn output_values(out: StepOutputs<f64>) -> Vec<Value<f64>> {
-    std::iter::once(Value::Elem(out.params))
-        .chain(out.state)
-        .collect()
-}
-
-/// `<seeds, outputs(point)>`, the scalar whose gradient [`reverse`] computes,
-/// and the sum of the absolute values of its terms (its rounding scale).
-fn objective(rule: &Rule, point: &Point, seeds: &[Value<f64>]) -> (f64, f64) {
-    let outputs = output_values(run(rule, point, Some(&point.state)));
-    let value = seeds.iter().zip(&outputs).map(|(s, o)| dot(s, o)).sum();
-    let magnitude = seeds
-        .iter()
-        .zip(&outputs)
-        .map(|(s, o)| total(&zip_with(s, o, |x, y| (x * y).abs())))
-        .sum();
-    (value, magnitude)
 }
 
 /// Adds a state slot; returns its index.
@@ -276,31 +139,8 @@ fn reverse(rule: &Rule, point: &Point, seeds: &[Value<f64>], wrt: &[Variable]) -
                 Value::Group(0.0).broadcast(variable_type(rule, v).shape, &point.numels())
             }))
             .collect();
-    let out = run(&probe, point, Some(&state));
+    let out = run_from(&probe, point, Some(&state));
     out.state[first_probe..].to_vec()
-}
-
-/// The derivative of [`objective`] along `direction`, by central differences
-/// with Richardson extrapolation, and a bound on its rounding error. Steps
-/// shrink from 1e-3 until two step sizes agree (the function is smooth at
-/// that scale); `None` if they never do (a kink or jump within 1e-6).
-fn finite_difference(
-    rule: &Rule,
-    point: &Point,
-    seeds: &[Value<f64>],
-    variable: Variable,
-    direction: &Value<f64>,
-) -> Option<(f64, f64)> {
-    let at = |h: f64| objective(rule, &point.moved(variable, direction, h), seeds);
-    let central = |h: f64| (at(h).0 - at(-h).0) / (2.0 * h);
-    let magnitude = at(0.0).1;
-    [1e-3, 1e-4, 1e-5, 1e-6].into_iter().find_map(|step| {
-        let (coarse, fine) = (central(step), central(step / 2.0));
-        // Each output carries a few dozen roundings of its own.
-        let noise = 64.0 * f64::EPSILON * magnitude / step;
-        let smooth = (coarse - fine).abs() <= 1e-6 * coarse.abs().max(fine.abs()) + noise;
-        smooth.then_some(((4.0 * fine - coarse) / 3.0, noise))
-    })
 }
 
 /// A direction for `variable` at `point`: each component random in
@@ -308,13 +148,7 @@ fn finite_difference(
 fn direction(random: &mut Random, point: &Point, variable: Variable) -> Value<f64> {
     let value = point.get(variable);
     let noise = random.value(value.shape(), -1.0, 1.0);
-    zip_with(&value, &noise, |x, u| {
-        if x == 0.0 {
-            1e-3 * u
-        } else {
-            x.abs() * u
-        }
-    })
+    value.zip(&noise, |x, u| if x == 0.0 { 1e-3 * u } else { x.abs() * u })
 }
 
 /// Results of comparing derivatives with finite differences.
@@ -346,7 +180,7 @@ impl Tally {
         for (&variable, cotangent) in wrt.iter().zip(&cotangents) {
             let direction = direction(random, point, variable);
             let Some((numeric, noise)) =
-                finite_difference(rule, point, &seeds, variable, &direction)
+                objective_difference(rule, point, &seeds, variable, &direction)
             else {
                 self.skipped += 1;
                 unchecked.push(variable);
@@ -506,58 +340,19 @@ fn reductions_match_finite_differences() {
     ]);
 }
 
-fn default_hypers(rule: &Rule, step: u64) -> Vec<f64> {
-    let mut values = Vec::new();
-    for hyper in &rule.hypers {
-        let default = hyper
-            .default
-            .as_ref()
-            .expect("stdlib hyperparameters have defaults");
-        values.push(interpret::scalar(default, step, &values));
-    }
-    values
-}
-
-/// A realistic point of step 4 of `rule`: three steps from random
-/// parameters with random gradients, then state jittered by up to 20% (so
-/// no `max` of a state and its own last value ties), exact zeros of state
-/// made small positive values (rprop's `prev` is 0 where the gradient's sign
-/// flipped, a jump of `sign(g * prev)`), and a fresh gradient.
+/// A realistic point of step 4 of `rule` (see [`warm_up`]) from random
+/// parameters, magnitudes in `[0.2, 2]`.
 fn warmed_up(rule: &Rule, random: &mut Random) -> Point {
-    let mut point = Point {
+    let start = Point {
         params: random.signed_tensors(0.2, 2.0),
         grads: random.signed_tensors(0.2, 2.0),
         step: 1,
         hypers: default_hypers(rule, 1),
         state: Vec::new(),
     };
-    let mut state = None;
-    for step in 1..=3 {
-        point.step = step;
-        point.hypers = default_hypers(rule, step);
-        point.grads = random.signed_tensors(0.2, 2.0);
-        let out = run(rule, &point, state.as_deref());
-        point.params = out.params;
-        state = Some(out.state);
-    }
-    point.step = 4;
-    point.hypers = default_hypers(rule, 4);
-    point.grads = random.signed_tensors(0.2, 2.0);
-    point.state = state
-        .unwrap_or_default()
-        .iter()
-        .map(|value| {
-            let jitter = random.value(value.shape(), 0.8, 1.2);
-            zip_with(value, &jitter, |x, j| {
-                if x == 0.0 {
-                    0.1 * (j - 0.7)
-                } else {
-                    x * j
-                }
-            })
-        })
-        .collect();
-    point
+    warm_up(rule, random, start, |random| {
+        random.signed_tensors(0.2, 2.0)
+    })
 }
 
 #[test]
@@ -571,18 +366,10 @@ fn every_stdlib_optimizer_matches_finite_differences() {
         let rule = program
             .compile(name)
             .unwrap_or_else(|d| panic!("{name}: {}", d.message));
-        let mut pending = variables(&rule);
-        for _ in 0..8 {
+        check_every_variable(&rule, |pending| {
             let point = warmed_up(&rule, &mut random);
-            pending = tally.check(&rule, &point, &pending, &mut random, name);
-            if pending.is_empty() {
-                break;
-            }
-        }
-        assert!(
-            pending.is_empty(),
-            "{name}: no smooth point found for {pending:?}"
-        );
+            tally.check(&rule, &point, pending, &mut random, name)
+        });
     }
     eprintln!(
         "{} optimizers: {} derivatives checked, {} points skipped near kinks, max relative error {:e}, {:?}",
@@ -595,12 +382,6 @@ fn every_stdlib_optimizer_matches_finite_differences() {
     assert!(names.len() >= 40, "{} optimizers", names.len());
 }
 
-fn stdlib_rule(name: &str) -> Rule {
-    optc_stdlib::prelude()
-        .compile(name)
-        .unwrap_or_else(|d| panic!("{name}: {}", d.message))
-}
-
 /// Seeds: `v` for the new parameters, 0 for every new state.
 fn seeds_on_params(rule: &Rule, point: &Point, v: Value<f64>) -> Vec<Value<f64>> {
     let numels = point.numels();
@@ -611,14 +392,6 @@ fn seeds_on_params(rule: &Rule, point: &Point, v: Value<f64>) -> Vec<Value<f64>>
                 .map(|slot| Value::Group(0.0).broadcast(slot.shape, &numels)),
         )
         .collect()
-}
-
-/// The number a group-shaped value holds.
-fn group(value: &Value<f64>) -> f64 {
-    match value {
-        Value::Group(x) => *x,
-        other => panic!("{other:?} is not one number"),
-    }
 }
 
 /// `symbolic` is within `relative` of `expected` (sums over elements may
@@ -641,7 +414,7 @@ fn sgd_learning_rate_derivative_is_minus_g() {
         .hyper_index("learning_rate")
         .expect("sgd has a learning rate");
     let d = reverse(&rule, &point, &seeds, &[Variable::Hyper(learning_rate)]);
-    let minus_g = zip_with(&Value::Elem(point.grads.clone()), &v, |g, _| -g);
+    let minus_g = Value::Elem(point.grads.clone()).zip(&v, |g, _| -g);
     assert_close(group(&d[0]), dot(&v, &minus_g), 1e-14);
 }
 
@@ -653,18 +426,14 @@ fn adam_learning_rate_derivative_is_minus_the_normalised_step() {
     let hyper = |name: &str| point.hypers[rule.hyper_index(name).expect("an adam hyperparameter")];
     let (b1, b2, eps, t) = (hyper("b1"), hyper("b2"), hyper("eps"), point.step as i32);
     assert_eq!(hyper("eps_root"), 0.0);
-    let out = run(&rule, &point, Some(&point.state));
+    let out = run_from(&rule, &point, Some(&point.state));
     let (Value::Elem(mu), Value::Elem(nu)) = (&out.state[0], &out.state[1]) else {
         panic!("adam's moments are per element")
     };
-    let step = zip_with(
-        &Value::Elem(mu.clone()),
-        &Value::Elem(nu.clone()),
-        |mu, nu| {
-            let (mu_hat, nu_hat) = (mu / (1.0 - b1.powi(t)), nu / (1.0 - b2.powi(t)));
-            -mu_hat / (nu_hat.sqrt() + eps)
-        },
-    );
+    let step = Value::Elem(mu.clone()).zip(&Value::Elem(nu.clone()), |mu, nu| {
+        let (mu_hat, nu_hat) = (mu / (1.0 - b1.powi(t)), nu / (1.0 - b2.powi(t)));
+        -mu_hat / (nu_hat.sqrt() + eps)
+    });
     let v = random.value(Shape::Elem, -1.0, 1.0);
     let seeds = seeds_on_params(&rule, &point, v.clone());
     let learning_rate = rule
@@ -862,7 +631,7 @@ fn adam_derivatives_are_finite_where_the_gradient_and_moments_are_zero() {
     let seeds = seeds_on_params(&rule, &point, v);
     let d = reverse(&rule, &point, &seeds, &variables(&rule));
     for value in &d {
-        assert!(total(value).is_finite(), "{value:?}");
+        assert!(value.total().is_finite(), "{value:?}");
     }
     // p_t = p - lr mu_hat / (sqrt(nu_hat) + eps) with mu = (1 - b1) g and nu ∝ g^2:
     // at g = 0 only mu moves, by (1 - b1) per unit of g.
@@ -966,6 +735,6 @@ fn a_bool_seed_reads_as_one_or_zero() {
         hypers: vec![0.1],
         state: Vec::new(),
     };
-    let out = run(&rule, &point, None);
+    let out = run_from(&rule, &point, None);
     assert_eq!(out.state[0], elems(&[&[1.0, 0.0, 0.0]]));
 }

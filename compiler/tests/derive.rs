@@ -5,37 +5,18 @@
 //! optimizer against finite differences of `<cotangents, step outputs>`; and
 //! the errors for hyperparameters that cannot be adapted.
 
+mod common;
+
+use common::{
+    check_every_variable, default_hypers, dot, finite_difference, group, objective_difference,
+    run_from, stdlib_rule, warm_up, Point, Random, Values, Variable, ATTEMPTS, NUMELS, TOLERANCE,
+};
 use optc_compiler::derive::{adjoint, hypergradient};
-use optc_compiler::interpret::{self, StepInputs, StepOutputs, Value};
+use optc_compiler::interpret::{StepOutputs, Value};
 use optc_compiler::ir::{Kind, Rule, Shape};
 use optc_compiler::plan::Plan;
 
-/// Tensor sizes of every step: a single-element tensor between two others,
-/// so per-tensor and group reductions differ.
-const NUMELS: [usize; 3] = [4, 1, 3];
-/// Largest accepted relative error between a derivative and its
-/// (Richardson-extrapolated) central difference.
-const TOLERANCE: f64 = 1e-6;
-/// Fresh points tried per check before a kink everywhere counts as failure.
-const ATTEMPTS: usize = 8;
-
-/// SplitMix64: reproducible random points without a dependency.
-struct Random(u64);
-
 impl Random {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn uniform(&mut self, low: f64, high: f64) -> f64 {
-        low + (high - low) * self.next()
-    }
-
     /// Magnitudes uniform in `[low, high]`, each with a random sign.
     fn signed_tensors(&mut self, low: f64, high: f64) -> Vec<Vec<f64>> {
         NUMELS
@@ -44,7 +25,7 @@ impl Random {
                 (0..n)
                     .map(|_| {
                         let x = self.uniform(low, high);
-                        if self.next() < 0.5 {
+                        if self.unit() < 0.5 {
                             -x
                         } else {
                             x
@@ -54,182 +35,25 @@ impl Random {
             })
             .collect()
     }
-
-    fn value(&mut self, shape: Shape, low: f64, high: f64) -> Value<f64> {
-        Value::Group(0.0)
-            .broadcast(shape, &NUMELS)
-            .map(|_| self.uniform(low, high))
-    }
 }
 
-/// Element-wise arithmetic on interpreter values of one shape.
-trait Values: Sized {
-    fn map(&self, f: impl FnMut(f64) -> f64) -> Self;
-    fn zip(&self, other: &Self, f: impl Fn(f64, f64) -> f64) -> Self;
-    fn total(&self) -> f64;
-}
-
-impl Values for Value<f64> {
-    fn map(&self, mut f: impl FnMut(f64) -> f64) -> Self {
-        match self {
-            Value::Group(x) => Value::Group(f(*x)),
-            Value::Tensor(xs) => Value::Tensor(xs.iter().map(|&x| f(x)).collect()),
-            Value::Elem(xs) => Value::Elem(
-                xs.iter()
-                    .map(|x| x.iter().map(|&x| f(x)).collect())
-                    .collect(),
-            ),
-        }
-    }
-
-    fn zip(&self, other: &Self, f: impl Fn(f64, f64) -> f64) -> Self {
-        let zip = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(&x, &y)| f(x, y)).collect();
-        match (self, other) {
-            (Value::Group(x), Value::Group(y)) => Value::Group(f(*x, *y)),
-            (Value::Tensor(x), Value::Tensor(y)) => Value::Tensor(zip(x, y)),
-            (Value::Elem(x), Value::Elem(y)) => {
-                Value::Elem(x.iter().zip(y).map(|(x, y)| zip(x, y)).collect())
-            }
-            _ => panic!("shapes differ: {self:?} and {other:?}"),
-        }
-    }
-
-    /// The sum of every number, in the interpreter's order for group
-    /// reductions: within each tensor, then over tensors.
-    fn total(&self) -> f64 {
-        match self {
-            Value::Group(x) => *x,
-            Value::Tensor(xs) => xs.iter().sum(),
-            Value::Elem(xs) => xs
-                .iter()
-                .map(|x| x.iter().fold(0.0, |a, b| a + b))
-                .fold(0.0, |a, b| a + b),
-        }
-    }
-}
-
-fn dot(a: &Value<f64>, b: &Value<f64>) -> f64 {
-    a.zip(b, |x, y| x * y).total()
-}
-
-fn group(value: &Value<f64>) -> f64 {
-    match value {
-        Value::Group(x) => *x,
-        other => panic!("{other:?} is not one number"),
-    }
-}
-
-fn stdlib_rule(name: &str) -> Rule {
-    optc_stdlib::prelude()
-        .compile(name)
-        .unwrap_or_else(|d| panic!("{name}: {}", d.message))
-}
-
-fn default_hypers(rule: &Rule, step: u64) -> Vec<f64> {
-    let mut values = Vec::new();
-    for hyper in &rule.hypers {
-        let default = hyper
-            .default
-            .as_ref()
-            .expect("stdlib hyperparameters have defaults");
-        values.push(interpret::scalar(default, step, &values));
-    }
-    values
-}
-
-/// Everything one step after the first reads.
-#[derive(Clone, Debug)]
-struct Point {
-    params: Vec<Vec<f64>>,
-    grads: Vec<Vec<f64>>,
-    step: u64,
-    hypers: Vec<f64>,
-    state: Vec<Value<f64>>,
-}
-
+/// One step of `rule` at `point` from its state.
 fn run(rule: &Rule, point: &Point) -> StepOutputs<f64> {
     run_from(rule, point, Some(&point.state))
 }
 
-fn run_from(rule: &Rule, point: &Point, state: Option<&[Value<f64>]>) -> StepOutputs<f64> {
-    let params: Vec<&[f64]> = point.params.iter().map(Vec::as_slice).collect();
-    let grads: Vec<&[f64]> = point.grads.iter().map(Vec::as_slice).collect();
-    let inputs = StepInputs {
-        params: &params,
-        grads: &grads,
-        step: point.step,
-        hypers: &point.hypers,
-        state,
-    };
-    interpret::step(rule, &inputs).expect("inputs fit the rule")
-}
-
-/// A realistic point of step 4 of `rule`: three steps from random
-/// parameters with random gradients, then state jittered by up to 20% (so no
-/// `max` of a state and its own last value ties; exact zeros become small
-/// values), and a fresh gradient.
+/// A realistic point of step 4 of `rule` (see [`warm_up`]) from random
+/// parameters, magnitudes in `[0.2, 2]`.
 fn warmed_up(rule: &Rule, random: &mut Random) -> Point {
-    let mut point = Point {
+    let start = Point {
         params: random.signed_tensors(0.2, 2.0),
         grads: Vec::new(),
         step: 1,
         hypers: Vec::new(),
         state: Vec::new(),
     };
-    let mut state = None;
-    for step in 1..=3 {
-        point.step = step;
-        point.hypers = default_hypers(rule, step);
-        point.grads = random.signed_tensors(0.2, 2.0);
-        let out = run_from(rule, &point, state.as_deref());
-        point.params = out.params;
-        state = Some(out.state);
-    }
-    point.step = 4;
-    point.hypers = default_hypers(rule, 4);
-    point.grads = random.signed_tensors(0.2, 2.0);
-    point.state = state
-        .unwrap_or_default()
-        .iter()
-        .map(|value| {
-            value.map(|x| {
-                let jitter = random.uniform(0.8, 1.2);
-                if x == 0.0 {
-                    0.1 * (jitter - 0.7)
-                } else {
-                    x * jitter
-                }
-            })
-        })
-        .collect();
-    point
-}
-
-/// The derivative of `f` at 0, per component, by central differences with
-/// Richardson extrapolation, with each component's rounding noise. `f` gives
-/// values and their rounding scales. Steps shrink from 1e-3 until two step
-/// sizes agree on every component; `None` if they never do (a kink nearby).
-fn finite_difference(f: impl Fn(f64) -> (Vec<f64>, Vec<f64>)) -> Option<Vec<(f64, f64)>> {
-    let central = |h: f64| -> Vec<f64> {
-        let (up, down) = (f(h).0, f(-h).0);
-        up.iter()
-            .zip(&down)
-            .map(|(u, d)| (u - d) / (2.0 * h))
-            .collect()
-    };
-    let magnitudes = f(0.0).1;
-    [1e-3, 1e-4, 1e-5, 1e-6].into_iter().find_map(|h| {
-        let (coarse, fine) = (central(h), central(h / 2.0));
-        let mut derivative = Vec::new();
-        for ((c, f), magnitude) in coarse.iter().zip(&fine).zip(&magnitudes) {
-            // Each output carries a few dozen roundings of its own.
-            let noise = 64.0 * f64::EPSILON * magnitude / h;
-            if (c - f).abs() > 1e-6 * c.abs().max(f.abs()) + noise || c.is_nan() || f.is_nan() {
-                return None;
-            }
-            derivative.push(((4.0 * f - c) / 3.0, noise));
-        }
-        Some(derivative)
+    warm_up(rule, random, start, |random| {
+        random.signed_tensors(0.2, 2.0)
     })
 }
 
@@ -394,7 +218,7 @@ fn check_hypergradient(
         let previous_derivative = random.value(Shape::Elem, -1.0, 1.0);
         let grads = Value::Elem(point.grads.clone());
         // A small move, so that the adapted value stays in its valid range.
-        let sign = if random.next() < 0.5 { -1.0 } else { 1.0 };
+        let sign = if random.unit() < 0.5 { -1.0 } else { 1.0 };
         let beta = sign * 1e-4 * previous.abs().max(1e-3) / dot(&grads, &previous_derivative);
         let mut hd_point = point.clone();
         hd_point.hypers.push(beta);
@@ -494,56 +318,6 @@ fn assert_update_ignores(base: &Rule, hyper: usize, random: &mut Random, label: 
     }
 }
 
-/// Something the adjoint gives a cotangent for.
-#[derive(Clone, Copy, Debug)]
-enum Variable {
-    Param,
-    Grad,
-    State(usize),
-    Hyper(usize),
-}
-
-impl Point {
-    fn get(&self, variable: Variable) -> Value<f64> {
-        match variable {
-            Variable::Param => Value::Elem(self.params.clone()),
-            Variable::Grad => Value::Elem(self.grads.clone()),
-            Variable::State(i) => self.state[i].clone(),
-            Variable::Hyper(i) => Value::Group(self.hypers[i]),
-        }
-    }
-
-    fn set(&mut self, variable: Variable, value: Value<f64>) {
-        match (variable, value) {
-            (Variable::Param, Value::Elem(params)) => self.params = params,
-            (Variable::Grad, Value::Elem(grads)) => self.grads = grads,
-            (Variable::State(i), value) => self.state[i] = value,
-            (Variable::Hyper(i), Value::Group(x)) => self.hypers[i] = x,
-            (variable, value) => panic!("{variable:?} cannot hold {value:?}"),
-        }
-    }
-}
-
-/// `<cotangents, (p_t, state_t)>` at `point` and the sum of its terms'
-/// absolute values (its rounding scale).
-fn objective(rule: &Rule, point: &Point, cotangents: &[Value<f64>]) -> (f64, f64) {
-    let out = run(rule, point);
-    let outputs: Vec<Value<f64>> = std::iter::once(Value::Elem(out.params))
-        .chain(out.state)
-        .collect();
-    let value = cotangents
-        .iter()
-        .zip(&outputs)
-        .map(|(c, o)| dot(c, o))
-        .sum();
-    let magnitude = cotangents
-        .iter()
-        .zip(&outputs)
-        .map(|(c, o)| c.zip(o, |x, y| (x * y).abs()).total())
-        .sum();
-    (value, magnitude)
-}
-
 /// Checks the adjoint of `base` at a warmed-up point with random cotangents
 /// for the variables in `pending`; returns those it could not check (a kink
 /// within the difference step).
@@ -607,16 +381,10 @@ fn check_adjoint(
             };
             size * random.uniform(-1.0, 1.0)
         });
-        let along = |h: f64| {
-            let mut moved = point.clone();
-            moved.set(variable, value.zip(&direction, |x, d| x + h * d));
-            let (value, magnitude) = objective(base, &moved, &cotangents);
-            (vec![value], vec![magnitude])
-        };
-        match finite_difference(along) {
+        match objective_difference(base, &point, &cotangents, variable, &direction) {
             Some(numeric) => {
                 let label = format!("{} / d{variable:?}", base.name);
-                tally.compare(dot(result(variable), &direction), numeric[0], &label);
+                tally.compare(dot(result(variable), &direction), numeric, &label);
             }
             None => unchecked.push(variable),
         }
@@ -635,25 +403,9 @@ fn every_stdlib_adjoint_matches_finite_differences() {
         let base = program
             .compile(name)
             .unwrap_or_else(|d| panic!("{name}: {}", d.message));
-        let states = (0..base.states.len()).map(Variable::State);
-        let hypers = (0..base.hypers.len())
-            .filter(|&i| base.hypers[i].kind == Kind::Float)
-            .map(Variable::Hyper);
-        let mut pending: Vec<Variable> = [Variable::Param, Variable::Grad]
-            .into_iter()
-            .chain(states)
-            .chain(hypers)
-            .collect();
-        for _ in 0..ATTEMPTS {
-            pending = check_adjoint(&mut tally, &mut random, &base, &pending);
-            if pending.is_empty() {
-                break;
-            }
-        }
-        assert!(
-            pending.is_empty(),
-            "{name}: no smooth point found for {pending:?}"
-        );
+        check_every_variable(&base, |pending| {
+            check_adjoint(&mut tally, &mut random, &base, pending)
+        });
     }
     eprintln!(
         "{} adjoints: {} cotangents checked, max relative error {:e}, {:?}",

@@ -244,34 +244,15 @@ fn mixed_kernels(approximate: bool) -> impl Strategy<Value = Kernel> {
     )
 }
 
-/// Every length of [`LENGTHS`] at a random offset, fresh inputs each.
-fn random_case(kernel: &Kernel, seed: u64) -> Result<(), TestCaseError> {
-    let mut jit = Jit::new().map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let compiled = jit
-        .compile(kernel)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let mut rng = Rng(seed | 1);
-    for &len in &LENGTHS {
-        let start = rng.below(6) as usize;
-        let range = start..start + len;
-        let (data, scalars) = inputs(kernel, &mut rng, &range);
-        compare(kernel, &compiled, &data, &scalars, range).map_err(TestCaseError::fail)?;
-    }
-    Ok(())
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: if cfg!(debug_assertions) { 200 } else { 1000 },
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(random_kernel_config())]
 
     #[test]
     fn random_mixed_storage_kernels_match_reference(
         kernel in mixed_kernels(false),
         seed in any::<u64>(),
     ) {
-        random_case(&kernel, seed)?;
+        random_case(&kernel, seed, inputs, compare)?;
     }
 
     #[test]
@@ -279,7 +260,7 @@ proptest! {
         kernel in mixed_kernels(true),
         seed in any::<u64>(),
     ) {
-        random_case(&kernel, seed)?;
+        random_case(&kernel, seed, inputs, compare)?;
     }
 }
 

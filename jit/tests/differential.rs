@@ -394,34 +394,15 @@ fn kernels_without_effects_and_dead_ops() {
 
 // ---- random kernels -------------------------------------------------------
 
-/// Every length of [`LENGTHS`] at a random offset, fresh inputs each.
-fn random_case(kernel: &Kernel, seed: u64) -> Result<(), TestCaseError> {
-    let mut jit = Jit::new().map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let compiled = jit
-        .compile(kernel)
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let mut rng = Rng(seed | 1);
-    for &len in &LENGTHS {
-        let start = rng.below(6) as usize;
-        let range = start..start + len;
-        let (buffers, scalars) = inputs(kernel, &mut rng, &range);
-        compare(kernel, &compiled, &buffers, &scalars, range).map_err(TestCaseError::fail)?;
-    }
-    Ok(())
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: if cfg!(debug_assertions) { 200 } else { 1000 },
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(random_kernel_config())]
 
     #[test]
     fn random_exact_kernels_match_reference(
         kernel in kernels(false),
         seed in any::<u64>(),
     ) {
-        random_case(&kernel, seed)?;
+        random_case(&kernel, seed, inputs, compare)?;
     }
 
     #[test]
@@ -429,6 +410,6 @@ proptest! {
         kernel in kernels(true),
         seed in any::<u64>(),
     ) {
-        random_case(&kernel, seed)?;
+        random_case(&kernel, seed, inputs, compare)?;
     }
 }

@@ -1,12 +1,14 @@
 //! Shared by the simplifier and emitter tests: compiling sources with the
 //! standard library as prelude, random inputs (awkward ones for bit-exact
 //! checks, benign ones for tolerance checks), running several steps of a rule
-//! through the reference interpreter, and comparing two runs.
+//! through the reference interpreter, and comparing two runs. Shared by the
+//! autodiff and derive tests: values and points in f64, warmed-up points of
+//! stdlib rules, and central finite differences.
 
 #![allow(dead_code)] // each test crate uses its own part
 
-use optc_compiler::interpret::{self, Real, StepInputs, Value};
-use optc_compiler::ir::{Kind, Rule};
+use optc_compiler::interpret::{self, Real, StepInputs, StepOutputs, Value};
+use optc_compiler::ir::{Kind, Rule, Shape};
 use optc_compiler::{Origin, Program};
 
 /// A small deterministic generator (splitmix64).
@@ -307,4 +309,310 @@ pub fn stdlib_rules() -> Vec<Rule> {
                 .unwrap_or_else(|d| panic!("{name}: {}", d.message))
         })
         .collect()
+}
+
+// ---- derivative checks in f64 (autodiff and derive tests) ----------------
+
+/// Tensor sizes of every step: a single-element tensor between two others,
+/// so per-tensor and group reductions differ.
+pub const NUMELS: [usize; 3] = [4, 1, 3];
+/// Largest accepted relative error between a derivative and its
+/// (Richardson-extrapolated) central difference.
+pub const TOLERANCE: f64 = 1e-6;
+
+impl Random {
+    /// Uniform in `[low, high]`.
+    pub fn uniform(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.unit()
+    }
+
+    /// A value of `shape` over [`NUMELS`], each number uniform in
+    /// `[low, high]`.
+    pub fn value(&mut self, shape: Shape, low: f64, high: f64) -> Value<f64> {
+        Value::Group(0.0)
+            .broadcast(shape, &NUMELS)
+            .map(|_| self.uniform(low, high))
+    }
+}
+
+/// Element-wise arithmetic on interpreter values of one shape.
+pub trait Values: Sized {
+    /// `f` applied to every number, in order.
+    fn map(&self, f: impl FnMut(f64) -> f64) -> Self;
+    /// `f` applied to the matching numbers of `self` and `other`.
+    fn zip(&self, other: &Self, f: impl Fn(f64, f64) -> f64) -> Self;
+    /// The sum of every number.
+    fn total(&self) -> f64;
+}
+
+impl Values for Value<f64> {
+    fn map(&self, mut f: impl FnMut(f64) -> f64) -> Self {
+        match self {
+            Value::Group(x) => Value::Group(f(*x)),
+            Value::Tensor(xs) => Value::Tensor(xs.iter().map(|&x| f(x)).collect()),
+            Value::Elem(xs) => Value::Elem(
+                xs.iter()
+                    .map(|x| x.iter().map(|&x| f(x)).collect())
+                    .collect(),
+            ),
+        }
+    }
+
+    fn zip(&self, other: &Self, f: impl Fn(f64, f64) -> f64) -> Self {
+        let zip = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(&x, &y)| f(x, y)).collect();
+        match (self, other) {
+            (Value::Group(x), Value::Group(y)) => Value::Group(f(*x, *y)),
+            (Value::Tensor(x), Value::Tensor(y)) => Value::Tensor(zip(x, y)),
+            (Value::Elem(x), Value::Elem(y)) => {
+                Value::Elem(x.iter().zip(y).map(|(x, y)| zip(x, y)).collect())
+            }
+            _ => panic!("shapes differ: {self:?} and {other:?}"),
+        }
+    }
+
+    /// The sum of every number, in the interpreter's order for group
+    /// reductions: within each tensor, then over tensors.
+    fn total(&self) -> f64 {
+        match self {
+            Value::Group(x) => *x,
+            Value::Tensor(xs) => xs.iter().sum(),
+            Value::Elem(xs) => xs
+                .iter()
+                .map(|x| x.iter().fold(0.0, |a, b| a + b))
+                .fold(0.0, |a, b| a + b),
+        }
+    }
+}
+
+/// The sum of the element-wise products of `a` and `b`.
+pub fn dot(a: &Value<f64>, b: &Value<f64>) -> f64 {
+    a.zip(b, |x, y| x * y).total()
+}
+
+/// The number a group-shaped value holds.
+pub fn group(value: &Value<f64>) -> f64 {
+    match value {
+        Value::Group(x) => *x,
+        other => panic!("{other:?} is not one number"),
+    }
+}
+
+/// The standard library's optimizer `name`, compiled.
+pub fn stdlib_rule(name: &str) -> Rule {
+    optc_stdlib::prelude()
+        .compile(name)
+        .unwrap_or_else(|d| panic!("{name}: {}", d.message))
+}
+
+/// The default of every hyperparameter of `rule` at `step`.
+pub fn default_hypers(rule: &Rule, step: u64) -> Vec<f64> {
+    let mut values = Vec::new();
+    for hyper in &rule.hypers {
+        let default = hyper
+            .default
+            .as_ref()
+            .expect("stdlib hyperparameters have defaults");
+        values.push(interpret::scalar(default, step, &values));
+    }
+    values
+}
+
+/// Fresh points tried per check before a kink everywhere counts as failure.
+pub const ATTEMPTS: usize = 8;
+
+/// Something a derivative is taken with respect to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Variable {
+    Param,
+    Grad,
+    State(usize),
+    Hyper(usize),
+}
+
+/// `p`, `g`, every state slot and every float hyperparameter of `rule`.
+pub fn variables(rule: &Rule) -> Vec<Variable> {
+    let states = (0..rule.states.len()).map(Variable::State);
+    let hypers = (0..rule.hypers.len())
+        .filter(|&i| rule.hypers[i].kind == Kind::Float)
+        .map(Variable::Hyper);
+    [Variable::Param, Variable::Grad]
+        .into_iter()
+        .chain(states)
+        .chain(hypers)
+        .collect()
+}
+
+/// Everything one step reads (after the first step: state is an input).
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub params: Vec<Vec<f64>>,
+    pub grads: Vec<Vec<f64>>,
+    pub step: u64,
+    pub hypers: Vec<f64>,
+    pub state: Vec<Value<f64>>,
+}
+
+impl Point {
+    /// The value of `variable` at this point.
+    pub fn get(&self, variable: Variable) -> Value<f64> {
+        match variable {
+            Variable::Param => Value::Elem(self.params.clone()),
+            Variable::Grad => Value::Elem(self.grads.clone()),
+            Variable::State(i) => self.state[i].clone(),
+            Variable::Hyper(i) => Value::Group(self.hypers[i]),
+        }
+    }
+
+    /// This point moved by `h * direction` along `variable`.
+    pub fn moved(&self, variable: Variable, direction: &Value<f64>, h: f64) -> Point {
+        let mut point = self.clone();
+        match (
+            variable,
+            self.get(variable).zip(direction, |x, d| x + h * d),
+        ) {
+            (Variable::Param, Value::Elem(params)) => point.params = params,
+            (Variable::Grad, Value::Elem(grads)) => point.grads = grads,
+            (Variable::State(i), value) => point.state[i] = value,
+            (Variable::Hyper(i), Value::Group(x)) => point.hypers[i] = x,
+            (variable, value) => panic!("{variable:?} cannot hold {value:?}"),
+        }
+        point
+    }
+}
+
+/// One step of `rule` at `point` from `state` (`None`: the first step).
+pub fn run_from(rule: &Rule, point: &Point, state: Option<&[Value<f64>]>) -> StepOutputs<f64> {
+    let params: Vec<&[f64]> = point.params.iter().map(Vec::as_slice).collect();
+    let grads: Vec<&[f64]> = point.grads.iter().map(Vec::as_slice).collect();
+    let inputs = StepInputs {
+        params: &params,
+        grads: &grads,
+        step: point.step,
+        hypers: &point.hypers,
+        state,
+    };
+    interpret::step(rule, &inputs).expect("inputs fit the rule")
+}
+
+/// Warms `start` up to a realistic point of step 4 of `rule`: three steps
+/// from its parameters (its gradient and hyperparameters are replaced) with
+/// gradients drawn by `gradient`, then state jittered by up to 20% (so no
+/// `max` of a state and its own last value ties), exact zeros of state made
+/// small positive values (rprop's `prev` is 0 where the gradient's sign
+/// flipped, a jump of `sign(g * prev)`), and a fresh gradient.
+pub fn warm_up(
+    rule: &Rule,
+    random: &mut Random,
+    start: Point,
+    gradient: impl Fn(&mut Random) -> Vec<Vec<f64>>,
+) -> Point {
+    let mut point = start;
+    let mut state = None;
+    for step in 1..=3 {
+        point.step = step;
+        point.hypers = default_hypers(rule, step);
+        point.grads = gradient(random);
+        let out = run_from(rule, &point, state.as_deref());
+        point.params = out.params;
+        state = Some(out.state);
+    }
+    point.step = 4;
+    point.hypers = default_hypers(rule, 4);
+    point.grads = gradient(random);
+    point.state = state
+        .unwrap_or_default()
+        .iter()
+        .map(|value| {
+            value.map(|x| {
+                let jitter = random.uniform(0.8, 1.2);
+                if x == 0.0 {
+                    0.1 * (jitter - 0.7)
+                } else {
+                    x * jitter
+                }
+            })
+        })
+        .collect();
+    point
+}
+
+/// `<seeds, (p_t, state_t)>` at `point`, and the sum of the absolute values
+/// of its terms (its rounding scale).
+pub fn objective(rule: &Rule, point: &Point, seeds: &[Value<f64>]) -> (f64, f64) {
+    let out = run_from(rule, point, Some(&point.state));
+    let outputs: Vec<Value<f64>> = std::iter::once(Value::Elem(out.params))
+        .chain(out.state)
+        .collect();
+    let value = seeds.iter().zip(&outputs).map(|(s, o)| dot(s, o)).sum();
+    let magnitude = seeds
+        .iter()
+        .zip(&outputs)
+        .map(|(s, o)| s.zip(o, |x, y| (x * y).abs()).total())
+        .sum();
+    (value, magnitude)
+}
+
+/// The derivative of `f` at 0, per component, by central differences with
+/// Richardson extrapolation, with each component's rounding noise. `f` gives
+/// values and their rounding scales. Steps shrink from 1e-3 until two step
+/// sizes agree on every component; `None` if they never do (a kink or jump
+/// within 1e-6).
+pub fn finite_difference(f: impl Fn(f64) -> (Vec<f64>, Vec<f64>)) -> Option<Vec<(f64, f64)>> {
+    let central = |h: f64| -> Vec<f64> {
+        let (up, down) = (f(h).0, f(-h).0);
+        up.iter()
+            .zip(&down)
+            .map(|(u, d)| (u - d) / (2.0 * h))
+            .collect()
+    };
+    let magnitudes = f(0.0).1;
+    [1e-3, 1e-4, 1e-5, 1e-6].into_iter().find_map(|h| {
+        let (coarse, fine) = (central(h), central(h / 2.0));
+        let mut derivative = Vec::new();
+        for ((c, f), magnitude) in coarse.iter().zip(&fine).zip(&magnitudes) {
+            // Each output carries a few dozen roundings of its own.
+            let noise = 64.0 * f64::EPSILON * magnitude / h;
+            // Written so that a NaN anywhere counts as disagreement.
+            let smooth = (c - f).abs() <= 1e-6 * c.abs().max(f.abs()) + noise;
+            if !smooth {
+                return None;
+            }
+            derivative.push(((4.0 * f - c) / 3.0, noise));
+        }
+        Some(derivative)
+    })
+}
+
+/// The derivative of [`objective`] along `direction` in `variable`, and a
+/// bound on its rounding error, by [`finite_difference`].
+pub fn objective_difference(
+    rule: &Rule,
+    point: &Point,
+    seeds: &[Value<f64>],
+    variable: Variable,
+    direction: &Value<f64>,
+) -> Option<(f64, f64)> {
+    let along = |h: f64| {
+        let (value, magnitude) = objective(rule, &point.moved(variable, direction, h), seeds);
+        (vec![value], vec![magnitude])
+    };
+    finite_difference(along).map(|numeric| numeric[0])
+}
+
+/// Checks every variable of `rule` (see [`variables`]): `check` takes those
+/// still unchecked, tries them at a fresh point and returns those it could
+/// not check (a kink nearby), up to [`ATTEMPTS`] times.
+pub fn check_every_variable(rule: &Rule, mut check: impl FnMut(&[Variable]) -> Vec<Variable>) {
+    let mut pending = variables(rule);
+    for _ in 0..ATTEMPTS {
+        pending = check(&pending);
+        if pending.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "{}: no smooth point found for {pending:?}",
+        rule.name
+    );
 }

@@ -5,8 +5,9 @@
 use optc_compiler::interpret::{binary, lerp, select, unary};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use optc_compiler::kernel::{is_approximated, is_transcendental, Kernel, Op, Rounding, Storage};
-use optc_jit::approx;
+use optc_jit::{approx, CompiledKernel, Jit};
 use proptest::prelude::*;
+use std::ops::Range;
 
 /// xorshift64*: reproducible inputs without extra dependencies.
 pub struct Rng(pub u64);
@@ -565,4 +566,35 @@ pub fn kernels(approximate: bool) -> impl Strategy<Value = Kernel> {
         .prop_map(move |(buffers, scalars, recipes, stores, accs)| {
             build(buffers, scalars, &recipes, &stores, &accs, approximate)
         })
+}
+
+/// Proptest settings of the random-kernel tests: 1000 cases (200 in debug
+/// builds).
+pub fn random_kernel_config() -> ProptestConfig {
+    ProptestConfig {
+        cases: if cfg!(debug_assertions) { 200 } else { 1000 },
+        ..ProptestConfig::default()
+    }
+}
+
+/// Compiles `kernel` and checks it with `compare` on every length of
+/// [`LENGTHS`] at a random offset, fresh `inputs` each.
+pub fn random_case<D>(
+    kernel: &Kernel,
+    seed: u64,
+    inputs: fn(&Kernel, &mut Rng, &Range<usize>) -> (Vec<D>, Vec<f32>),
+    compare: fn(&Kernel, &CompiledKernel, &[D], &[f32], Range<usize>) -> Result<(), String>,
+) -> Result<(), TestCaseError> {
+    let mut jit = Jit::new().map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let compiled = jit
+        .compile(kernel)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut rng = Rng(seed | 1);
+    for &len in &LENGTHS {
+        let start = rng.below(6) as usize;
+        let range = start..start + len;
+        let (data, scalars) = inputs(kernel, &mut rng, &range);
+        compare(kernel, &compiled, &data, &scalars, range).map_err(TestCaseError::fail)?;
+    }
+    Ok(())
 }
