@@ -17,10 +17,11 @@ pub fn hypergrad(
     rule: Option<&str>,
     wrt: &str,
     hypergrad_lr: f64,
+    form: derive::Form,
     out: Option<&str>,
 ) -> Result<String, Failure> {
     let (program, base) = load::rule(file, rule)?;
-    let derived = derive::hypergradient(&base, wrt, hypergrad_lr)
+    let derived = derive::hypergradient(&base, wrt, hypergrad_lr, form)
         .map_err(|message| format!("error: {message}"))?;
     let source = emit(&derived, &program);
     // The file must compile on its own next to the stdlib, as users will load it.

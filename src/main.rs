@@ -231,6 +231,7 @@ enum DeriveCommand {
     #[command(
         after_help = "Examples:\n  optc derive hypergrad --wrt learning_rate adam -o hd_adam.opt\n  \
                       optc derive hypergrad --wrt b1 adam\n  \
+                      optc derive hypergrad --multiplicative sgd -o hd_sgd.opt\n  \
                       optc derive hypergrad --wrt weight_decay my_rule.opt --rule my_adamw --hypergrad-lr 1e-6"
     )]
     Hypergrad {
@@ -242,9 +243,14 @@ enum DeriveCommand {
         /// The float hyperparameter to adapt.
         #[arg(long, default_value = "learning_rate")]
         wrt: String,
-        /// Default of the new `hypergrad_lr` hyperparameter (the step size of the adaptation).
-        #[arg(long, default_value_t = 1e-7)]
-        hypergrad_lr: f64,
+        /// Default of the new `hypergrad_lr` hyperparameter (the step size of the
+        /// adaptation; default 1e-7 for the additive rule, 0.02 with --multiplicative).
+        #[arg(long)]
+        hypergrad_lr: Option<f64>,
+        /// Use the multiplicative rule `a_t = a_{t-1} (1 - hypergrad_lr cos(g_t, d_{t-1}))`:
+        /// scale-free, and recovers from a rate far too large (Baydin et al., section 4).
+        #[arg(long)]
+        multiplicative: bool,
         /// Write the rule to this file instead of printing it.
         #[arg(short, long)]
         out: Option<String>,
@@ -273,8 +279,18 @@ fn main() -> ExitCode {
             rule,
             wrt,
             hypergrad_lr,
+            multiplicative,
             out,
-        }) => derive::hypergrad(&file, rule.as_deref(), &wrt, hypergrad_lr, out.as_deref()),
+        }) => {
+            let form = if multiplicative {
+                optc_compiler::derive::Form::Multiplicative
+            } else {
+                optc_compiler::derive::Form::Additive
+            };
+            let default = if multiplicative { 0.02 } else { 1e-7 };
+            let step = hypergrad_lr.unwrap_or(default);
+            derive::hypergrad(&file, rule.as_deref(), &wrt, step, form, out.as_deref())
+        }
         Command::Replay {
             file,
             trace,

@@ -55,7 +55,7 @@
 //! # Examples
 //!
 //! ```
-//! use optc_compiler::derive::{adjoint, hypergradient};
+//! use optc_compiler::derive::{adjoint, hypergradient, Form};
 //! use optc_compiler::interpret::{self, StepInputs, Value};
 //! use optc_compiler::{Origin, Program};
 //!
@@ -65,7 +65,7 @@
 //! let sgd = program.compile("sgd").unwrap();
 //!
 //! // Hypergradient SGD: the learning rate grows by hypergrad_lr * <g_t, g_{t-1}>.
-//! let hd_sgd = hypergradient(&sgd, "learning_rate", 0.01).unwrap();
+//! let hd_sgd = hypergradient(&sgd, "learning_rate", 0.01, Form::Additive).unwrap();
 //! assert_eq!(hd_sgd.name, "hd_sgd");
 //! let state = [Value::Group(0.1), Value::Elem(vec![vec![-2.0f64, 1.0]])]; // lr, -g_{t-1}
 //! let inputs = StepInputs {
@@ -105,7 +105,7 @@ use std::collections::HashSet;
 use crate::autodiff::{tangent, vjp};
 use crate::ir::{
     BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape,
-    StateSlot, Type,
+    StateSlot, Type, UnaryOp,
 };
 
 /// The hypergradient-descent variant of `rule` for its float hyperparameter
@@ -120,7 +120,12 @@ use crate::ir::{
 /// rule's update of `p` does not depend on it differentiably after the first
 /// step (it only initialises state, or only reaches `p` through `sign`,
 /// `floor` or comparisons); the message lists the valid choices.
-pub fn hypergradient(rule: &Rule, wrt: &str, hypergrad_lr_default: f64) -> Result<Rule, String> {
+pub fn hypergradient(
+    rule: &Rule,
+    wrt: &str,
+    hypergrad_lr_default: f64,
+    form: Form,
+) -> Result<Rule, String> {
     let valid_choices = || {
         let choices = hypers_the_update_depends_on(rule);
         format!(
@@ -164,10 +169,28 @@ pub fn hypergradient(rule: &Rule, wrt: &str, hypergrad_lr_default: f64) -> Resul
         Type::GROUP,
     ));
     let g = graph.add(Node::Input(Input::Grad, Type::ELEM));
-    let products = graph.add(Node::Binary(BinaryOp::Mul, g, previous_derivative));
-    let hypergradient = graph.add(Node::Reduce(ReduceOp::Sum, Scope::Group, products));
-    let change = graph.add(Node::Binary(BinaryOp::Mul, hypergrad_lr, hypergradient));
-    let value = graph.add(Node::Binary(BinaryOp::Sub, previous_value, change));
+    let hypergradient = group_dot(&mut graph, g, previous_derivative);
+    let value = match form {
+        Form::Additive => {
+            let change = graph.add(Node::Binary(BinaryOp::Mul, hypergrad_lr, hypergradient));
+            graph.add(Node::Binary(BinaryOp::Sub, previous_value, change))
+        }
+        Form::Multiplicative => {
+            // a_{t-1} (1 - hypergrad_lr cos(g_t, d_{t-1})), cos = 0 where a norm is 0.
+            let squares = group_dot(&mut graph, g, g);
+            let derivative_squares =
+                group_dot(&mut graph, previous_derivative, previous_derivative);
+            let product = graph.add(Node::Binary(BinaryOp::Mul, squares, derivative_squares));
+            let norms = graph.add(Node::Unary(UnaryOp::Sqrt, product));
+            let positive = graph.add(Node::Binary(BinaryOp::Gt, norms, zero));
+            let ratio = graph.add(Node::Binary(BinaryOp::Div, hypergradient, norms));
+            let cosine = graph.add(Node::Select(positive, ratio, zero));
+            let change = graph.add(Node::Binary(BinaryOp::Mul, hypergrad_lr, cosine));
+            let one = graph.add(Node::constant(1.0));
+            let factor = graph.add(Node::Binary(BinaryOp::Sub, one, change));
+            graph.add(Node::Binary(BinaryOp::Mul, previous_value, factor))
+        }
+    };
     // The base step, reading a_t where it read the hyperparameter.
     let outputs: Vec<Handle> = std::iter::once(rule.param_out)
         .chain(rule.state_out.iter().copied())
@@ -216,7 +239,7 @@ pub fn hypergradient(rule: &Rule, wrt: &str, hypergrad_lr_default: f64) -> Resul
         kind: Kind::Float,
         default: Some(constant_expr(hypergrad_lr_default)),
     });
-    let doc = hypergradient_doc(rule, wrt, &states, &hypers);
+    let doc = hypergradient_doc(rule, wrt, &states, &hypers, form);
     Ok(without_dead_nodes(Rule {
         name: format!("hd_{}", rule.name),
         doc,
@@ -228,6 +251,26 @@ pub fn hypergradient(rule: &Rule, wrt: &str, hypergrad_lr_default: f64) -> Resul
     }))
 }
 
+/// How a hypergradient rule moves its hyperparameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// `a_t = a_{t-1} - beta <g_t, d_{t-1}>` (Baydin et al., 2018, eq. 4):
+    /// the hypergradient step size has the units of `a / <g, d>`, so it must
+    /// be scaled to the problem.
+    Additive,
+    /// `a_t = a_{t-1} (1 - beta cos(g_t, d_{t-1}))` (their multiplicative
+    /// rule, section 4): scale-free; `a` changes by at most a factor `1 ± beta`
+    /// per step and keeps its sign, which recovers from a rate that is far
+    /// too large without overshooting to a negative one.
+    Multiplicative,
+}
+
+/// `group_sum(a * b)`.
+fn group_dot(graph: &mut Graph, a: Handle, b: Handle) -> Handle {
+    let products = graph.add(Node::Binary(BinaryOp::Mul, a, b));
+    graph.add(Node::Reduce(ReduceOp::Sum, Scope::Group, products))
+}
+
 /// The doc comment of a hypergradient rule: its equations, the papers, then
 /// the base rule's doc.
 fn hypergradient_doc(
@@ -235,6 +278,7 @@ fn hypergradient_doc(
     wrt: &str,
     states: &[StateSlot],
     hypers: &[Hyper],
+    form: Form,
 ) -> Vec<String> {
     let value = &states[states.len() - 2].name;
     let derivative = &states[states.len() - 1].name;
@@ -247,9 +291,15 @@ fn hypergradient_doc(
         "Rate Adaptation with Hypergradient Descent\"; Chandra et al., 2022, \"Gradient"
             .to_string(),
         "Descent: The Ultimate Optimizer\"):".to_string(),
-        format!(
-            "  {wrt}_t = {wrt}_{{t-1}} - {step_size} <g_t, d_{{t-1}}>   (summed over every tensor)"
-        ),
+        match form {
+            Form::Additive => format!(
+                "  {wrt}_t = {wrt}_{{t-1}} - {step_size} <g_t, d_{{t-1}}>   (summed over every tensor)"
+            ),
+            Form::Multiplicative => format!(
+                "  {wrt}_t = {wrt}_{{t-1}} (1 - {step_size} cos(g_t, d_{{t-1}}))   (over every tensor; \
+                 the multiplicative rule, Baydin et al. section 4)"
+            ),
+        },
         format!(
             "  p_t, state_t = the `{}` step with {wrt}_t in place of {wrt}",
             rule.name

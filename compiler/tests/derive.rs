@@ -11,7 +11,7 @@ use common::{
     check_every_variable, default_hypers, dot, finite_difference, group, objective_difference,
     run_from, stdlib_rule, warm_up, Point, Random, Values, Variable, ATTEMPTS, NUMELS, TOLERANCE,
 };
-use optc_compiler::derive::{adjoint, hypergradient};
+use optc_compiler::derive::{adjoint, hypergradient, Form};
 use optc_compiler::interpret::{StepOutputs, Value};
 use optc_compiler::ir::{Kind, Rule, Shape};
 use optc_compiler::plan::Plan;
@@ -94,7 +94,8 @@ fn elems(values: &Value<f64>) -> Vec<Vec<f64>> {
 #[test]
 fn hd_sgd_adds_the_dot_product_of_successive_gradients() {
     let sgd = stdlib_rule("sgd");
-    let hd_sgd = hypergradient(&sgd, "learning_rate", 1e-3).expect("sgd adapts its learning rate");
+    let hd_sgd = hypergradient(&sgd, "learning_rate", 1e-3, Form::Additive)
+        .expect("sgd adapts its learning rate");
     assert_eq!(hd_sgd.name, "hd_sgd");
     let names: Vec<&str> = hd_sgd.states.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["learning_rate_t", "d_p_d_learning_rate"]);
@@ -134,10 +135,58 @@ fn hd_sgd_adds_the_dot_product_of_successive_gradients() {
 }
 
 #[test]
+fn multiplicative_hd_sgd_scales_by_the_cosine_of_successive_gradients() {
+    let hd_sgd = hypergradient(
+        &stdlib_rule("sgd"),
+        "learning_rate",
+        0.1,
+        Form::Multiplicative,
+    )
+    .expect("sgd adapts its learning rate");
+    let mut random = Random(12);
+    let (initial, beta) = (0.05, 0.1);
+    let mut point = Point {
+        params: random.signed_tensors(0.2, 2.0),
+        grads: Vec::new(),
+        step: 1,
+        hypers: vec![initial, beta],
+        state: Vec::new(),
+    };
+    let mut learning_rate = initial;
+    let mut previous_grads: Option<Value<f64>> = None;
+    for step in 1..=6 {
+        point.step = step;
+        point.grads = random.signed_tensors(0.2, 2.0);
+        let grads = Value::Elem(point.grads.clone());
+        if let Some(previous) = &previous_grads {
+            let cosine =
+                dot(&grads, previous) / (dot(&grads, &grads) * dot(previous, previous)).sqrt();
+            learning_rate *= 1.0 + beta * cosine;
+        }
+        let out = run_from(
+            &hd_sgd,
+            &point,
+            (step > 1).then_some(point.state.as_slice()),
+        );
+        match out.state[0] {
+            Value::Group(adapted) => assert!(
+                (adapted - learning_rate).abs() <= 1e-15 * learning_rate,
+                "step {step}: {adapted} vs {learning_rate}"
+            ),
+            ref other => panic!("{other:?}"),
+        }
+        point.params = out.params;
+        point.state = out.state;
+        previous_grads = Some(grads);
+    }
+    assert!(learning_rate != initial);
+}
+
+#[test]
 fn hd_adam_is_the_papers_hd_adam() {
     let adam = stdlib_rule("adam");
-    let hd_adam =
-        hypergradient(&adam, "learning_rate", 1e-7).expect("adam adapts its learning rate");
+    let hd_adam = hypergradient(&adam, "learning_rate", 1e-7, Form::Additive)
+        .expect("adam adapts its learning rate");
     assert_eq!(hd_adam.name, "hd_adam");
     let alpha_slot = adam.states.len();
     let mut random = Random(12);
@@ -274,7 +323,7 @@ fn every_stdlib_hypergradient_matches_finite_differences() {
                 continue;
             }
             let label = format!("{name} / {}", declared.name);
-            match hypergradient(&base, &declared.name, 1e-3) {
+            match hypergradient(&base, &declared.name, 1e-3, Form::Additive) {
                 Ok(hd) => {
                     assert_eq!(hd.name, format!("hd_{name}"));
                     assert!(
@@ -465,7 +514,7 @@ fn derived_rules_plan_as_fused_kernels() {
         let hd = base
             .hypers
             .iter()
-            .find_map(|hyper| hypergradient(&base, &hyper.name, 1e-3).ok())
+            .find_map(|hyper| hypergradient(&base, &hyper.name, 1e-3, Form::Additive).ok())
             .unwrap_or_else(|| panic!("{name} adapts some hyperparameter"));
         let derived = adjoint(&base);
         for (rule, first_step) in [(&hd, true), (&hd, false), (&derived.rule, false)] {
@@ -479,7 +528,8 @@ fn derived_rules_plan_as_fused_kernels() {
 
 #[test]
 fn hyperparameters_that_cannot_adapt_are_errors_naming_the_valid_ones() {
-    let unknown = hypergradient(&stdlib_rule("adam"), "momentum", 1e-3).unwrap_err();
+    let unknown =
+        hypergradient(&stdlib_rule("adam"), "momentum", 1e-3, Form::Additive).unwrap_err();
     assert!(
         unknown.contains("no hyperparameter `momentum`"),
         "{unknown}"
@@ -488,18 +538,20 @@ fn hyperparameters_that_cannot_adapt_are_errors_naming_the_valid_ones() {
         unknown.contains("learning_rate, b1, b2, eps, eps_root"),
         "{unknown}"
     );
-    let bool_hyper = hypergradient(&stdlib_rule("lars"), "nesterov", 1e-3).unwrap_err();
+    let bool_hyper =
+        hypergradient(&stdlib_rule("lars"), "nesterov", 1e-3, Form::Additive).unwrap_err();
     assert!(bool_hyper.contains("`nesterov` is a bool"), "{bool_hyper}");
     assert!(bool_hyper.contains("learning_rate"), "{bool_hyper}");
     // rprop's learning rate only initialises its step sizes.
-    let initial_only = hypergradient(&stdlib_rule("rprop"), "learning_rate", 1e-3).unwrap_err();
+    let initial_only =
+        hypergradient(&stdlib_rule("rprop"), "learning_rate", 1e-3, Form::Additive).unwrap_err();
     assert!(
         initial_only.contains("does not depend on `learning_rate`"),
         "{initial_only}"
     );
     assert!(!initial_only.contains(": learning_rate"), "{initial_only}");
     // Lion's b1 reaches p only through a sign.
-    let through_sign = hypergradient(&stdlib_rule("lion"), "b1", 1e-3).unwrap_err();
+    let through_sign = hypergradient(&stdlib_rule("lion"), "b1", 1e-3, Form::Additive).unwrap_err();
     assert!(
         through_sign.contains("does not depend on `b1`"),
         "{through_sign}"
@@ -508,6 +560,12 @@ fn hyperparameters_that_cannot_adapt_are_errors_naming_the_valid_ones() {
         through_sign.ends_with("learning_rate, weight_decay"),
         "{through_sign}"
     );
-    let infinite = hypergradient(&stdlib_rule("sgd"), "learning_rate", f64::INFINITY).unwrap_err();
+    let infinite = hypergradient(
+        &stdlib_rule("sgd"),
+        "learning_rate",
+        f64::INFINITY,
+        Form::Additive,
+    )
+    .unwrap_err();
     assert!(infinite.contains("must be finite"), "{infinite}");
 }
