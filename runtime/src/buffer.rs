@@ -180,7 +180,7 @@ mod tests {
         let base = views[0].as_ptr() as usize;
         assert!(views
             .iter()
-            .all(|v| (v.as_ptr() as usize - base) % CACHE_LINE == 0));
+            .all(|v| (v.as_ptr() as usize - base).is_multiple_of(CACHE_LINE)));
         views.into_iter().for_each(|v| v.fill(9.0));
         assert_eq!(arena.tensor(2), &[9.0; 17]);
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use optc_compiler::interpret::{binary, lerp, select, unary};
+use optc_compiler::interpret::{binary, lerp, select, unary, Value};
 use optc_compiler::ir::{Input, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape};
 use optc_compiler::kernel::{self, Kernel, Rounding, Storage};
 use optc_compiler::plan::{self, Plan};
@@ -477,6 +477,73 @@ impl FusedOptimizer {
                 .map(|t| self.elem_state[buffer].values(t))
                 .collect(),
         )
+    }
+
+    /// Replaces the state, as if `steps_taken` steps had run on tensors of
+    /// sizes `numels`: one value per slot, in the rule's order (per-element
+    /// slots as one vector per tensor; tensor slots one value per tensor;
+    /// group slots one value). The next step is step `steps_taken + 1` and
+    /// runs the later steps' plan. On error nothing changes.
+    pub fn set_state(
+        &mut self,
+        steps_taken: u64,
+        numels: &[usize],
+        state: &[Value<f32>],
+    ) -> Result<(), Error> {
+        let slots = &self.rule.states;
+        if state.len() != slots.len() || steps_taken == 0 {
+            return Err(Error::Internal(format!(
+                "set_state needs a step count above 0 and {} state values, got {} after {steps_taken} steps",
+                slots.len(),
+                state.len()
+            )));
+        }
+        let mut elem_state = Vec::new();
+        let mut scalar_state = vec![None; slots.len()];
+        for ((slot, value), index) in slots.iter().zip(state).zip(0..) {
+            let fits = match value {
+                Value::Group(_) => slot.shape == Shape::Group,
+                Value::Tensor(xs) => slot.shape == Shape::Tensor && xs.len() == numels.len(),
+                Value::Elem(xs) => {
+                    slot.shape == Shape::Elem
+                        && xs.len() == numels.len()
+                        && xs.iter().zip(numels).all(|(x, &n)| x.len() == n)
+                }
+            };
+            if !fits {
+                return Err(Error::Internal(format!(
+                    "state `{}` is {} (one value per {}), and must fit tensors of sizes {numels:?}",
+                    slot.name, slot.shape, slot.shape
+                )));
+            }
+            match value {
+                Value::Group(x) => scalar_state[index] = Some(Scalar::Group(*x)),
+                Value::Tensor(xs) => scalar_state[index] = Some(Scalar::Tensor(xs.clone())),
+                Value::Elem(tensors) => {
+                    let bytes: Vec<Vec<u8>> = tensors
+                        .iter()
+                        .map(|t| match self.precision.state {
+                            Storage::F32 => t.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                            Storage::Bf16 => t
+                                .iter()
+                                .flat_map(|&x| kernel::bf16::round_nearest_even(x).to_le_bytes())
+                                .collect(),
+                        })
+                        .collect();
+                    let stagger = elem_state.len();
+                    elem_state.push(StateArena::from_bytes(
+                        self.precision.state,
+                        &bytes,
+                        stagger,
+                    ));
+                }
+            }
+        }
+        self.step = steps_taken;
+        self.numels = Some(numels.to_vec());
+        self.elem_state = elem_state;
+        self.scalar_state = scalar_state;
+        Ok(())
     }
 
     fn check_element<P: Element>(&self) -> Result<(), Error> {

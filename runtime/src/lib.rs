@@ -4,6 +4,7 @@
 //! step that fails leaves parameters and state exactly as they were.
 //! [`trace`] replays recorded gradients in the golden-file schema.
 
+pub mod adjoint;
 mod bind;
 pub mod buffer;
 pub mod checkpoint;

@@ -182,7 +182,7 @@ fn non_finite_gradients_skip_the_step_when_asked() {
         (before, state, 1)
     );
     fused.set_non_finite(NonFinite::Propagate);
-    let mut params = vec![values(10, 4)];
+    let mut params = [values(10, 4)];
     assert_eq!(
         fused
             .step(&mut [params[0].as_mut_slice()], &[&grad])
@@ -242,4 +242,21 @@ fn sums_over_several_chunks_agree_with_the_interpreter() {
     // whole tensor, the last 99 would survive and give -99).
     assert_eq!(a[0], 0.0);
     assert_eq!(a, b);
+}
+
+#[test]
+fn set_state_checks_shapes_and_changes_nothing_on_error() {
+    use optc_compiler::interpret::Value;
+    let (_, mut fused) = build("adam", &[], 1);
+    let wrong = [Value::Elem(vec![vec![0.0f32; 3]]), Value::Group(0.0)];
+    let error = fused.set_state(2, &[3], &wrong).unwrap_err();
+    assert!(error.to_string().contains("state `nu`"), "{error}");
+    assert_eq!(fused.steps_taken(), 0);
+    let right = [
+        Value::Elem(vec![vec![0.5f32; 3]]),
+        Value::Elem(vec![vec![0.25f32; 3]]),
+    ];
+    fused.set_state(2, &[3], &right).unwrap();
+    assert_eq!(fused.steps_taken(), 2);
+    assert_eq!(fused.state("nu"), Some(vec![vec![0.25; 3]]));
 }

@@ -577,13 +577,19 @@ pub fn random_kernel_config() -> ProptestConfig {
     }
 }
 
+/// Random buffers (of any element type) and scalars for a kernel and range.
+pub type Inputs<D> = fn(&Kernel, &mut Rng, &Range<usize>) -> (Vec<D>, Vec<f32>);
+/// Checks a compiled kernel against its reference on given inputs.
+pub type Compare<D> =
+    fn(&Kernel, &CompiledKernel, &[D], &[f32], Range<usize>) -> Result<(), String>;
+
 /// Compiles `kernel` and checks it with `compare` on every length of
 /// [`LENGTHS`] at a random offset, fresh `inputs` each.
 pub fn random_case<D>(
     kernel: &Kernel,
     seed: u64,
-    inputs: fn(&Kernel, &mut Rng, &Range<usize>) -> (Vec<D>, Vec<f32>),
-    compare: fn(&Kernel, &CompiledKernel, &[D], &[f32], Range<usize>) -> Result<(), String>,
+    inputs: Inputs<D>,
+    compare: Compare<D>,
 ) -> Result<(), TestCaseError> {
     let mut jit = Jit::new().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let compiled = jit
