@@ -1,7 +1,8 @@
 //! Criterion benchmarks of fused optimizer steps: Adam, AdamW, Lion and SGD
 //! with momentum on one tensor and on 200 tensors of the same total size,
 //! next to the data-movement floor of the same step measured in the same run;
-//! and compile times of stdlib rules, cold and from the kernel cache.
+//! compile times of stdlib rules, cold and from the kernel cache; and the
+//! simplifier on the stdlib and on its differentiated (adjoint) rules.
 //! `cargo bench --bench step` (set OPTC_BENCH_NUMEL to change the size; the
 //! default is 2^24 parameters).
 
@@ -71,5 +72,37 @@ fn compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, steps, compile);
+/// The simplifier on every stdlib rule, and on their hypergradient variants
+/// (differentiated rules: larger, with more to simplify).
+fn simplify(c: &mut Criterion) {
+    use optc_compiler::simplify::{simplify, Tier};
+    let program = optc_stdlib::prelude();
+    let rules: Vec<_> = program
+        .optimizers()
+        .iter()
+        .map(|name| program.compile(name).unwrap())
+        .collect();
+    let derived: Vec<_> = rules
+        .iter()
+        .filter_map(|rule| {
+            let form = optc_compiler::derive::Form::Additive;
+            optc_compiler::derive::hypergradient(rule, "learning_rate", 1e-7, form).ok()
+        })
+        .collect();
+    let mut group = c.benchmark_group("simplify");
+    for (name, set) in [("stdlib", &rules), ("stdlib-hypergradient", &derived)] {
+        for tier in [Tier::Exact, Tier::Algebraic] {
+            group.bench_function(format!("{name}/{tier:?}"), |b| {
+                b.iter(|| {
+                    set.iter()
+                        .map(|r| simplify(r, tier).graph.len())
+                        .sum::<usize>()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, steps, compile, simplify);
 criterion_main!(benches);

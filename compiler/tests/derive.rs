@@ -8,13 +8,15 @@
 mod common;
 
 use common::{
-    check_every_variable, default_hypers, dot, finite_difference, group, objective_difference,
-    run_from, stdlib_rule, warm_up, Point, Random, Values, Variable, ATTEMPTS, NUMELS, TOLERANCE,
+    check_every_variable, compile, default_hypers, dot, finite_difference, group,
+    objective_difference, run_from, stdlib_rule, warm_up, Point, Random, Values, Variable,
+    ATTEMPTS, NUMELS, TOLERANCE,
 };
 use optc_compiler::derive::{adjoint, hypergradient, Form};
 use optc_compiler::interpret::{StepOutputs, Value};
 use optc_compiler::ir::{Kind, Rule, Shape};
 use optc_compiler::plan::Plan;
+use optc_compiler::simplify::{simplify, Tier};
 
 impl Random {
     /// Magnitudes uniform in `[low, high]`, each with a random sign.
@@ -568,4 +570,51 @@ fn hyperparameters_that_cannot_adapt_are_errors_naming_the_valid_ones() {
     )
     .unwrap_err();
     assert!(infinite.contains("must be finite"), "{infinite}");
+}
+
+/// Derived rules stay close to what a person would write: after exact
+/// simplification, hypergradient SGD and Adam have at most twice the nodes of
+/// hand-written HD-SGD and HD-Adam (the papers' algorithms) simplified alike.
+#[test]
+fn derived_rules_are_no_longer_than_twice_the_hand_written_ones() {
+    let hand_written = [
+        (
+            "sgd",
+            "optimizer hand(learning_rate = 1e-3, hypergrad_lr = 1e-7) {
+                state rate: group = learning_rate;
+                state previous = 0;
+                rate += hypergrad_lr * group_dot(g, previous);
+                p -= rate * g;
+                previous = g;
+            }",
+        ),
+        (
+            "adam",
+            "optimizer hand(learning_rate = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8,
+                            eps_root = 0.0, hypergrad_lr = 1e-7) {
+                state mu = 0;
+                state nu = 0;
+                state rate: group = learning_rate;
+                state previous = 0;
+                rate += hypergrad_lr * group_dot(g, previous);
+                mu = lerp(mu, g, 1 - b1);
+                nu = b2 * nu + (1 - b2) * g * g;
+                let bc2 = 1 - b2^t;
+                let step = 1 / (1 - b1^t) * mu / (sqrt(nu + eps_root * bc2) / sqrt(bc2) + eps);
+                p -= rate * step;
+                previous = step;
+            }",
+        ),
+    ];
+    for (base, source) in hand_written {
+        let derived =
+            hypergradient(&stdlib_rule(base), "learning_rate", 1e-7, Form::Additive).unwrap();
+        let derived = simplify(&derived, Tier::Exact).graph.len();
+        let hand = simplify(&compile(source), Tier::Exact).graph.len();
+        println!("hd_{base}: derived {derived} nodes, hand-written {hand}");
+        assert!(
+            derived <= 2 * hand,
+            "hd_{base}: derived {derived} nodes, hand-written {hand}"
+        );
+    }
 }
