@@ -8,6 +8,7 @@ use std::sync::Arc;
 use optc_compiler::diagnostics;
 use optc_compiler::interpret::Real;
 use optc_compiler::ir::{Rule, ScalarExpr};
+use optc_compiler::simplify::{simplify_keeping_state, Tier};
 use optc_compiler::{Diagnostic, FileId, Origin, Program};
 use optc_runtime::Optimizer;
 
@@ -73,7 +74,10 @@ pub fn rule(file: &str, rule: Option<&str>) -> Result<(Program, Rule), Failure> 
             .ok_or_else(|| format!("error: {file} defines no optimizer"))?,
     };
     let compiled = program.compile(&name).map_err(|d| render(&program, &d))?;
-    Ok((program, compiled))
+    // Every rule the CLI runs goes through the exact simplifier: bit-identical
+    // results, fewer operations (`x * 1`, constant folding, ...); its state
+    // is kept even where `p` never reads it.
+    Ok((program, simplify_keeping_state(&compiled, Tier::Exact)))
 }
 
 /// An optimizer for `rule` with `--set name=value` overrides applied, with

@@ -329,6 +329,13 @@ pub fn simplify(rule: &Rule, tier: Tier) -> Rule {
     simplify_with_report(rule, tier).0
 }
 
+/// [`simplify`] keeping every state slot, dead or not: what runs on users'
+/// rules (a slot `p` never reads, like ASGD's average, is still state the
+/// user reads) and on rules whose state is an interface (adjoints).
+pub fn simplify_keeping_state(rule: &Rule, tier: Tier) -> Rule {
+    run(rule, tier, Deadness::KeepState).0
+}
+
 /// Passes stop here even if a rewrite still applies. Every rewrite lowers the
 /// weight of the expression it rewrites, so passes end on their own; the cap
 /// only bounds the time spent on pathological graphs.
@@ -336,6 +343,20 @@ const MAX_PASSES: usize = 64;
 
 /// [`simplify`], and what it did.
 pub fn simplify_with_report(rule: &Rule, tier: Tier) -> (Rule, Report) {
+    run(rule, tier, Deadness::StateToo)
+}
+
+/// What dead-code elimination removes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deadness {
+    /// Nodes no output needs, and state slots that never influence `p`.
+    StateToo,
+    /// Only nodes no output (of `p` or of any slot) needs.
+    KeepState,
+}
+
+fn run(rule: &Rule, tier: Tier, deadness: Deadness) -> (Rule, Report) {
+    let eliminate_dead = |rule: &Rule| remove_dead(rule, deadness);
     let mut current = eliminate_dead(rule);
     let mut fired = vec![0usize; RULES.len()];
     let mut passes = 0;
@@ -375,7 +396,11 @@ pub fn simplify_with_report(rule: &Rule, tier: Tier) -> (Rule, Report) {
 /// never influences `p` (directly or through a slot that does), with its
 /// initialiser. The outputs of `p` and of the remaining slots are unchanged.
 pub fn eliminate_dead(rule: &Rule) -> Rule {
-    let (live_nodes, live_states) = liveness(rule);
+    remove_dead(rule, Deadness::StateToo)
+}
+
+fn remove_dead(rule: &Rule, deadness: Deadness) -> Rule {
+    let (live_nodes, live_states) = liveness(rule, deadness);
     let mut new_index = vec![0u32; rule.states.len()];
     let mut kept = Vec::new();
     for index in 0..rule.states.len() {
@@ -402,11 +427,19 @@ pub fn eliminate_dead(rule: &Rule) -> Rule {
 }
 
 /// Which nodes and state slots influence `p`: nodes reachable from its
-/// output, and from the output and initialiser of every slot whose input is.
-fn liveness(rule: &Rule) -> (Vec<bool>, Vec<bool>) {
+/// output, and from the output and initialiser of every slot whose input is
+/// (of every slot, under [`Deadness::KeepState`]).
+fn liveness(rule: &Rule, deadness: Deadness) -> (Vec<bool>, Vec<bool>) {
     let mut live = vec![false; rule.graph.len()];
     let mut live_states = vec![false; rule.states.len()];
     live[rule.param_out.index()] = true;
+    if deadness == Deadness::KeepState {
+        for (slot, state) in rule.states.iter().enumerate() {
+            live_states[slot] = true;
+            live[rule.state_out[slot].index()] = true;
+            live[state.init.index()] = true;
+        }
+    }
     loop {
         for index in (0..rule.graph.len()).rev() {
             if live[index] {

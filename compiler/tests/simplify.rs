@@ -9,12 +9,13 @@ mod common;
 
 use std::time::Instant;
 
-use common::{agree, compile, stdlib_rules, Agreement, Inputs};
+use common::{agree, compile, stdlib_rule, stdlib_rules, Agreement, Inputs};
 use expect_test::{expect, expect_file};
 use optc_compiler::autodiff::vjp;
 use optc_compiler::ir::{Input, Node, Rule, Type};
 use optc_compiler::simplify::{
-    eliminate_dead, simplify, simplify_with_report, Cost, Report, Rewrite, Tier, RULES,
+    eliminate_dead, simplify, simplify_keeping_state, simplify_with_report, Cost, Report, Rewrite,
+    Tier, RULES,
 };
 
 const BITS: Agreement = Agreement::Bits;
@@ -551,4 +552,15 @@ fn derived_rules_shrink_and_keep_their_values() {
         after_total[0], after_total[1]
     );
     assert!(after_total[1] < before_total);
+}
+
+#[test]
+fn simplifying_while_keeping_state_keeps_every_slot_and_its_values() {
+    let asgd = stdlib_rule("asgd");
+    let kept = simplify_keeping_state(&asgd, Tier::Exact);
+    let names =
+        |rule: &Rule| -> Vec<String> { rule.states.iter().map(|s| s.name.clone()).collect() };
+    assert_eq!(names(&kept), names(&asgd), "the average `ax` stays");
+    assert!(names(&simplify(&asgd, Tier::Exact)).len() < names(&asgd).len());
+    assert!(kept.graph.len() <= asgd.graph.len());
 }
