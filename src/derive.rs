@@ -1,8 +1,7 @@
 //! `optc derive` and `optc show --adjoint`: rules derived from a rule by
-//! differentiation (`optc_compiler::derive`), written back as readable
-//! `.opt` source that `optc` (and people) can read. They are not run through
-//! the simplifier here: its dead-state elimination would drop state users
-//! read (ASGD's average) or that fixes a buffer layout (the adjoint's).
+//! differentiation (`optc_compiler::derive`, which simplifies them with the
+//! exact tier, keeping every state slot), written back as readable `.opt`
+//! source that `optc` (and people) can read.
 
 use optc_compiler::derive;
 use optc_compiler::emit::emit;

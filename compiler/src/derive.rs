@@ -107,6 +107,7 @@ use crate::ir::{
     BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape,
     StateSlot, Type, UnaryOp,
 };
+use crate::simplify::{simplify_keeping_state, Tier};
 
 /// The hypergradient-descent variant of `rule` for its float hyperparameter
 /// `wrt` (see the module docs): named `hd_NAME`, with the rule's state
@@ -240,7 +241,7 @@ pub fn hypergradient(
         default: Some(constant_expr(hypergrad_lr_default)),
     });
     let doc = hypergradient_doc(rule, wrt, &states, &hypers, form);
-    Ok(without_dead_nodes(Rule {
+    Ok(simplified(Rule {
         name: format!("hd_{}", rule.name),
         doc,
         hypers,
@@ -433,7 +434,7 @@ pub fn adjoint(rule: &Rule) -> Adjoint {
         doc.extend(rule.doc.iter().cloned());
     }
     Adjoint {
-        rule: without_dead_nodes(Rule {
+        rule: simplified(Rule {
             name: format!("adjoint_{}", rule.name),
             doc,
             hypers: rule.hypers.clone(),
@@ -548,38 +549,6 @@ fn copied(copies: &[Option<Handle>], node: Handle) -> Handle {
     copies[node.index()].unwrap_or(node)
 }
 
-/// `rule` with only the nodes its initialisers and outputs read, in the same
-/// order.
-fn without_dead_nodes(rule: Rule) -> Rule {
-    let roots: Vec<Handle> = rule
-        .states
-        .iter()
-        .map(|slot| slot.init)
-        .chain(std::iter::once(rule.param_out))
-        .chain(rule.state_out.iter().copied())
-        .collect();
-    let mut graph = Graph::new();
-    let copies = copy_reachable(&rule.graph, &roots, &mut graph, |_| None);
-    Rule {
-        states: rule
-            .states
-            .into_iter()
-            .map(|slot| StateSlot {
-                init: copied(&copies, slot.init),
-                ..slot
-            })
-            .collect(),
-        param_out: copied(&copies, rule.param_out),
-        state_out: rule
-            .state_out
-            .iter()
-            .map(|&out| copied(&copies, out))
-            .collect(),
-        graph,
-        ..rule
-    }
-}
-
 /// The names a rule uses (hyperparameters and state), for naming new slots.
 struct Names(HashSet<String>);
 
@@ -602,4 +571,11 @@ impl Names {
         self.0.insert(name.clone());
         name
     }
+}
+
+/// A derived rule after the exact simplifier (bit-identical results), which
+/// also drops the nodes no output needs; every state slot stays, as slots
+/// are the derived rule's interface.
+fn simplified(rule: Rule) -> Rule {
+    simplify_keeping_state(&rule, Tier::Exact)
 }
