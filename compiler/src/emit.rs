@@ -103,7 +103,7 @@ fn hyper_param(rule: &Rule, index: usize, scratch: &mut Program) -> String {
         let printer = Printer {
             graph: &default.graph,
             names: &unnamed,
-            inputs: &input_names,
+            inputs: &|input| input_names.name(input),
         };
         printer.print(default.output, true).text
     };
@@ -340,7 +340,7 @@ impl<'r> Body<'r> {
         let printer = Printer {
             graph: &self.graph,
             names: &names,
-            inputs: &input_names,
+            inputs: &|input| input_names.name(input),
         };
         order
             .iter()
@@ -716,7 +716,28 @@ impl InputNames<'_> {
 struct Printer<'a> {
     graph: &'a Graph,
     names: &'a [Option<String>],
-    inputs: &'a InputNames<'a>,
+    inputs: &'a dyn Fn(Input) -> String,
+}
+
+/// Prints node `handle` of `graph` as an `.opt` expression, with the
+/// precedence, built-in names and number syntax of emitted rules (`optc diff`
+/// prints objectives with it). `names[i]` is the name node
+/// `i` prints as (a `let` that binds it), `None` to write it out; with
+/// `expand` the root itself is written out even if it has a name (the
+/// right-hand side of its own `let`). `input` names the graph's inputs.
+pub(crate) fn expression(
+    graph: &Graph,
+    handle: Handle,
+    names: &[Option<String>],
+    input: &dyn Fn(Input) -> String,
+    expand: bool,
+) -> String {
+    let printer = Printer {
+        graph,
+        names,
+        inputs: input,
+    };
+    printer.print(handle, expand).text
 }
 
 impl Printer<'_> {
@@ -730,7 +751,7 @@ impl Printer<'_> {
         match *self.graph.node(handle) {
             Node::Const(bits) => number(f64::from_bits(bits)),
             Node::Bool(value) => Printed::new(value.to_string(), ATOM),
-            Node::Input(input, _) => Printed::new(self.inputs.name(input), ATOM),
+            Node::Input(input, _) => Printed::new((self.inputs)(input), ATOM),
             Node::Unary(op @ (UnaryOp::Neg | UnaryOp::Not), a) => {
                 let symbol = if op == UnaryOp::Neg { "-" } else { "!" };
                 let operand = self.print(a, false);

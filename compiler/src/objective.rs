@@ -18,10 +18,9 @@
 //! Hyperparameters are `Hyper(i)` and the element count is `Numel`, as in rules.
 //! Values are the interpreter's ([`interpret::evaluate`]), in f32 or f64.
 
-use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::builtins::{Builtin, BUILTINS};
+use crate::emit;
 use crate::interpret::{self, Real, Value};
 use crate::ir::{BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, Shape, UnaryOp};
 
@@ -203,14 +202,20 @@ impl Objective {
         roots.push(self.loss);
         roots.extend(&self.gradients);
         let (folded, roots) = fold(&self.graph, &roots);
-        let mut printer = Printer {
-            graph: &folded,
-            objective: self,
-            names: HashMap::new(),
+        // Nodes printed by the name of their `let`.
+        let mut names: Vec<Option<String>> = vec![None; folded.len()];
+        let input = |input: Input| self.input_name(input);
+        let print = |names: &[Option<String>], handle: Handle, expand: bool| {
+            emit::expression(&folded, handle, names, &input, expand)
         };
         let (inits, rest) = roots.split_at(self.params.len());
         for (param, &init) in self.params.iter().zip(inits) {
-            let _ = writeln!(out, "param {} = {};", param.name, printer.print(init).text);
+            let _ = writeln!(
+                out,
+                "param {} = {};",
+                param.name,
+                print(&names, init, false)
+            );
         }
         let taken: Vec<&str> = self
             .params
@@ -223,19 +228,32 @@ impl Objective {
             .filter(|n| !taken.contains(&n.as_str()));
         for shared in shared_nodes(&folded, rest) {
             let name = fresh.next().unwrap_or_default();
-            let _ = writeln!(out, "let {name} = {};", printer.expand(shared).text);
-            printer.names.insert(shared, name);
+            let _ = writeln!(out, "let {name} = {};", print(&names, shared, true));
+            names[shared.index()] = Some(name);
         }
-        let _ = writeln!(out, "loss {};", printer.print(rest[0]).text);
+        let _ = writeln!(out, "loss {};", print(&names, rest[0], false));
         for (param, &gradient) in self.params.iter().zip(&rest[1..]) {
             let _ = writeln!(
                 out,
                 "d loss / d {} = {}",
                 param.name,
-                printer.print(gradient).text
+                print(&names, gradient, false)
             );
         }
         out
+    }
+
+    /// How `describe` names an input of the objective's graph.
+    fn input_name(&self, input: Input) -> String {
+        match input {
+            Input::State(0) => INDEX_NAME.to_string(),
+            Input::State(slot) => self.params[slot as usize - 1].name.clone(),
+            Input::Hyper(i) => self.hypers[i as usize].name.clone(),
+            Input::Numel => "numel".to_string(),
+            Input::Param => "p".to_string(),
+            Input::Grad => "g".to_string(),
+            Input::Step => "t".to_string(),
+        }
     }
 }
 
@@ -368,151 +386,5 @@ fn fold_node(graph: &mut Graph, node: Node) -> Handle {
             _ => graph.add(node),
         },
         _ => graph.add(node),
-    }
-}
-
-/// Binding strength of printed expressions, as in the grammar.
-const OR: u8 = 1;
-const AND: u8 = 2;
-const COMPARISON: u8 = 3;
-const SUM: u8 = 4;
-const PRODUCT: u8 = 5;
-const UNARY: u8 = 6;
-const POWER: u8 = 7;
-const ATOM: u8 = 8;
-
-struct Printed {
-    text: String,
-    level: u8,
-}
-
-impl Printed {
-    /// The text, parenthesised unless it binds at least as tightly as `level`.
-    fn at(self, level: u8) -> String {
-        if self.level >= level {
-            self.text
-        } else {
-            format!("({})", self.text)
-        }
-    }
-}
-
-/// Prints nodes of an objective's graph as expressions.
-struct Printer<'a> {
-    graph: &'a Graph,
-    objective: &'a Objective,
-    /// Nodes printed by the name of their `let`.
-    names: HashMap<Handle, String>,
-}
-
-impl Printer<'_> {
-    fn print(&self, handle: Handle) -> Printed {
-        match self.names.get(&handle) {
-            Some(name) => Printed {
-                text: name.clone(),
-                level: ATOM,
-            },
-            None => self.expand(handle),
-        }
-    }
-
-    /// The node's own expression, even where it has a name.
-    fn expand(&self, handle: Handle) -> Printed {
-        let atom = |text: String| Printed { text, level: ATOM };
-        match *self.graph.node(handle) {
-            Node::Const(bits) => {
-                let value = f64::from_bits(bits);
-                let text = if value == f64::INFINITY {
-                    "inf".to_string()
-                } else if value == f64::NEG_INFINITY {
-                    "-inf".to_string()
-                } else {
-                    value.to_string()
-                };
-                let level = if text.starts_with('-') { UNARY } else { ATOM };
-                Printed { text, level }
-            }
-            Node::Bool(b) => atom(b.to_string()),
-            Node::Input(input, _) => atom(self.input_name(input)),
-            Node::Unary(UnaryOp::Neg, a) => self.prefix("-", a),
-            Node::Unary(UnaryOp::Not, a) => self.prefix("!", a),
-            Node::Unary(op, a) => self.call(Builtin::Unary(op), &[a]),
-            Node::Binary(op, a, b) => {
-                let (symbol, level) = match op {
-                    BinaryOp::Add => ("+", SUM),
-                    BinaryOp::Sub => ("-", SUM),
-                    BinaryOp::Mul => ("*", PRODUCT),
-                    BinaryOp::Div => ("/", PRODUCT),
-                    BinaryOp::Pow => {
-                        let text =
-                            format!("{}^{}", self.print(a).at(ATOM), self.print(b).at(UNARY));
-                        return Printed { text, level: POWER };
-                    }
-                    BinaryOp::Min | BinaryOp::Max => {
-                        return self.call(Builtin::Binary(op), &[a, b])
-                    }
-                    BinaryOp::Eq => ("==", COMPARISON),
-                    BinaryOp::Ne => ("!=", COMPARISON),
-                    BinaryOp::Lt => ("<", COMPARISON),
-                    BinaryOp::Le => ("<=", COMPARISON),
-                    BinaryOp::Gt => (">", COMPARISON),
-                    BinaryOp::Ge => (">=", COMPARISON),
-                    BinaryOp::And => ("&&", AND),
-                    BinaryOp::Or => ("||", OR),
-                };
-                // Left-associative: the right operand needs to bind tighter;
-                // comparisons do not chain.
-                let left = if level == COMPARISON {
-                    level + 1
-                } else {
-                    level
-                };
-                let text = format!(
-                    "{} {symbol} {}",
-                    self.print(a).at(left),
-                    self.print(b).at(level + 1)
-                );
-                Printed { text, level }
-            }
-            Node::Select(c, a, b) => self.call(Builtin::Select, &[c, a, b]),
-            Node::Lerp(a, b, w) => self.call(Builtin::Lerp, &[a, b, w]),
-            Node::Reduce(op, scope, a) => self.call(Builtin::Reduce(op, scope), &[a]),
-        }
-    }
-
-    fn prefix(&self, symbol: &str, a: Handle) -> Printed {
-        let operand = self.print(a);
-        // `- -x` would read as a typo: parenthesise a nested sign.
-        let text = if operand.text.starts_with('-') {
-            format!("{symbol}({})", operand.text)
-        } else {
-            format!("{symbol}{}", operand.at(UNARY))
-        };
-        Printed { text, level: UNARY }
-    }
-
-    /// `name(args)`, with the built-in's name from the table lowering uses.
-    fn call(&self, builtin: Builtin, args: &[Handle]) -> Printed {
-        let name = BUILTINS
-            .iter()
-            .find(|(_, arity, b)| *b == builtin && *arity == args.len())
-            .map_or("?", |(name, _, _)| *name);
-        let args: Vec<String> = args.iter().map(|&a| self.print(a).text).collect();
-        Printed {
-            text: format!("{name}({})", args.join(", ")),
-            level: ATOM,
-        }
-    }
-
-    fn input_name(&self, input: Input) -> String {
-        match input {
-            Input::State(0) => INDEX_NAME.to_string(),
-            Input::State(slot) => self.objective.params[slot as usize - 1].name.clone(),
-            Input::Hyper(i) => self.objective.hypers[i as usize].name.clone(),
-            Input::Numel => "numel".to_string(),
-            Input::Param => "p".to_string(),
-            Input::Grad => "g".to_string(),
-            Input::Step => "t".to_string(),
-        }
     }
 }
