@@ -9,7 +9,7 @@
 Each row is one `optc bench RULE ... --json` run (the command is printed with
 the table). `targets` also compiles benches/perf/opt_c.c (hand-fused C steps
 and the C data-movement floor, gcc -O3 -march=native -fopenmp) and runs it
-in the same session, interleaved with optc, so both see the same machine.
+in the same run, interleaved with optc, so both see the same machine.
 Needs python3, cargo and, for `targets`, gcc with OpenMP.
 """
 
@@ -52,7 +52,7 @@ def targets():
     c_name = {"adam": "adam", "adamw": "adamw", "lion": "lion", "sgd_momentum": "sgdm"}
     c_floor = {"adam": "copy28", "adamw": "copy28", "lion": "copy20", "sgd_momentum": "copy20"}
     print(f"`optc bench RULE --numel {NUMEL} --threads T --tensors K --steps {STEPS} --json`; "
-          f"C: `OMP_NUM_THREADS=T target/opt_c {NUMEL} {STEPS} ...` in the same session.\n")
+          f"C: `OMP_NUM_THREADS=T target/opt_c {NUMEL} {STEPS} ...` in the same run.\n")
     print("| rule | threads | tensors | ns/param | optc floor | ratio | C floor | ratio to C floor "
           "| C fused | target |")
     print("|---|---|---|---|---|---|---|---|---|---|")
