@@ -3,7 +3,7 @@
 use optc_compiler::ir::{Input, Kind, Node, Rule, Shape};
 use optc_compiler::plan::Plan;
 use optc_runtime::trace::{self, Trace};
-use optc_tasks::{Dataset, SoftmaxRegression};
+use optc_tasks::{Dataset, Mlp, SoftmaxRegression, Task};
 
 use crate::load::{self, Failure};
 
@@ -162,6 +162,7 @@ pub fn train(
     file: &str,
     rule: Option<&str>,
     task: &str,
+    hidden: usize,
     steps: usize,
     every: usize,
     sets: &[String],
@@ -170,15 +171,21 @@ pub fn train(
     let (mut program, rule) = load::rule(file, rule)?;
     let name = rule.name.clone();
     let mut optimizer = load::optimizer::<f32>(&mut program, rule, sets)?;
-    let task = SoftmaxRegression::new(data);
-    let log = optc_tasks::train(&task, &mut optimizer, steps, every)
+    let task: Box<dyn Task> = if hidden == 0 {
+        Box::new(SoftmaxRegression::new(data))
+    } else {
+        Box::new(Mlp { data, hidden })
+    };
+    let log = optc_tasks::train(&*task, &mut optimizer, steps, every)
         .map_err(|e| format!("error: {e}"))?;
+    let data = task.data();
     let mut out = format!(
-        "{name} on {} ({} examples, {} features, {} classes), softmax regression, full batch\n{:>6}  {:>10}  {:>8}\n",
-        task.data.name,
-        task.data.features.len(),
-        task.data.features.first().map_or(0, Vec::len),
-        task.data.classes,
+        "{name} on {} ({} examples, {} features, {} classes), {}, full batch\n{:>6}  {:>10}  {:>8}\n",
+        data.name,
+        data.features.len(),
+        data.features.first().map_or(0, Vec::len),
+        data.classes,
+        task.describe(),
         "step",
         "loss",
         "accuracy"

@@ -110,9 +110,13 @@ enum Command {
         /// Which optimizer of the file (default: the last one).
         #[arg(long)]
         rule: Option<String>,
-        /// The task: `breast_cancer` (569 x 30, 2 classes) or `iris` (150 x 4, 3 classes).
+        /// The dataset: `breast_cancer` (569 x 30, 2 classes), `iris` (150 x 4, 3),
+        /// `digits` (1797 x 64, 10) or `wine` (178 x 13, 3).
         #[arg(long, default_value = "breast_cancer")]
         task: String,
+        /// Hidden tanh units of an MLP classifier; 0 (the default) trains softmax regression.
+        #[arg(long, default_value_t = 0)]
+        hidden: usize,
         /// Number of optimizer steps.
         #[arg(long, default_value_t = 200)]
         steps: usize,
@@ -312,10 +316,11 @@ fn main() -> ExitCode {
             file,
             rule,
             task,
+            hidden,
             steps,
             every,
             set,
-        } => commands::train(&file, rule.as_deref(), &task, steps, every, &set),
+        } => commands::train(&file, rule.as_deref(), &task, hidden, steps, every, &set),
         Command::Bench {
             file,
             rule,

@@ -1,8 +1,9 @@
 //! Training tasks: small real problems with exact gradients, to see what an
-//! optimizer does on more than recorded traces. Today: softmax (multinomial
-//! logistic) regression on the UCI datasets shipped in `data/`, full batch,
-//! standardised features, parameters starting at zero (so runs are
-//! deterministic). `optc train` drives these.
+//! optimizer does on more than recorded traces (and, for the search, proxy
+//! tasks to score candidates on). Softmax (multinomial logistic) regression
+//! and a one-hidden-layer tanh MLP classifier on the UCI datasets shipped in
+//! `data/`, full batch, standardised features, deterministic initial
+//! parameters (so runs are reproducible). `optc train` drives these.
 
 use optc_compiler::interpret::Real;
 use optc_runtime::{Error, Optimizer};
@@ -24,6 +25,8 @@ pub const DATASETS: &[(&str, &str)] = &[
         include_str!("../../data/breast_cancer.csv"),
     ),
     ("iris", include_str!("../../data/iris.csv")),
+    ("digits", include_str!("../../data/digits.csv")),
+    ("wine", include_str!("../../data/wine.csv")),
 ];
 
 impl Dataset {
@@ -95,6 +98,17 @@ fn standardise(rows: &mut [Vec<f32>]) {
     }
 }
 
+/// A model trained full batch on a dataset: its parameter tensors and its
+/// exact loss and gradient.
+pub trait Task {
+    fn data(&self) -> &Dataset;
+    /// What the model is, for logs (`softmax regression`, `MLP, 32 tanh units`).
+    fn describe(&self) -> String;
+    fn initial_params(&self) -> Vec<Vec<f32>>;
+    /// Exact full-batch loss, accuracy and gradient.
+    fn evaluate(&self, params: &[Vec<f32>]) -> Evaluation;
+}
+
 /// Softmax regression: logits = W x + b, mean cross-entropy loss. Parameters
 /// are two tensors: W (classes x features, row-major) and b (classes).
 pub struct SoftmaxRegression {
@@ -112,9 +126,19 @@ impl SoftmaxRegression {
     pub fn new(data: Dataset) -> SoftmaxRegression {
         SoftmaxRegression { data }
     }
+}
+
+impl Task for SoftmaxRegression {
+    fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    fn describe(&self) -> String {
+        "softmax regression".into()
+    }
 
     /// Zero weights and biases.
-    pub fn initial_params(&self) -> Vec<Vec<f32>> {
+    fn initial_params(&self) -> Vec<Vec<f32>> {
         let width = self.data.features.first().map_or(0, Vec::len);
         vec![
             vec![0.0; self.data.classes * width],
@@ -123,7 +147,7 @@ impl SoftmaxRegression {
     }
 
     /// Exact full-batch loss and gradient (accumulated in f64).
-    pub fn evaluate(&self, params: &[Vec<f32>]) -> Evaluation {
+    fn evaluate(&self, params: &[Vec<f32>]) -> Evaluation {
         let (k, n) = (self.data.classes, self.data.features.len());
         let width = self.data.features.first().map_or(0, Vec::len);
         let (w, b) = (&params[0], &params[1]);
@@ -131,28 +155,12 @@ impl SoftmaxRegression {
         let mut grad_b = vec![0.0f64; k];
         let (mut loss, mut correct) = (0.0f64, 0usize);
         for (x, &label) in self.data.features.iter().zip(&self.data.labels) {
-            let logits: Vec<f64> = (0..k)
-                .map(|c| {
-                    f64::from(b[c])
-                        + (0..width)
-                            .map(|j| f64::from(w[c * width + j]) * f64::from(x[j]))
-                            .sum::<f64>()
-                })
-                .collect();
-            let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let total: f64 = logits.iter().map(|l| (l - top).exp()).sum();
-            loss += top + total.ln() - logits[label];
-            let predicted = (0..k)
-                .max_by(|&a, &c| logits[a].total_cmp(&logits[c]))
-                .unwrap_or(0);
-            correct += usize::from(predicted == label);
-            for c in 0..k {
-                let delta = (logits[c] - top).exp() / total - f64::from(u8::from(c == label));
-                grad_b[c] += delta;
-                for j in 0..width {
-                    grad_w[c * width + j] += delta * f64::from(x[j]);
-                }
-            }
+            let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            let logits = affine(w, b, &x, k);
+            let (example_loss, hit, deltas) = cross_entropy(&logits, label);
+            loss += example_loss;
+            correct += usize::from(hit);
+            accumulate_affine(&mut grad_w, &mut grad_b, &deltas, &x);
         }
         let scale = 1.0 / n as f64;
         let to_f32 = |g: Vec<f64>| g.into_iter().map(|v| (v * scale) as f32).collect();
@@ -160,6 +168,122 @@ impl SoftmaxRegression {
             loss: loss * scale,
             accuracy: correct as f64 * scale,
             grads: vec![to_f32(grad_w), to_f32(grad_b)],
+        }
+    }
+}
+
+/// `w x + b` for a row-major `w` of `rows` rows, in f64.
+fn affine(w: &[f32], b: &[f32], x: &[f64], rows: usize) -> Vec<f64> {
+    let width = x.len();
+    (0..rows)
+        .map(|r| {
+            f64::from(b[r])
+                + w[r * width..(r + 1) * width]
+                    .iter()
+                    .zip(x)
+                    .map(|(&wi, &xi)| f64::from(wi) * xi)
+                    .sum::<f64>()
+        })
+        .collect()
+}
+
+/// Adds the gradient of an affine map with output cotangents `deltas` at
+/// input `x` to `(grad_w, grad_b)`.
+fn accumulate_affine(grad_w: &mut [f64], grad_b: &mut [f64], deltas: &[f64], x: &[f64]) {
+    let width = x.len();
+    for (r, &delta) in deltas.iter().enumerate() {
+        grad_b[r] += delta;
+        for (g, &xi) in grad_w[r * width..(r + 1) * width].iter_mut().zip(x) {
+            *g += delta * xi;
+        }
+    }
+}
+
+/// Cross-entropy of `logits` against `label`: (loss, whether the arg-max is
+/// the label, d loss / d logits).
+fn cross_entropy(logits: &[f64], label: usize) -> (f64, bool, Vec<f64>) {
+    let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let total: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+    let loss = top + total.ln() - logits[label];
+    let predicted = (0..logits.len())
+        .max_by(|&a, &c| logits[a].total_cmp(&logits[c]))
+        .unwrap_or(0);
+    let deltas = logits
+        .iter()
+        .enumerate()
+        .map(|(c, l)| (l - top).exp() / total - f64::from(u8::from(c == label)))
+        .collect();
+    (loss, predicted == label, deltas)
+}
+
+/// A one-hidden-layer classifier: h = tanh(W1 x + b1), logits = W2 h + b2,
+/// mean cross-entropy. Parameters are four tensors: W1 (hidden x features),
+/// b1 (hidden), W2 (classes x hidden), b2 (classes); weights start from a
+/// fixed pseudo-random draw scaled by 1/sqrt(fan-in), biases at zero.
+pub struct Mlp {
+    pub data: Dataset,
+    pub hidden: usize,
+}
+
+impl Task for Mlp {
+    fn data(&self) -> &Dataset {
+        &self.data
+    }
+
+    fn describe(&self) -> String {
+        format!("MLP, {} tanh units", self.hidden)
+    }
+
+    fn initial_params(&self) -> Vec<Vec<f32>> {
+        let width = self.data.features.first().map_or(0, Vec::len);
+        let scaled = |values: Vec<f32>, fan_in: usize| -> Vec<f32> {
+            let scale = 1.0 / (fan_in.max(1) as f32).sqrt();
+            values.into_iter().map(|v| v * scale).collect()
+        };
+        let draw = |numel: usize, seed: u64| random_tensors(numel, 1, seed).remove(0);
+        vec![
+            scaled(draw(self.hidden * width, 7), width),
+            vec![0.0; self.hidden],
+            scaled(draw(self.data.classes * self.hidden, 8), self.hidden),
+            vec![0.0; self.data.classes],
+        ]
+    }
+
+    fn evaluate(&self, params: &[Vec<f32>]) -> Evaluation {
+        let (k, n, hidden) = (self.data.classes, self.data.features.len(), self.hidden);
+        let zeros = |i: usize| vec![0.0f64; params[i].len()];
+        let (mut w1, mut b1, mut w2, mut b2) = (zeros(0), zeros(1), zeros(2), zeros(3));
+        let (mut loss, mut correct) = (0.0f64, 0usize);
+        for (x, &label) in self.data.features.iter().zip(&self.data.labels) {
+            let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+            let h: Vec<f64> = affine(&params[0], &params[1], &x, hidden)
+                .into_iter()
+                .map(f64::tanh)
+                .collect();
+            let logits = affine(&params[2], &params[3], &h, k);
+            let (example_loss, hit, deltas) = cross_entropy(&logits, label);
+            loss += example_loss;
+            correct += usize::from(hit);
+            let back: Vec<f64> = (0..hidden)
+                .map(|j| {
+                    let through: f64 = (0..k)
+                        .map(|c| deltas[c] * f64::from(params[2][c * hidden + j]))
+                        .sum();
+                    through * (1.0 - h[j] * h[j])
+                })
+                .collect();
+            accumulate_affine(&mut w2, &mut b2, &deltas, &h);
+            accumulate_affine(&mut w1, &mut b1, &back, &x);
+        }
+        let grads = [w1, b1, w2, b2];
+        let scale = 1.0 / n as f64;
+        Evaluation {
+            loss: loss * scale,
+            accuracy: correct as f64 * scale,
+            grads: grads
+                .into_iter()
+                .map(|g| g.into_iter().map(|v| (v * scale) as f32).collect())
+                .collect(),
         }
     }
 }
@@ -198,7 +322,7 @@ pub struct LogLine {
 
 /// Trains for `steps` full-batch steps, logging every `every` steps and at the end.
 pub fn train<F: Real>(
-    task: &SoftmaxRegression,
+    task: &dyn Task,
     optimizer: &mut Optimizer<F>,
     steps: usize,
     every: usize,
