@@ -20,12 +20,15 @@ use clap::{Parser, Subcommand};
     version,
     about = "A language and compiler for neural-network optimizers",
     long_about = "optc compiles update rules written in .opt files (hyperparameters, state, \
-                  the statements of one step) and runs them.\n\n\
+                  the statements of one step) into fused kernels and runs them; it also \
+                  differentiates them (hypergradient variants, adjoints) and trains \
+                  objectives with symbolic gradients.\n\n\
                   Wherever a FILE is expected you may also name a standard-library optimizer \
                   (`optc show adam`); `optc list` shows them all.",
     after_help = "Examples:\n  optc check my_rule.opt\n  optc show adamw --ir\n  \
                   optc replay lion --trace tests/golden/lion.json --set learning_rate=0.001 --compare\n  \
-                  optc train adamw --steps 300"
+                  optc train adamw --steps 300\n  optc bench adam --threads 2\n  \
+                  optc derive hypergrad --multiplicative sgd -o hd_sgd.opt"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -98,10 +101,11 @@ enum Command {
         f64_elements: bool,
     },
     /// Train a small task on real data with a rule and print the loss curve:
-    /// softmax regression on a UCI dataset shipped with optc, full batch.
+    /// softmax regression or a tanh MLP on a UCI dataset shipped with optc, full batch.
     #[command(
         after_help = "Examples:\n  optc train\n  optc train lion --set learning_rate=1e-3 --steps 300\n  \
-                  optc train my_rule.opt --task iris --every 10"
+                  optc train my_rule.opt --task iris --every 10\n  \
+                  optc train adam --task digits --hidden 32 --set learning_rate=0.01"
     )]
     Train {
         /// An .opt file or a standard-library optimizer name.
