@@ -83,24 +83,9 @@ pub(crate) fn rule(program: &Program, name: &str) -> Lowered<Rule> {
         ..Frame::default()
     };
     for param in &item.params {
-        let hyper = &param.name.name;
-        if RESERVED_NAMES.contains(&hyper.as_str()) {
-            return Err(Diagnostic::error(
-                format!("`{hyper}` cannot be a hyperparameter"),
-                param.name.span,
-                "a built-in name",
-            )
-            .with_hint("`p`, `g`, `t`, `numel`, `pi` and `inf` have fixed meanings"));
-        }
-        if frame.params.contains_key(hyper) {
-            return Err(Diagnostic::error(
-                format!("hyperparameter `{hyper}` is declared twice"),
-                param.name.span,
-                "second declaration",
-            ));
-        }
-        let handle = lowerer.declare_hyper(hyper, param.default.as_ref())?;
-        frame.params.insert(hyper.clone(), handle);
+        let built_in = RESERVED_NAMES.contains(&param.name.name.as_str());
+        let hint = "`p`, `g`, `t`, `numel`, `pi` and `inf` have fixed meanings";
+        lowerer.declare_item_hyper(param, &mut frame, built_in, hint)?;
     }
     lowerer.active.push(name.to_string());
     lowerer.statements(body, &mut frame)?;
@@ -154,23 +139,9 @@ pub(crate) fn objective(program: &Program, name: &str) -> Lowered<Objective> {
             default_numel = objective_size(program, param)?;
             continue;
         }
-        if RESERVED_NAMES.contains(&hyper.as_str()) || hyper == objective::INDEX_NAME {
-            return Err(Diagnostic::error(
-                format!("`{hyper}` cannot be a hyperparameter"),
-                param.name.span,
-                "a built-in name",
-            )
-            .with_hint("`numel = N` sets the default element count; `t`, `index`, `pi` and `inf` have fixed meanings"));
-        }
-        if frame.params.contains_key(hyper) {
-            return Err(Diagnostic::error(
-                format!("hyperparameter `{hyper}` is declared twice"),
-                param.name.span,
-                "second declaration",
-            ));
-        }
-        let handle = lowerer.declare_hyper(hyper, param.default.as_ref())?;
-        frame.params.insert(hyper.clone(), handle);
+        let built_in = RESERVED_NAMES.contains(&hyper.as_str()) || hyper == objective::INDEX_NAME;
+        let hint = "`numel = N` sets the default element count; `t`, `index`, `pi` and `inf` have fixed meanings";
+        lowerer.declare_item_hyper(param, &mut frame, built_in, hint)?;
     }
     lowerer.declare_objective_input(objective::INDEX_NAME, item.name.span);
     let mut loss = None;
@@ -427,6 +398,37 @@ impl<'p> Lowerer<'p> {
             active: Vec::new(),
             work: 0,
         }
+    }
+
+    /// Declares a parameter of the optimizer or objective being compiled as
+    /// a hyperparameter visible in `frame`: an error for a `built_in` name
+    /// (`hint` says which names are) or a name declared twice.
+    fn declare_item_hyper(
+        &mut self,
+        param: &ast::Param,
+        frame: &mut Frame,
+        built_in: bool,
+        hint: &str,
+    ) -> Lowered<()> {
+        let hyper = &param.name.name;
+        if built_in {
+            return Err(Diagnostic::error(
+                format!("`{hyper}` cannot be a hyperparameter"),
+                param.name.span,
+                "a built-in name",
+            )
+            .with_hint(hint));
+        }
+        if frame.params.contains_key(hyper) {
+            return Err(Diagnostic::error(
+                format!("hyperparameter `{hyper}` is declared twice"),
+                param.name.span,
+                "second declaration",
+            ));
+        }
+        let handle = self.declare_hyper(hyper, param.default.as_ref())?;
+        frame.params.insert(hyper.clone(), handle);
+        Ok(())
     }
 
     /// Adds a hyperparameter of the rule being compiled and returns its input node.
