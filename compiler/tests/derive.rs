@@ -93,6 +93,37 @@ fn elems(values: &Value<f64>) -> Vec<Vec<f64>> {
     }
 }
 
+/// Runs hypergradient SGD (`hypers`: the initial learning rate and the
+/// hypergradient step size) for six steps on fresh random gradients from
+/// `seed`; `check` sees each step's number, gradients, the previous step's
+/// gradients, the parameters before the step and the step's outputs.
+fn run_hd_sgd(
+    hd_sgd: &Rule,
+    seed: u64,
+    hypers: [f64; 2],
+    mut check: impl FnMut(u64, &Value<f64>, Option<&Value<f64>>, &[Vec<f64>], &StepOutputs<f64>),
+) {
+    let mut random = Random(seed);
+    let mut point = Point {
+        params: random.signed_tensors(0.2, 2.0),
+        grads: Vec::new(),
+        step: 1,
+        hypers: hypers.to_vec(),
+        state: Vec::new(),
+    };
+    let mut previous_grads: Option<Value<f64>> = None;
+    for step in 1..=6 {
+        point.step = step;
+        point.grads = random.signed_tensors(0.2, 2.0);
+        let grads = Value::Elem(point.grads.clone());
+        let out = run_from(hd_sgd, &point, (step > 1).then_some(point.state.as_slice()));
+        check(step, &grads, previous_grads.as_ref(), &point.params, &out);
+        point.params = out.params;
+        point.state = out.state;
+        previous_grads = Some(grads);
+    }
+}
+
 #[test]
 fn hd_sgd_adds_the_dot_product_of_successive_gradients() {
     let sgd = stdlib_rule("sgd");
@@ -102,37 +133,22 @@ fn hd_sgd_adds_the_dot_product_of_successive_gradients() {
     let names: Vec<&str> = hd_sgd.states.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["learning_rate_t", "d_p_d_learning_rate"]);
     assert_eq!(hd_sgd.hypers[1].name, "hypergrad_lr");
-    let mut random = Random(11);
     let (initial, beta) = (0.05, 0.02);
-    let mut point = Point {
-        params: random.signed_tensors(0.2, 2.0),
-        grads: Vec::new(),
-        step: 1,
-        hypers: vec![initial, beta],
-        state: Vec::new(),
-    };
     let mut learning_rate = initial;
-    let mut previous_grads: Option<Value<f64>> = None;
-    for step in 1..=6 {
-        point.step = step;
-        point.grads = random.signed_tensors(0.2, 2.0);
-        let grads = Value::Elem(point.grads.clone());
-        if let Some(previous_grads) = &previous_grads {
-            learning_rate += beta * dot(&grads, previous_grads);
-        }
-        let out = run_from(
-            &hd_sgd,
-            &point,
-            (step > 1).then_some(point.state.as_slice()),
-        );
-        assert_eq!(out.state[0], Value::Group(learning_rate), "step {step}");
-        let expected = Value::Elem(point.params.clone()).zip(&grads, |p, g| p - learning_rate * g);
-        assert_eq!(Value::Elem(out.params.clone()), expected, "step {step}");
-        assert_eq!(out.state[1], grads.map(|g| -g), "d p_t / d lr = -g_t");
-        point.params = out.params;
-        point.state = out.state;
-        previous_grads = Some(grads);
-    }
+    run_hd_sgd(
+        &hd_sgd,
+        11,
+        [initial, beta],
+        |step, grads, previous, params, out| {
+            if let Some(previous) = previous {
+                learning_rate += beta * dot(grads, previous);
+            }
+            assert_eq!(out.state[0], Value::Group(learning_rate), "step {step}");
+            let expected = Value::Elem(params.to_vec()).zip(grads, |p, g| p - learning_rate * g);
+            assert_eq!(Value::Elem(out.params.clone()), expected, "step {step}");
+            assert_eq!(out.state[1], grads.map(|g| -g), "d p_t / d lr = -g_t");
+        },
+    );
     assert!(learning_rate != initial);
 }
 
@@ -145,42 +161,27 @@ fn multiplicative_hd_sgd_scales_by_the_cosine_of_successive_gradients() {
         Form::Multiplicative,
     )
     .expect("sgd adapts its learning rate");
-    let mut random = Random(12);
     let (initial, beta) = (0.05, 0.1);
-    let mut point = Point {
-        params: random.signed_tensors(0.2, 2.0),
-        grads: Vec::new(),
-        step: 1,
-        hypers: vec![initial, beta],
-        state: Vec::new(),
-    };
     let mut learning_rate = initial;
-    let mut previous_grads: Option<Value<f64>> = None;
-    for step in 1..=6 {
-        point.step = step;
-        point.grads = random.signed_tensors(0.2, 2.0);
-        let grads = Value::Elem(point.grads.clone());
-        if let Some(previous) = &previous_grads {
-            let cosine =
-                dot(&grads, previous) / (dot(&grads, &grads) * dot(previous, previous)).sqrt();
-            learning_rate *= 1.0 + beta * cosine;
-        }
-        let out = run_from(
-            &hd_sgd,
-            &point,
-            (step > 1).then_some(point.state.as_slice()),
-        );
-        match out.state[0] {
-            Value::Group(adapted) => assert!(
-                (adapted - learning_rate).abs() <= 1e-15 * learning_rate,
-                "step {step}: {adapted} vs {learning_rate}"
-            ),
-            ref other => panic!("{other:?}"),
-        }
-        point.params = out.params;
-        point.state = out.state;
-        previous_grads = Some(grads);
-    }
+    run_hd_sgd(
+        &hd_sgd,
+        12,
+        [initial, beta],
+        |step, grads, previous, _, out| {
+            if let Some(previous) = previous {
+                let cosine =
+                    dot(grads, previous) / (dot(grads, grads) * dot(previous, previous)).sqrt();
+                learning_rate *= 1.0 + beta * cosine;
+            }
+            match out.state[0] {
+                Value::Group(adapted) => assert!(
+                    (adapted - learning_rate).abs() <= 1e-15 * learning_rate,
+                    "step {step}: {adapted} vs {learning_rate}"
+                ),
+                ref other => panic!("{other:?}"),
+            }
+        },
+    );
     assert!(learning_rate != initial);
 }
 
