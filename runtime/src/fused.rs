@@ -520,22 +520,8 @@ impl FusedOptimizer {
                 Value::Group(x) => scalar_state[index] = Some(Scalar::Group(*x)),
                 Value::Tensor(xs) => scalar_state[index] = Some(Scalar::Tensor(xs.clone())),
                 Value::Elem(tensors) => {
-                    let bytes: Vec<Vec<u8>> = tensors
-                        .iter()
-                        .map(|t| match self.precision.state {
-                            Storage::F32 => t.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                            Storage::Bf16 => t
-                                .iter()
-                                .flat_map(|&x| kernel::bf16::round_nearest_even(x).to_le_bytes())
-                                .collect(),
-                        })
-                        .collect();
                     let stagger = elem_state.len();
-                    elem_state.push(StateArena::from_bytes(
-                        self.precision.state,
-                        &bytes,
-                        stagger,
-                    ));
+                    elem_state.push(StateArena::from_f32(self.precision.state, tensors, stagger));
                 }
             }
         }

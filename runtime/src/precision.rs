@@ -79,6 +79,20 @@ impl StateArena {
         }
     }
 
+    /// An arena of `storage` holding `tensors`, rounded to nearest even for bf16.
+    pub(crate) fn from_f32(storage: Storage, tensors: &[Vec<f32>], stagger: usize) -> StateArena {
+        match storage {
+            Storage::F32 => StateArena::F32(Arena::from_tensors(tensors, stagger)),
+            Storage::Bf16 => {
+                let bits: Vec<Vec<u16>> = tensors
+                    .iter()
+                    .map(|t| t.iter().map(|&x| rounding::round_nearest_even(x)).collect())
+                    .collect();
+                StateArena::Bf16(Arena::from_tensors(&bits, stagger))
+            }
+        }
+    }
+
     pub(crate) fn storage(&self) -> Storage {
         match self {
             StateArena::F32(_) => Storage::F32,
