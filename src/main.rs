@@ -7,7 +7,9 @@ mod commands;
 mod derive;
 mod diff;
 mod load;
+mod plot;
 mod run;
+mod search;
 
 use std::process::ExitCode;
 
@@ -226,6 +228,25 @@ enum Command {
     /// Derive a new rule from a rule by differentiation and write it as .opt source.
     #[command(subcommand)]
     Derive(DeriveCommand),
+    /// Search for new update rules by regularized evolution, the way Lion was
+    /// found: an interactive REPL (or a script of its commands). Candidates
+    /// are JIT-compiled and trained on proxy tasks (quadratic, Rosenbrock,
+    /// logistic regression, MLPs on real data) with a learning-rate sweep,
+    /// scored against tuned SGD with momentum and Adam, and saved as readable
+    /// .opt files.
+    #[command(
+        after_help = "Commands (type `help` inside): load, tasks, set, run, top, show, eval, simplify,\n\
+                      compare, save, checkpoint, resume, plot, restart, quit.\n\n\
+                      Examples:\n  optc search\n  optc search --script examples/search_sgd.txt\n\n\
+                      A script is one command per line (# starts a comment), e.g.\n  \
+                      set seed 1\n  load sgd\n  run --minutes 10\n  top 5\n  save 123 found.opt"
+    )]
+    Search {
+        /// Run the commands of FILE, echoing each, instead of the interactive
+        /// prompt; stop with exit status 1 at the first failing command.
+        #[arg(long, value_name = "FILE")]
+        script: Option<String>,
+    },
     /// List the standard-library optimizers with the first line of their documentation.
     #[command(after_help = "Example:\n  optc list")]
     List,
@@ -373,6 +394,10 @@ fn main() -> ExitCode {
             plot: plot.as_deref(),
         }),
         Command::List => commands::list(),
+        Command::Search { script } => match script {
+            Some(path) => search::repl::script(&path),
+            None => search::repl::interactive(),
+        },
     };
     match result {
         Ok(output) => {

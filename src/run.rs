@@ -9,6 +9,7 @@ use optc_runtime::Optimizer;
 
 use crate::diff;
 use crate::load::{self, Failure};
+use crate::plot;
 
 /// What `optc run` was asked to do.
 pub struct Settings<'a> {
@@ -47,7 +48,8 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
     let mut optimizer = load::optimizer::<f32>(&mut program, rule, settings.sets)?;
     let curve = train(&objective, &hypers, numel, &mut optimizer, settings.steps)?;
     if let Some(path) = settings.plot {
-        plot(&curve, &format!("{rule_name} on {}", objective.name), path)?;
+        let title = format!("{rule_name} on {}", objective.name);
+        plot::loss_curves(&title, &[(rule_name.clone(), curve.losses.clone())], path)?;
     }
     Ok(report(&curve, &rule_name, &objective, numel, settings))
 }
@@ -132,67 +134,4 @@ fn report(
         out.push_str(&format!("loss curve written to {path}\n"));
     }
     out
-}
-
-/// Writes the loss curve as an SVG line chart: log-scale loss when every
-/// loss is positive, linear otherwise.
-fn plot(curve: &Curve, title: &str, path: &str) -> Result<(), Failure> {
-    use plotters::prelude::*;
-
-    let points: Vec<(f64, f64)> = curve
-        .losses
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.is_finite())
-        .map(|(s, &l)| (s as f64, l))
-        .collect();
-    if points.is_empty() {
-        return Err(format!("error: no finite loss to plot in {path}"));
-    }
-    let steps = (curve.losses.len().max(2) - 1) as f64;
-    let (low, high) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(_, l)| {
-            (lo.min(l), hi.max(l))
-        });
-    let failed = |e: &dyn std::fmt::Display| format!("error: cannot write the plot {path}: {e}");
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| failed(&e))?;
-    let mut chart = ChartBuilder::on(&root);
-    chart
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(80);
-    let style = ShapeStyle::from(&BLUE).stroke_width(2);
-    if low > 0.0 {
-        // Pad the range a little so a flat curve still has a height.
-        let mut chart = chart
-            .build_cartesian_2d(0.0..steps, (low / 1.5..high * 1.5).log_scale())
-            .map_err(|e| failed(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("loss (log scale)")
-            .draw()
-            .map_err(|e| failed(&e))?;
-        chart
-            .draw_series(LineSeries::new(points, style))
-            .map_err(|e| failed(&e))?;
-    } else {
-        let pad = ((high - low) * 0.05).max(1e-12);
-        let mut chart = chart
-            .build_cartesian_2d(0.0..steps, low - pad..high + pad)
-            .map_err(|e| failed(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("loss")
-            .draw()
-            .map_err(|e| failed(&e))?;
-        chart
-            .draw_series(LineSeries::new(points, style))
-            .map_err(|e| failed(&e))?;
-    }
-    root.present().map_err(|e| failed(&e))
 }

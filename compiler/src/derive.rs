@@ -238,7 +238,7 @@ pub fn hypergradient(
     hypers.push(Hyper {
         name: names.fresh("hypergrad_lr"),
         kind: Kind::Float,
-        default: Some(constant_expr(hypergrad_lr_default)),
+        default: Some(ScalarExpr::constant(hypergrad_lr_default)),
     });
     let doc = hypergradient_doc(rule, wrt, &states, &hypers, form);
     Ok(simplified(Rule {
@@ -498,17 +498,6 @@ fn float(shape: Shape) -> Type {
     Type {
         shape,
         kind: Kind::Float,
-    }
-}
-
-/// A hyperparameter default that is a number.
-fn constant_expr(value: f64) -> ScalarExpr {
-    let mut graph = Graph::new();
-    let output = graph.add(Node::constant(value));
-    ScalarExpr {
-        graph,
-        output,
-        text: format!("{value:?}"),
     }
 }
 

@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Index of a node in its [`Graph`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Handle(u32);
@@ -52,7 +54,7 @@ impl fmt::Display for Shape {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
     Float,
     Bool,
@@ -106,7 +108,7 @@ pub enum Input {
     State(u32),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum UnaryOp {
     Neg,
     Not,
@@ -122,7 +124,7 @@ pub enum UnaryOp {
     Floor,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -156,7 +158,7 @@ impl BinaryOp {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReduceOp {
     Sum,
     Max,
@@ -164,7 +166,7 @@ pub enum ReduceOp {
 }
 
 /// What a reduction runs over: the current tensor, or every tensor of the step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scope {
     Tensor,
     Group,
@@ -396,6 +398,17 @@ pub struct ScalarExpr {
 }
 
 impl ScalarExpr {
+    /// A number (a hyperparameter default or a value set per call).
+    pub fn constant(value: f64) -> ScalarExpr {
+        let mut graph = Graph::new();
+        let output = graph.add(Node::constant(value));
+        ScalarExpr {
+            graph,
+            output,
+            text: format!("{value:?}"),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         self.graph.ty(self.output).kind
     }

@@ -201,6 +201,7 @@ pub const RULES: &[RewriteRule] = &[
     algebraic("lerp-same", "lerp(a, a, w) => a", "was NaN for infinite a or w; the sign of a zero a"),
     algebraic("lerp-zero", "lerp(a, b, 0) => a", "was NaN where b - a is infinite or NaN; the sign of a zero a"),
     algebraic("lerp-one", "lerp(a, b, 1) => b", "rounding of a + (b - a); was NaN for infinite a"),
+    algebraic("lerp-lerp", "lerp(a, lerp(a, b, u), w) => lerp(a, b, u * w)", "rounding of the inner lerp and of u * w; was infinite (now finite) where the inner lerp overflows, off where u * w overflows or underflows"),
     algebraic("pow-zero", "x ^ 0 => 1", "none in IEEE pow; listed here because Rust does not promise pow's results"),
     algebraic("pow-one", "x ^ 1 => x", "Rust does not promise pow's rounding"),
     algebraic("pow-half", "x ^ 0.5 => sqrt(x)", "pow's rounding; was +0 (now -0) for x = -0, +inf (now NaN) for x = -inf"),

@@ -99,6 +99,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("lerp-same", "lerp(g, g, h)"),
     ("lerp-zero", "lerp(g, s, 0)"),
     ("lerp-one", "lerp(g, s, 1)"),
+    ("lerp-lerp", "lerp(g, lerp(g, s, h), 0.5)"),
     ("pow-zero", "p + g ^ 0"),
     ("pow-one", "g ^ 1"),
     ("pow-half", "g ^ 0.5"),

@@ -6,7 +6,7 @@
 //! part, as the IR has none) and a behavioural fingerprint (the probe run's
 //! values, rounded). Two candidates are the same when either part matches:
 //! the canonical hash catches rewrites the simplifier knows, the fingerprint
-//! those it does not. [`FitnessCache`] memoises fitness by both and counts
+//! those it does not. [`FitnessCache`] memoises scores by both and counts
 //! hits per part.
 
 use std::collections::HashMap;
@@ -14,9 +14,12 @@ use std::collections::HashMap;
 use optc_compiler::ir::{BinaryOp, Handle, Input, Node, Rule};
 use optc_compiler::simplify::{self, Tier};
 
+use serde::{Deserialize, Serialize};
+
+use crate::fitness::Score;
 use crate::probe::{self, Probe};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DedupKey {
     pub canonical: u64,
     pub behaviour: u64,
@@ -174,14 +177,14 @@ pub fn fingerprint(probe: &Probe) -> u64 {
 }
 
 /// Which part of the key a cache lookup matched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheHit {
     Canonical,
     Behaviour,
 }
 
 /// Lookup counts of a [`FitnessCache`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheStats {
     pub canonical_hits: u64,
     pub behaviour_hits: u64,
@@ -205,14 +208,23 @@ impl CacheStats {
             self.hits() as f64 / self.lookups() as f64
         }
     }
+
+    /// Counts one lookup that found `hit` (`None`: a miss).
+    pub fn count(&mut self, hit: Option<CacheHit>) {
+        match hit {
+            Some(CacheHit::Canonical) => self.canonical_hits += 1,
+            Some(CacheHit::Behaviour) => self.behaviour_hits += 1,
+            None => self.misses += 1,
+        }
+    }
 }
 
-/// Fitness values by dedup key: a lookup matches on the canonical hash
-/// first, then on the fingerprint.
-#[derive(Clone, Debug, Default)]
+/// Scores by dedup key: a lookup matches on the canonical hash first, then
+/// on the fingerprint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FitnessCache {
-    by_canonical: HashMap<u64, f64>,
-    by_behaviour: HashMap<u64, f64>,
+    by_canonical: HashMap<u64, Score>,
+    by_behaviour: HashMap<u64, Score>,
     stats: CacheStats,
 }
 
@@ -221,28 +233,42 @@ impl FitnessCache {
         FitnessCache::default()
     }
 
-    /// The cached fitness of a program with this key, counting the lookup.
-    pub fn get(&mut self, key: &DedupKey) -> Option<(f64, CacheHit)> {
-        if let Some(&fitness) = self.by_canonical.get(&key.canonical) {
-            self.stats.canonical_hits += 1;
-            return Some((fitness, CacheHit::Canonical));
-        }
-        if let Some(&fitness) = self.by_behaviour.get(&key.behaviour) {
-            self.stats.behaviour_hits += 1;
-            // Later lookups of this IR hit on the cheaper part.
-            self.by_canonical.insert(key.canonical, fitness);
-            return Some((fitness, CacheHit::Behaviour));
-        }
-        self.stats.misses += 1;
-        None
+    /// The cached score of a program with this key, counting the lookup.
+    pub fn get(&mut self, key: &DedupKey) -> Option<(Score, CacheHit)> {
+        let found = self.peek(key);
+        self.stats.count(found.as_ref().map(|(_, hit)| *hit));
+        found
     }
 
-    pub fn insert(&mut self, key: &DedupKey, fitness: f64) {
-        self.by_canonical.insert(key.canonical, fitness);
-        self.by_behaviour.insert(key.behaviour, fitness);
+    /// The cached score of a program with this key, without counting.
+    pub fn peek(&self, key: &DedupKey) -> Option<(Score, CacheHit)> {
+        if let Some(score) = self.by_canonical.get(&key.canonical) {
+            return Some((score.clone(), CacheHit::Canonical));
+        }
+        let score = self.by_behaviour.get(&key.behaviour)?;
+        Some((score.clone(), CacheHit::Behaviour))
+    }
+
+    pub fn insert(&mut self, key: &DedupKey, score: &Score) {
+        self.by_canonical.insert(key.canonical, score.clone());
+        self.by_behaviour.insert(key.behaviour, score.clone());
+    }
+
+    /// Counts a lookup answered elsewhere (a duplicate within a batch).
+    pub fn count(&mut self, hit: Option<CacheHit>) {
+        self.stats.count(hit);
     }
 
     pub fn stats(&self) -> CacheStats {
         self.stats
+    }
+
+    /// Distinct canonical programs scored.
+    pub fn len(&self) -> usize {
+        self.by_canonical.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_canonical.is_empty()
     }
 }

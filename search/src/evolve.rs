@@ -2,40 +2,46 @@
 //! to find Lion: a population of fixed size, warm-started with copies of one
 //! program; each cycle a tournament picks a parent, a mutant of it is
 //! compiled, probed, rejected or looked up in the fitness cache (by
-//! [`DedupKey`]) or evaluated, and joins the population while the oldest
+//! [`DedupKey`]) or scored, and joins the population while the oldest
 //! member leaves (aging).
 //!
-//! Every random draw happens in [`Evolution::cycle`] from one seeded
-//! [`Rng`], before and independently of evaluation; evaluation is a pure
-//! function of the child's rule. So a search is a function of its seed, and
-//! a later parallel version that evaluates a batch of proposed children on
-//! several threads and applies the results in proposal order gives the same
-//! history for any thread count.
+//! Cycles run in batches of [`EvolutionConfig::batch_size`]: the batch's
+//! tournaments draw from the population as it was when the batch began, each
+//! child gets its own random stream seeded from the search's, children are
+//! mutated, probed and scored on all threads, and join in proposal order.
+//! Every draw is made by one seeded [`Rng`] in a fixed order and scoring is a
+//! pure function of the rule, so a search is a function of its seed and
+//! batch size, never of its thread count; runs always end on a batch
+//! boundary, so a search stopped (by a cycle budget, a deadline, Ctrl-C or
+//! a checkpoint) and continued makes the same history as one that ran
+//! through.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use optc_compiler::ir::Rule;
 use optc_compiler::simplify::{self, Tier};
 use optc_compiler::Program;
+use serde::{Deserialize, Serialize};
 
 use crate::dedup::{CacheHit, CacheStats, DedupKey, FitnessCache};
+use crate::fitness::{Fitness, Score};
 use crate::mutate::{MutationKind, MutationWeights, Mutator};
+use crate::parallel;
 use crate::probe;
 use crate::program::Candidate;
 use crate::reject::{self, Rejection};
 use crate::rng::Rng;
 
-/// How good a rule is; higher is better. Must be deterministic. A NaN
-/// counts as the worst possible value.
-pub trait Fitness {
-    fn fitness(&self, rule: &Rule) -> f64;
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvolutionConfig {
     pub population_size: usize,
     pub tournament_size: usize,
     pub seed: u64,
+    /// Children proposed, scored in parallel and added per batch.
+    pub batch_size: usize,
     pub mutation_weights: MutationWeights,
 }
 
@@ -46,36 +52,39 @@ impl Default for EvolutionConfig {
             population_size: 100,
             tournament_size: 2,
             seed: 0,
+            batch_size: 8,
             mutation_weights: MutationWeights::default(),
         }
     }
 }
 
 /// A member of the population.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Individual {
     /// Unique, in order of creation; the warm start is 0.
     pub id: u64,
     /// `None` for the warm start.
     pub parent: Option<u64>,
+    /// How it was made from its parent.
+    pub mutation: Option<MutationKind>,
     pub candidate: Candidate,
-    pub fitness: f64,
+    pub score: Score,
     pub key: DedupKey,
 }
 
 /// What became of one cycle's child.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// No well-typed mutant was found; nothing joined.
     MutationFailed,
     Rejected(Rejection),
-    /// Its fitness came from the cache.
+    /// Its score came from the cache (or from an equal child of the same batch).
     CacheHit(CacheHit),
     Evaluated,
 }
 
 /// One cycle of the search, as recorded in the history.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub parent: u64,
     pub mutation: Option<MutationKind>,
@@ -86,13 +95,15 @@ pub struct Event {
 }
 
 /// Counts over a search.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EvolutionStats {
     pub cycles: u64,
     /// Calls of the fitness function.
     pub evaluations: u64,
     pub rejected: u64,
     pub mutation_failures: u64,
+    /// Evaluated children that went through the funnel.
+    pub promoted: u64,
 }
 
 /// Why a search cannot start.
@@ -100,6 +111,7 @@ pub struct EvolutionStats {
 pub enum StartError {
     EmptyPopulation,
     EmptyTournament,
+    EmptyBatch,
     WarmStartDoesNotCompile(String),
     WarmStartRejected(Rejection),
 }
@@ -109,6 +121,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::EmptyPopulation => f.write_str("the population size must be at least 1"),
             StartError::EmptyTournament => f.write_str("the tournament size must be at least 1"),
+            StartError::EmptyBatch => f.write_str("the batch size must be at least 1"),
             StartError::WarmStartDoesNotCompile(message) => {
                 write!(f, "the warm start does not compile: {message}")
             }
@@ -121,214 +134,473 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// A running search.
-pub struct Evolution<'a, F: Fitness> {
-    mutator: Mutator<'a>,
-    fitness: F,
-    config: EvolutionConfig,
+/// Individuals kept for `show` and `save` after they age out: the best
+/// distinct programs seen.
+pub const HALL_OF_FAME_SIZE: usize = 32;
+
+/// Everything a search is, apart from its fitness function and context:
+/// what a checkpoint saves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchState {
+    pub config: EvolutionConfig,
     rng: Rng,
+    /// The warm start.
+    origin: Individual,
     population: VecDeque<Individual>,
     best: Individual,
+    hall_of_fame: Vec<Individual>,
     cache: FitnessCache,
     history: Vec<Event>,
     stats: EvolutionStats,
     next_id: u64,
 }
 
-/// A child's fitness, or why it has none.
-enum Assessment {
-    Rejected(Rejection),
-    Scored {
-        key: DedupKey,
-        fitness: f64,
-        hit: Option<CacheHit>,
-    },
+/// A running search.
+pub struct Evolution<F: Fitness> {
+    mutator: Mutator,
+    fitness: F,
+    workers: Vec<F::Worker>,
+    state: SearchState,
 }
 
-impl<'a, F: Fitness> Evolution<'a, F> {
+/// A child's key, or why it has none (everything before the cache).
+enum Assessment {
+    Rejected(Rejection),
+    Keyed(DedupKey),
+}
+
+/// One proposed child after mutation and assessment.
+struct Proposal {
+    parent: u64,
+    mutant: Option<(MutationKind, Candidate, Rule)>,
+    assessment: Option<Assessment>,
+}
+
+/// Why a run stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// It ran the cycles it was asked for.
+    Budget,
+    Deadline,
+    /// The stop flag was raised (Ctrl-C).
+    Interrupted,
+}
+
+/// Where a run is, for progress lines.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub cycles_done: u64,
+    pub evaluations_done: u64,
+    pub seconds: f64,
+    pub cache: CacheStats,
+    pub best_id: u64,
+    pub best_score: Score,
+}
+
+impl<F: Fitness> Evolution<F> {
     /// Starts a search whose population is `population_size` copies of
-    /// `warm_start` (evaluated once), compiling candidates in `context`.
+    /// `warm_start` (scored once), compiling candidates in `context` and
+    /// scoring on `threads` threads.
     pub fn new(
-        context: &'a Program,
+        context: Arc<Program>,
         fitness: F,
         config: EvolutionConfig,
         warm_start: Candidate,
-    ) -> Result<Evolution<'a, F>, StartError> {
+        threads: usize,
+    ) -> Result<Evolution<F>, StartError> {
         if config.population_size == 0 {
             return Err(StartError::EmptyPopulation);
         }
         if config.tournament_size == 0 {
             return Err(StartError::EmptyTournament);
         }
+        if config.batch_size == 0 {
+            return Err(StartError::EmptyBatch);
+        }
         let rule = warm_start
-            .compile(context)
+            .compile(&context)
             .map_err(StartError::WarmStartDoesNotCompile)?;
+        let key = match assess(&rule) {
+            Assessment::Rejected(rejection) => {
+                return Err(StartError::WarmStartRejected(rejection))
+            }
+            Assessment::Keyed(key) => key,
+        };
+        let mut workers = vec![fitness.worker()];
+        let score = fitness.score(&mut workers[0], &rule);
+        let mut cache = FitnessCache::new();
+        cache.insert(&key, &score);
+        let first = Individual {
+            id: 0,
+            parent: None,
+            mutation: None,
+            candidate: warm_start,
+            score,
+            key,
+        };
+        let state = SearchState {
+            config,
+            rng: Rng::new(config.seed),
+            origin: first.clone(),
+            population: std::iter::repeat_n(first.clone(), config.population_size).collect(),
+            hall_of_fame: vec![first.clone()],
+            best: first,
+            cache,
+            history: Vec::new(),
+            stats: EvolutionStats {
+                evaluations: 1,
+                ..EvolutionStats::default()
+            },
+            next_id: 1,
+        };
         let mut search = Evolution {
             mutator: Mutator::new(context, config.mutation_weights),
             fitness,
-            config,
-            rng: Rng::new(config.seed),
-            population: VecDeque::with_capacity(config.population_size + 1),
-            best: Individual {
-                id: 0,
-                parent: None,
-                candidate: warm_start,
-                fitness: f64::NEG_INFINITY,
-                key: DedupKey {
-                    canonical: 0,
-                    behaviour: 0,
-                },
-            },
-            cache: FitnessCache::new(),
-            history: Vec::new(),
-            stats: EvolutionStats::default(),
-            next_id: 1,
+            workers,
+            state,
         };
-        match search.assess(&rule) {
-            Assessment::Rejected(rejection) => Err(StartError::WarmStartRejected(rejection)),
-            Assessment::Scored { key, fitness, .. } => {
-                search.best.key = key;
-                search.best.fitness = fitness;
-                let copies = std::iter::repeat_n(search.best.clone(), config.population_size);
-                search.population.extend(copies);
-                Ok(search)
-            }
+        search.set_threads(threads);
+        Ok(search)
+    }
+
+    /// Continues a search from a saved state.
+    pub fn resume(
+        context: Arc<Program>,
+        fitness: F,
+        state: SearchState,
+        threads: usize,
+    ) -> Evolution<F> {
+        let mut search = Evolution {
+            mutator: Mutator::new(context, state.config.mutation_weights),
+            fitness,
+            workers: Vec::new(),
+            state,
+        };
+        search.set_threads(threads);
+        search
+    }
+
+    /// Scores on `threads` threads from the next batch on (results do not
+    /// depend on it).
+    pub fn set_threads(&mut self, threads: usize) {
+        let threads = threads.max(1);
+        self.workers.truncate(threads);
+        while self.workers.len() < threads {
+            self.workers.push(self.fitness.worker());
         }
     }
 
-    /// Runs `cycles` cycles.
-    pub fn run(&mut self, cycles: usize) {
-        for _ in 0..cycles {
-            self.cycle();
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Runs at least `cycles` cycles (whole batches).
+    pub fn run(&mut self, cycles: u64) {
+        self.run_until(cycles, None, &AtomicBool::new(false), &mut |_| {});
+    }
+
+    /// Runs whole batches until `cycles` cycles are done, the deadline
+    /// passes or `stop` is raised, calling `progress` after each batch.
+    pub fn run_until(
+        &mut self,
+        cycles: u64,
+        deadline: Option<Instant>,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Stop {
+        let started = Instant::now();
+        let (cycles_before, evaluations_before) =
+            (self.state.stats.cycles, self.state.stats.evaluations);
+        loop {
+            let done = self.state.stats.cycles - cycles_before;
+            if done >= cycles {
+                return Stop::Budget;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Stop::Interrupted;
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Stop::Deadline;
+            }
+            self.batch();
+            progress(&Progress {
+                cycles_done: self.state.stats.cycles - cycles_before,
+                evaluations_done: self.state.stats.evaluations - evaluations_before,
+                seconds: started.elapsed().as_secs_f64(),
+                cache: self.state.cache.stats(),
+                best_id: self.state.best.id,
+                best_score: self.state.best.score.clone(),
+            });
         }
     }
 
-    /// One cycle: tournament, mutation, assessment, aging.
-    pub fn cycle(&mut self) -> &Event {
-        self.stats.cycles += 1;
-        let parent = self.tournament().clone();
-        let event = match self.mutator.mutate(&parent.candidate, &mut self.rng) {
-            None => {
-                self.stats.mutation_failures += 1;
-                Event {
-                    parent: parent.id,
-                    mutation: None,
-                    child: None,
-                    fitness: None,
-                    outcome: Outcome::MutationFailed,
+    /// One batch of cycles: tournaments and seeds in order, then mutation,
+    /// probing and scoring in parallel, then the children join in order.
+    fn batch(&mut self) {
+        let batch = self.state.config.batch_size;
+        let draws: Vec<(Individual, u64)> = (0..batch)
+            .map(|_| {
+                let parent = self.tournament().clone();
+                (parent, self.state.rng.next_u64())
+            })
+            .collect();
+        let mutator = &self.mutator;
+        let proposals = parallel::map(&mut self.workers, &draws, |_, (parent, seed)| {
+            let mut rng = Rng::new(*seed);
+            let mutant = mutator.mutate(&parent.candidate, &mut rng);
+            let assessment = mutant.as_ref().map(|mutant| assess(&mutant.rule));
+            Proposal {
+                parent: parent.id,
+                mutant: mutant.map(|m| (m.kind, m.candidate, m.rule)),
+                assessment,
+            }
+        });
+        // Cache lookups in proposal order; equal children of one batch are
+        // scored once (the later ones count as hits).
+        let mut pending: Vec<usize> = Vec::new();
+        let mut answers: Vec<Option<(Score, Option<CacheHit>)>> = Vec::with_capacity(batch);
+        let mut waiting_on: Vec<Option<(usize, CacheHit)>> = vec![None; batch];
+        for (index, proposal) in proposals.iter().enumerate() {
+            let Some(Assessment::Keyed(key)) = &proposal.assessment else {
+                answers.push(None);
+                continue;
+            };
+            if let Some((score, hit)) = self.state.cache.peek(key) {
+                self.state.cache.count(Some(hit));
+                answers.push(Some((score, Some(hit))));
+                continue;
+            }
+            let earlier = pending.iter().find_map(|&other| {
+                let Some(Assessment::Keyed(other_key)) = &proposals[other].assessment else {
+                    return None;
+                };
+                if other_key.canonical == key.canonical {
+                    Some((other, CacheHit::Canonical))
+                } else if other_key.behaviour == key.behaviour {
+                    Some((other, CacheHit::Behaviour))
+                } else {
+                    None
+                }
+            });
+            match earlier {
+                Some(found) => {
+                    self.state.cache.count(Some(found.1));
+                    waiting_on[index] = Some(found);
+                }
+                None => {
+                    self.state.cache.count(None);
+                    pending.push(index);
                 }
             }
-            Some(mutant) => match self.assess(&mutant.rule) {
-                Assessment::Rejected(rejection) => {
-                    self.stats.rejected += 1;
-                    Event {
-                        parent: parent.id,
-                        mutation: Some(mutant.kind),
-                        child: None,
-                        fitness: None,
-                        outcome: Outcome::Rejected(rejection),
-                    }
-                }
-                Assessment::Scored { key, fitness, hit } => {
-                    let child = Individual {
-                        id: self.next_id,
-                        parent: Some(parent.id),
-                        candidate: mutant.candidate,
-                        fitness,
-                        key,
-                    };
-                    self.next_id += 1;
-                    if child.fitness > self.best.fitness {
-                        self.best = child.clone();
-                    }
-                    let event = Event {
-                        parent: parent.id,
-                        mutation: Some(mutant.kind),
-                        child: Some(child.id),
-                        fitness: Some(fitness),
-                        outcome: hit.map_or(Outcome::Evaluated, Outcome::CacheHit),
-                    };
-                    self.population.push_back(child);
-                    if self.population.len() > self.config.population_size {
-                        self.population.pop_front();
-                    }
-                    event
-                }
-            },
+            answers.push(None);
+        }
+        let fitness = &self.fitness;
+        let scores = parallel::map(&mut self.workers, &pending, |worker, &index| {
+            let rule = &proposals[index].mutant.as_ref().map(|m| &m.2);
+            rule.map(|rule| fitness.score(worker, rule))
+        });
+        for (&index, score) in pending.iter().zip(scores) {
+            answers[index] = score.map(|score| (score, None));
+        }
+        for index in 0..batch {
+            if let Some((source, hit)) = waiting_on[index] {
+                answers[index] = answers[source]
+                    .as_ref()
+                    .map(|(score, _)| (score.clone(), Some(hit)));
+            }
+        }
+        for (proposal, answer) in proposals.into_iter().zip(answers) {
+            self.join(proposal, answer);
+        }
+    }
+
+    /// Records one cycle and adds its child, if any.
+    fn join(&mut self, proposal: Proposal, answer: Option<(Score, Option<CacheHit>)>) {
+        let state = &mut self.state;
+        state.stats.cycles += 1;
+        let mutation = proposal.mutant.as_ref().map(|m| m.0);
+        let mut event = Event {
+            parent: proposal.parent,
+            mutation,
+            child: None,
+            fitness: None,
+            outcome: Outcome::MutationFailed,
         };
-        self.history.push(event);
-        &self.history[self.history.len() - 1]
+        match (proposal.mutant, proposal.assessment, answer) {
+            (None, ..) => state.stats.mutation_failures += 1,
+            (Some(_), Some(Assessment::Rejected(rejection)), _) => {
+                state.stats.rejected += 1;
+                event.outcome = Outcome::Rejected(rejection);
+            }
+            (Some((kind, candidate, _)), Some(Assessment::Keyed(key)), Some((score, hit))) => {
+                if hit.is_none() {
+                    state.stats.evaluations += 1;
+                    state.stats.promoted += u64::from(score.promoted.is_some());
+                    state.cache.insert(&key, &score);
+                }
+                let child = Individual {
+                    id: state.next_id,
+                    parent: Some(proposal.parent),
+                    mutation: Some(kind),
+                    candidate,
+                    score,
+                    key,
+                };
+                state.next_id += 1;
+                event.child = Some(child.id);
+                event.fitness = Some(child.score.fitness);
+                event.outcome = hit.map_or(Outcome::Evaluated, Outcome::CacheHit);
+                if child.score.beats(&state.best.score) {
+                    state.best = child.clone();
+                }
+                enter_hall_of_fame(&mut state.hall_of_fame, &child);
+                state.population.push_back(child);
+                if state.population.len() > state.config.population_size {
+                    state.population.pop_front();
+                }
+            }
+            (Some(_), _, _) => state.stats.mutation_failures += 1,
+        }
+        state.history.push(event);
     }
 
     /// The fittest of `tournament_size` members drawn uniformly with
     /// replacement (the first drawn wins ties).
     fn tournament(&mut self) -> &Individual {
-        let mut winner = self.rng.below(self.population.len());
-        for _ in 1..self.config.tournament_size {
-            let contender = self.rng.below(self.population.len());
-            if self.population[contender].fitness > self.population[winner].fitness {
+        let state = &mut self.state;
+        let mut winner = state.rng.below(state.population.len());
+        for _ in 1..state.config.tournament_size {
+            let contender = state.rng.below(state.population.len());
+            if state.population[contender].score.fitness > state.population[winner].score.fitness {
                 winner = contender;
             }
         }
-        &self.population[winner]
+        &state.population[winner]
     }
 
-    /// Probe, rejection, cache, fitness: everything but randomness.
-    fn assess(&mut self, rule: &Rule) -> Assessment {
-        let probe = match probe::probe(rule) {
-            Ok(probe) => probe,
-            Err(message) => return Assessment::Rejected(Rejection::ProbeFailed(message)),
-        };
-        let simplified = simplify::simplify(rule, Tier::Algebraic);
-        if let Err(rejection) = reject::check(&simplified, &probe) {
-            return Assessment::Rejected(rejection);
-        }
-        let key = DedupKey::new(&simplified, &probe);
-        if let Some((fitness, hit)) = self.cache.get(&key) {
-            return Assessment::Scored {
-                key,
-                fitness,
-                hit: Some(hit),
-            };
-        }
-        self.stats.evaluations += 1;
-        let fitness = self.fitness.fitness(rule);
-        let fitness = if fitness.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            fitness
-        };
-        self.cache.insert(&key, fitness);
-        Assessment::Scored {
-            key,
-            fitness,
-            hit: None,
-        }
+    /// Replaces the population with copies of the best individual (the
+    /// cache, history and ids carry on).
+    pub fn restart_from_best(&mut self) {
+        let best = self.state.best.clone();
+        let size = self.state.config.population_size;
+        self.state.population = std::iter::repeat_n(best, size).collect();
     }
 
-    /// The fittest individual seen so far (the earliest among equals).
+    /// The best individual seen so far: promoted ones first, then by value
+    /// (the earliest among equals).
     pub fn best(&self) -> &Individual {
-        &self.best
+        &self.state.best
     }
 
     /// The current population, oldest first.
     pub fn population(&self) -> impl Iterator<Item = &Individual> {
-        self.population.iter()
+        self.state.population.iter()
+    }
+
+    /// The best distinct individuals seen, best first.
+    pub fn hall_of_fame(&self) -> &[Individual] {
+        &self.state.hall_of_fame
+    }
+
+    /// The individual with this id, while it is in the population or the
+    /// hall of fame, or is the warm start or the best.
+    pub fn individual(&self, id: u64) -> Option<&Individual> {
+        let state = &self.state;
+        let kept = [&state.origin, &state.best];
+        state
+            .population
+            .iter()
+            .chain(&state.hall_of_fame)
+            .chain(kept)
+            .find(|i| i.id == id)
+    }
+
+    /// The chain of ids and mutations from the warm start to `id`.
+    pub fn lineage(&self, id: u64) -> Vec<(u64, Option<MutationKind>)> {
+        let made: HashMap<u64, (u64, Option<MutationKind>)> = self
+            .state
+            .history
+            .iter()
+            .filter_map(|e| Some((e.child?, (e.parent, e.mutation))))
+            .collect();
+        let mut chain = Vec::new();
+        let mut current = id;
+        loop {
+            match made.get(&current) {
+                Some(&(parent, mutation)) => {
+                    chain.push((current, mutation));
+                    current = parent;
+                }
+                None => {
+                    chain.push((current, None));
+                    break;
+                }
+            }
+        }
+        chain.reverse();
+        chain
     }
 
     pub fn history(&self) -> &[Event] {
-        &self.history
+        &self.state.history
     }
 
     pub fn cache_stats(&self) -> CacheStats {
-        self.cache.stats()
+        self.state.cache.stats()
     }
 
     pub fn stats(&self) -> EvolutionStats {
-        self.stats
+        self.state.stats
     }
 
     pub fn config(&self) -> &EvolutionConfig {
-        &self.config
+        &self.state.config
+    }
+
+    pub fn fitness(&self) -> &F {
+        &self.fitness
+    }
+
+    /// A worker of the fitness function, for scoring outside the search.
+    pub fn worker(&mut self) -> &mut F::Worker {
+        &mut self.workers[0]
+    }
+
+    pub fn context(&self) -> &Program {
+        &self.mutator.context
+    }
+
+    /// The whole search state, for a checkpoint.
+    pub fn state(&self) -> &SearchState {
+        &self.state
+    }
+}
+
+/// Probe, rejection and dedup key: everything but randomness and scoring.
+fn assess(rule: &Rule) -> Assessment {
+    let probe = match probe::probe(rule) {
+        Ok(probe) => probe,
+        Err(message) => return Assessment::Rejected(Rejection::ProbeFailed(message)),
+    };
+    let simplified = simplify::simplify(rule, Tier::Algebraic);
+    match reject::check(&simplified, &probe) {
+        Err(rejection) => Assessment::Rejected(rejection),
+        Ok(()) => Assessment::Keyed(DedupKey::new(&simplified, &probe)),
+    }
+}
+
+/// Adds `child` to the hall of fame (best first, one per program) if it
+/// ranks among the best [`HALL_OF_FAME_SIZE`].
+fn enter_hall_of_fame(hall: &mut Vec<Individual>, child: &Individual) {
+    if hall.iter().any(|member| member.key.matches(&child.key)) {
+        return;
+    }
+    let position = hall
+        .iter()
+        .position(|member| child.score.beats(&member.score))
+        .unwrap_or(hall.len());
+    if position < HALL_OF_FAME_SIZE {
+        hall.insert(position, child.clone());
+        hall.truncate(HALL_OF_FAME_SIZE);
     }
 }

@@ -6,9 +6,12 @@
 //! drawn, so a [`Mutant`] is always a well-typed program.
 
 use optc_compiler::ir::{BinaryOp, Kind, ReduceOp, Rule, Scope, UnaryOp};
-use optc_compiler::Program;
+use std::sync::Arc;
 
-use crate::program::{Candidate, Expr, Operand, Statement, Target, Var};
+use optc_compiler::Program;
+use serde::{Deserialize, Serialize};
+
+use crate::program::{Candidate, Expr, Operand, Statement, Target, Var, MAX_STATEMENTS};
 use crate::rng::Rng;
 
 /// The operators a mutation draws from, by family: an operator is only
@@ -58,7 +61,7 @@ const FRESH_CONSTANTS: &[f64] = &[0.5, 1.0, 2.0, 0.1, 0.9, 0.999, 1e-8];
 /// Probability that a new float operand is a constant rather than a variable.
 const CONSTANT_OPERAND_PROBABILITY: f64 = 0.2;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MutationKind {
     Insert,
     Delete,
@@ -78,7 +81,7 @@ const KINDS: [MutationKind; 5] = [
 /// Relative frequencies of the mutations (the paper's insert : delete :
 /// modify is 1 : 1 : 1; here modify is split between arguments, operators
 /// and constants).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MutationWeights {
     pub insert: f64,
     pub delete: f64,
@@ -121,16 +124,16 @@ pub struct Mutant {
 
 /// Draws mutants of candidates, compiling each in `context`.
 #[derive(Clone, Debug)]
-pub struct Mutator<'a> {
-    pub context: &'a Program,
+pub struct Mutator {
+    pub context: Arc<Program>,
     pub weights: MutationWeights,
     /// Draws per call before giving up (each failed draw is a mutation that
     /// did not apply or did not type-check).
     pub max_attempts: usize,
 }
 
-impl<'a> Mutator<'a> {
-    pub fn new(context: &'a Program, weights: MutationWeights) -> Mutator<'a> {
+impl Mutator {
+    pub fn new(context: Arc<Program>, weights: MutationWeights) -> Mutator {
         Mutator {
             context,
             weights,
@@ -146,7 +149,7 @@ impl<'a> Mutator<'a> {
             let Some(candidate) = apply(kind, parent, rng) else {
                 continue;
             };
-            if let Ok(rule) = candidate.compile(self.context) {
+            if let Ok(rule) = candidate.compile(&self.context) {
                 return Some(Mutant {
                     candidate,
                     rule,
@@ -163,7 +166,7 @@ impl<'a> Mutator<'a> {
 pub fn apply(kind: MutationKind, parent: &Candidate, rng: &mut Rng) -> Option<Candidate> {
     let mut child = parent.clone();
     match kind {
-        MutationKind::Insert => insert(&mut child, rng),
+        MutationKind::Insert => insert(&mut child, rng)?,
         MutationKind::Delete => delete(&mut child, rng)?,
         MutationKind::ModifyArgument => modify_argument(&mut child, rng)?,
         MutationKind::ModifyOperator => modify_operator(&mut child, rng)?,
@@ -172,7 +175,10 @@ pub fn apply(kind: MutationKind, parent: &Candidate, rng: &mut Rng) -> Option<Ca
     (child != *parent).then_some(child)
 }
 
-fn insert(candidate: &mut Candidate, rng: &mut Rng) {
+fn insert(candidate: &mut Candidate, rng: &mut Rng) -> Option<()> {
+    if candidate.statements.len() >= MAX_STATEMENTS {
+        return None;
+    }
     let index = rng.below(candidate.statements.len() + 1);
     let visible = candidate.visible(index);
     let mut targets = vec![
@@ -193,6 +199,7 @@ fn insert(candidate: &mut Candidate, rng: &mut Rng) {
     candidate
         .statements
         .insert(index, Statement { target, expr });
+    Some(())
 }
 
 /// Removes a statement; reads of a removed `let` are redirected to another

@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use optc_compiler::ir::{
     BinaryOp, Handle, Input, Kind, Node, ReduceOp, Rule, Scope, Shape, UnaryOp,
 };
@@ -19,6 +21,11 @@ use optc_compiler::{Origin, Program};
 /// Per-element state slots every candidate has (unused ones are neutral).
 pub const MAX_STATE_SLOTS: usize = 2;
 
+/// Statements a mutation may grow a candidate to (redundant statements are
+/// allowed, as in the paper, but not without bound: a ten-minute search
+/// without a bound grew its best program to 94 statements, most of them dead).
+pub const MAX_STATEMENTS: usize = 40;
+
 /// The name of the optimizer a candidate prints as.
 pub const CANDIDATE_NAME: &str = "candidate";
 
@@ -26,7 +33,7 @@ pub const CANDIDATE_NAME: &str = "candidate";
 const PADDING_STATE_NAMES: &[&str] = &["m", "v", "s0", "s1", "s2", "s3"];
 
 /// A value a statement can read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Var {
     Param,
     Grad,
@@ -39,7 +46,7 @@ pub enum Var {
 }
 
 /// An atom: a variable or a constant.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Operand {
     Var(Var),
     Const(f64),
@@ -47,7 +54,7 @@ pub enum Operand {
 }
 
 /// One operation of the language applied to atoms.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Expr {
     Copy(Operand),
     Unary(UnaryOp, Operand),
@@ -101,7 +108,7 @@ impl Expr {
 }
 
 /// What a statement writes: a new `let`, or `p`, `g` or a state slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Target {
     Let(usize),
     Param,
@@ -109,14 +116,14 @@ pub enum Target {
     State(usize),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Statement {
     pub target: Target,
     pub expr: Expr,
 }
 
 /// A hyperparameter: its name, kind and default as source text.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HyperDecl {
     pub name: String,
     pub kind: Kind,
@@ -124,14 +131,14 @@ pub struct HyperDecl {
 }
 
 /// A per-element state slot and its first-step value.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateDecl {
     pub name: String,
     pub init: Operand,
 }
 
 /// One optimizer of the search space.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     pub hypers: Vec<HyperDecl>,
     pub states: Vec<StateDecl>,
@@ -347,6 +354,18 @@ impl Candidate {
             .any(|s| s.expr.operands().contains(&Operand::Var(var)))
     }
 
+    /// Statement `index` as a line of `.opt` source (`let v3 = tanh(v2);`).
+    pub fn statement_text(&self, index: usize) -> String {
+        let statement = &self.statements[index];
+        let value = self.expr_text(&statement.expr);
+        match statement.target {
+            Target::Let(id) => format!("let {} = {value};", self.var_name(Var::Let(id))),
+            Target::Param => format!("p = {value};"),
+            Target::Grad => format!("g = {value};"),
+            Target::State(i) => format!("{} = {value};", self.states[i].name),
+        }
+    }
+
     fn var_name(&self, var: Var) -> String {
         match var {
             Var::Param => "p".into(),
@@ -359,7 +378,8 @@ impl Candidate {
         }
     }
 
-    fn operand_text(&self, operand: Operand) -> String {
+    /// An operand as `.opt` source.
+    pub fn operand_source(&self, operand: Operand) -> String {
         match operand {
             Operand::Var(var) => self.var_name(var),
             Operand::Bool(b) => b.to_string(),
@@ -372,7 +392,7 @@ impl Candidate {
     }
 
     fn expr_text(&self, expr: &Expr) -> String {
-        let o = |operand: Operand| self.operand_text(operand);
+        let o = |operand: Operand| self.operand_source(operand);
         match *expr {
             Expr::Copy(a) => o(a),
             Expr::Unary(UnaryOp::Neg, a) => format!("-{}", o(a)),
@@ -413,19 +433,11 @@ impl fmt::Display for Candidate {
                 f,
                 "    state {} = {};",
                 state.name,
-                self.operand_text(state.init)
+                self.operand_source(state.init)
             )?;
         }
-        for statement in &self.statements {
-            let value = self.expr_text(&statement.expr);
-            match statement.target {
-                Target::Let(id) => {
-                    writeln!(f, "    let {} = {value};", self.var_name(Var::Let(id)))?
-                }
-                Target::Param => writeln!(f, "    p = {value};")?,
-                Target::Grad => writeln!(f, "    g = {value};")?,
-                Target::State(i) => writeln!(f, "    {} = {value};", self.states[i].name)?,
-            }
+        for index in 0..self.statements.len() {
+            writeln!(f, "    {}", self.statement_text(index))?;
         }
         writeln!(f, "}}")
     }

@@ -6,10 +6,11 @@
 use std::fmt;
 
 use optc_compiler::ir::{Input, Node, Rule};
+use serde::{Deserialize, Serialize};
 
 use crate::probe::Probe;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Rejection {
     /// No path from `g` to the new `p`, directly or through state.
     IgnoresGradient,

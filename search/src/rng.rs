@@ -2,9 +2,11 @@
 //! explicitly, so that a search is reproducible from its seed alone and no
 //! dependency decides the stream.
 
+use serde::{Deserialize, Serialize};
+
 /// SplitMix64 (Steele, Lea and Flood, 2014): 64-bit state, passes BigCrush,
 /// and any seed (0 included) gives a good stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rng {
     state: u64,
 }

@@ -7,6 +7,7 @@ mod common;
 
 use optc_compiler::simplify::{simplify, Tier};
 use optc_search::dedup::{canonical_hash, CacheHit, DedupKey, FitnessCache};
+use optc_search::Score;
 
 fn key(body: &str) -> DedupKey {
     let text = format!("optimizer r(lr = 0.01, b = 0.9) {{ state m = 0; {body} }}");
@@ -94,14 +95,18 @@ fn the_cache_counts_hits_by_part_and_misses() {
     let mut cache = FitnessCache::new();
     let momentum = key(MOMENTUM);
     assert_eq!(cache.get(&momentum), None);
-    cache.insert(&momentum, 1.5);
+    cache.insert(&momentum, &Score::plain(1.5));
     assert_eq!(
-        cache.get(&key("m = g + m * b; p -= m * lr;")),
+        cache
+            .get(&key("m = g + m * b; p -= m * lr;"))
+            .map(|(score, hit)| (score.fitness, hit)),
         Some((1.5, CacheHit::Canonical))
     );
-    cache.insert(&key("p -= lr * (g + m); m = g;"), 2.5);
+    cache.insert(&key("p -= lr * (g + m); m = g;"), &Score::plain(2.5));
     assert_eq!(
-        cache.get(&key("p -= lr * g + lr * m; m = g;")),
+        cache
+            .get(&key("p -= lr * g + lr * m; m = g;"))
+            .map(|(score, hit)| (score.fitness, hit)),
         Some((2.5, CacheHit::Behaviour))
     );
     let stats = cache.stats();

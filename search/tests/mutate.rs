@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use optc_search::mutate::{MutationKind, MutationWeights, Mutator};
 use optc_search::program::Candidate;
@@ -16,7 +17,7 @@ use optc_search::Rng;
 fn walk(warm_start: &str, steps: usize, seed: u64) -> HashSet<MutationKind> {
     let prelude = common::prelude();
     let start = Candidate::warm_start(&prelude, warm_start).unwrap();
-    let mutator = Mutator::new(&prelude, MutationWeights::default());
+    let mutator = Mutator::new(Arc::new(prelude.clone()), MutationWeights::default());
     let mut rng = Rng::new(seed);
     let mut current = start.clone();
     let mut kinds = HashSet::new();
@@ -69,7 +70,7 @@ fn weights_select_the_mutations() {
         modify_operator: 0.0,
         perturb_constant: 0.0,
     };
-    let mutator = Mutator::new(&prelude, only_inserts);
+    let mutator = Mutator::new(Arc::new(prelude.clone()), only_inserts);
     let mut rng = Rng::new(3);
     for _ in 0..100 {
         let mutant = mutator.mutate(&start, &mut rng).unwrap();
@@ -92,7 +93,7 @@ fn perturbing_a_constant_scales_it_by_a_power_of_two_near_one() {
         modify_operator: 0.0,
         perturb_constant: 1.0,
     };
-    let mutator = Mutator::new(&prelude, only_constants);
+    let mutator = Mutator::new(Arc::new(prelude.clone()), only_constants);
     let mut rng = Rng::new(4);
     let mut log2_factors = Vec::new();
     for _ in 0..400 {

@@ -39,6 +39,24 @@ impl Dataset {
         Dataset::parse(name, text)
     }
 
+    /// Splits the examples in two: every `every`-th one (from the first) is
+    /// held out. Returns (training set, held-out set); both keep the
+    /// standardisation of the whole set.
+    pub fn split(&self, every: usize) -> (Dataset, Dataset) {
+        let every = every.max(1);
+        let part = |held_out: bool| {
+            let keep = |i: &usize| i.is_multiple_of(every) == held_out;
+            let indices: Vec<usize> = (0..self.labels.len()).filter(keep).collect();
+            Dataset {
+                name: self.name,
+                features: indices.iter().map(|&i| self.features[i].clone()).collect(),
+                labels: indices.iter().map(|&i| self.labels[i]).collect(),
+                classes: self.classes,
+            }
+        };
+        (part(false), part(true))
+    }
+
     /// Parses scikit-learn's CSV layout: a header `rows,features,class names...`,
     /// then rows of features with the class index last.
     fn parse(name: &'static str, text: &str) -> Result<Dataset, String> {

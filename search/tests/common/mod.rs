@@ -8,7 +8,7 @@ use optc_compiler::interpret::{self, StepInputs, Value};
 use optc_compiler::ir::Rule;
 use optc_compiler::{Origin, Program};
 use optc_search::probe::hyper_values;
-use optc_search::Fitness;
+use optc_search::{Fitness, Score};
 
 /// The standard library plus `text`, and the rule `name` compiled from it.
 pub fn compile(text: &str, name: &str) -> Rule {
@@ -84,11 +84,15 @@ impl Quadratic {
 }
 
 impl Fitness for Quadratic {
-    fn fitness(&self, rule: &Rule) -> f64 {
+    type Worker = ();
+
+    fn worker(&self) {}
+
+    fn score(&self, _: &mut (), rule: &Rule) -> Score {
         let initial = self.loss(&vec![0.0; self.curvatures.len()]);
-        match self.final_loss(rule) {
+        Score::plain(match self.final_loss(rule) {
             Some(loss) => (initial / loss.max(1e-30)).ln(),
             None => f64::NEG_INFINITY,
-        }
+        })
     }
 }

@@ -1,0 +1,301 @@
+//! Fitness: what the search maximises. [`Fitness`] is the interface the
+//! evolution calls (a pure function of the rule, run on several threads,
+//! each with its own worker); [`ProxyFitness`] is the real one: every
+//! candidate is trained on the proxy tasks with a learning-rate sweep, and
+//! each task's tuned loss is normalised against SGD with momentum and Adam
+//! tuned with the same sweep, so tasks of very different loss scales count
+//! alike. Candidates that beat tuned SGD with momentum on every cheap task
+//! go through the funnel (larger tasks, held-out data) and only those can
+//! become the search's best.
+
+use std::sync::Arc;
+
+use optc_compiler::ir::Rule;
+use optc_compiler::Program;
+use optc_runtime::fused::{Backend, Jit, Reference};
+use serde::{Deserialize, Serialize};
+
+use crate::parallel;
+use crate::proxy::{self, ProxyTask, Stage, Tuned};
+
+/// How good a rule is. `score` must be deterministic (the same rule, the
+/// same score, on any thread).
+pub trait Fitness: Sync {
+    /// Per-thread scratch: a JIT and its kernel cache, say.
+    type Worker: Send;
+    fn worker(&self) -> Self::Worker;
+    fn score(&self, worker: &mut Self::Worker, rule: &Rule) -> Score;
+}
+
+/// One task's result for a candidate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    pub task: String,
+    /// The tuned metric (loss; lower is better; infinite when every scale diverged).
+    pub metric: f64,
+    /// The update scale that gave it.
+    pub scale: f64,
+    /// `(ln L_sgdm - ln L) / max(|ln L_sgdm - ln L_adam|, MIN_SPAN)`: 0 at
+    /// tuned SGD with momentum, +-1 at tuned Adam (+1 when Adam is better;
+    /// nearer 0 when the two are within a factor e^MIN_SPAN), clamped to
+    /// [-NORMALISED_FLOOR, NORMALISED_CEILING].
+    pub normalised: f64,
+}
+
+/// A candidate's score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// What selection compares (higher is better; never NaN).
+    pub fitness: f64,
+    /// The fitness over every task, cheap and funnel, for a candidate that
+    /// went through the funnel.
+    pub promoted: Option<f64>,
+    pub tasks: Vec<TaskScore>,
+}
+
+impl Score {
+    /// A plain fitness value, with no tasks and no funnel (NaN becomes -inf).
+    pub fn plain(fitness: f64) -> Score {
+        Score {
+            fitness: if fitness.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                fitness
+            },
+            promoted: None,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// The value that ranks candidates for "best": the funnel fitness when
+    /// there is one, else the selection fitness.
+    pub fn value(&self) -> f64 {
+        self.promoted.unwrap_or(self.fitness)
+    }
+
+    /// Whether `self` ranks above `other` as a best candidate: a promoted
+    /// score above every unpromoted one, then the higher value.
+    pub fn beats(&self, other: &Score) -> bool {
+        match (self.promoted.is_some(), other.promoted.is_some()) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => self.value() > other.value(),
+        }
+    }
+
+    /// The score on task `name`, if it was run.
+    pub fn task(&self, name: &str) -> Option<&TaskScore> {
+        self.tasks.iter().find(|t| t.task == name)
+    }
+}
+
+/// Normalised task scores are clamped to [-NORMALISED_FLOOR,
+/// NORMALISED_CEILING]: a diverged run scores the floor, and a program
+/// cannot buy a high fitness by beating Adam far on one task (an early
+/// search found sign-descent variants that reach 1e-8 on the quadratic and
+/// lose everywhere else).
+pub const NORMALISED_FLOOR: f64 = 4.0;
+pub const NORMALISED_CEILING: f64 = 2.0;
+
+/// The smallest |log SGD-momentum loss - log Adam loss| used as the unit,
+/// so a task where both baselines nearly tie does not turn small
+/// differences into large scores.
+pub const MIN_SPAN: f64 = 0.5;
+
+/// The baselines, by the stdlib names of their rules.
+pub const BASELINE_RULES: [&str; 2] = ["sgd_momentum", "adam"];
+
+/// The tuned baselines on one task.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Baseline {
+    pub sgd_momentum: Tuned,
+    pub adam: Tuned,
+}
+
+/// Fitness from the proxy tasks.
+pub struct ProxyFitness {
+    tasks: Vec<ProxyTask>,
+    baselines: Vec<Baseline>,
+}
+
+/// A thread's JIT; replaced every [`RULES_PER_JIT`] rules, so the code of
+/// candidates long gone is freed.
+pub struct ProxyWorker {
+    backend: Box<dyn Backend + Send>,
+    rules: usize,
+}
+
+const RULES_PER_JIT: usize = 256;
+
+impl ProxyWorker {
+    pub fn new() -> ProxyWorker {
+        ProxyWorker {
+            backend: fresh_backend(),
+            rules: 0,
+        }
+    }
+
+    /// The backend to compile the next rule with.
+    fn backend_for_next_rule(&mut self) -> &mut dyn Backend {
+        self.rules += 1;
+        if self.rules > RULES_PER_JIT {
+            self.backend = fresh_backend();
+            self.rules = 1;
+        }
+        &mut *self.backend
+    }
+}
+
+impl Default for ProxyWorker {
+    fn default() -> ProxyWorker {
+        ProxyWorker::new()
+    }
+}
+
+/// The Cranelift JIT where the host supports it, else the reference kernels.
+fn fresh_backend() -> Box<dyn Backend + Send> {
+    match Jit::new() {
+        Ok(jit) => Box::new(jit),
+        Err(_) => Box::new(Reference),
+    }
+}
+
+impl ProxyFitness {
+    /// Tunes the baselines (on `threads` threads) and returns the fitness.
+    pub fn new(
+        tasks: Vec<ProxyTask>,
+        prelude: &Program,
+        threads: usize,
+    ) -> Result<ProxyFitness, String> {
+        if tasks.iter().all(|t| t.stage != Stage::Cheap) {
+            return Err("choose at least one cheap task".into());
+        }
+        let rules: Vec<Arc<Rule>> = BASELINE_RULES
+            .iter()
+            .map(|name| {
+                let rule = prelude
+                    .compile(name)
+                    .map_err(|diagnostic| diagnostic.message)?;
+                Ok(Arc::new(proxy::with_update_scale(&rule)))
+            })
+            .collect::<Result<_, String>>()?;
+        let jobs: Vec<(usize, usize)> = (0..tasks.len())
+            .flat_map(|task| (0..rules.len()).map(move |rule| (task, rule)))
+            .collect();
+        let mut workers: Vec<ProxyWorker> =
+            (0..threads.max(1)).map(|_| ProxyWorker::new()).collect();
+        let tuned = parallel::map(&mut workers, &jobs, |worker, &(task, rule)| {
+            proxy::tune(&tasks[task], &rules[rule], worker.backend_for_next_rule())
+        });
+        let tuned = tuned.into_iter().collect::<Result<Vec<Tuned>, String>>()?;
+        let baselines = tuned
+            .chunks(rules.len())
+            .map(|pair| Baseline {
+                sgd_momentum: pair[0],
+                adam: pair[1],
+            })
+            .collect();
+        Ok(ProxyFitness { tasks, baselines })
+    }
+
+    pub fn tasks(&self) -> &[ProxyTask] {
+        &self.tasks
+    }
+
+    pub fn baselines(&self) -> &[Baseline] {
+        &self.baselines
+    }
+
+    /// The index of the task called `name`.
+    pub fn task_index(&self, name: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| t.name == name)
+    }
+
+    /// A metric on task `task` on the normalised scale (see [`TaskScore`]).
+    pub fn normalise(&self, task: usize, metric: f64) -> f64 {
+        let log = |x: f64| x.clamp(1e-12, 1e300).ln();
+        let baseline = &self.baselines[task];
+        let reference = log(baseline.sgd_momentum.metric);
+        let span = (reference - log(baseline.adam.metric)).abs().max(MIN_SPAN);
+        ((reference - log(metric)) / span).clamp(-NORMALISED_FLOOR, NORMALISED_CEILING)
+    }
+
+    /// Tunes `rule` (prepared by [`proxy::with_update_scale`]) on one task.
+    pub fn score_task(&self, worker: &mut ProxyWorker, rule: &Arc<Rule>, task: usize) -> TaskScore {
+        let tuned = proxy::tune(&self.tasks[task], rule, &mut *worker.backend).unwrap_or(Tuned {
+            metric: f64::INFINITY,
+            scale: 1.0,
+        });
+        TaskScore {
+            task: self.tasks[task].name.clone(),
+            metric: tuned.metric,
+            scale: tuned.scale,
+            normalised: self.normalise(task, tuned.metric),
+        }
+    }
+
+    /// Scores on the tasks of `stage`.
+    fn score_stage(
+        &self,
+        worker: &mut ProxyWorker,
+        rule: &Arc<Rule>,
+        stage: Stage,
+    ) -> Vec<TaskScore> {
+        (0..self.tasks.len())
+            .filter(|&task| self.tasks[task].stage == stage)
+            .map(|task| self.score_task(worker, rule, task))
+            .collect()
+    }
+}
+
+/// The mean normalised score, where a shortfall below tuned SGD with
+/// momentum counts twice: the funnel asks for a program above it on every
+/// task, and selection pulls the same way.
+pub fn fitness_of(scores: &[TaskScore]) -> f64 {
+    let count = scores.len().max(1) as f64;
+    let mean = scores.iter().map(|s| s.normalised).sum::<f64>() / count;
+    let shortfall = scores.iter().map(|s| s.normalised.min(0.0)).sum::<f64>() / count;
+    mean + shortfall
+}
+
+impl Fitness for ProxyFitness {
+    type Worker = ProxyWorker;
+
+    fn worker(&self) -> ProxyWorker {
+        ProxyWorker::new()
+    }
+
+    /// [`fitness_of`] the cheap tasks; for a candidate above tuned SGD with
+    /// momentum on every one of them, also the funnel tasks, and `promoted`
+    /// is [`fitness_of`] all tasks.
+    fn score(&self, worker: &mut ProxyWorker, rule: &Rule) -> Score {
+        let rule = Arc::new(proxy::with_update_scale(rule));
+        worker.backend_for_next_rule();
+        let mut tasks = self.score_stage(worker, &rule, Stage::Cheap);
+        let fitness = fitness_of(&tasks);
+        let promoted = if tasks.iter().all(|t| t.normalised > 0.0) {
+            tasks.extend(self.score_stage(worker, &rule, Stage::Funnel));
+            Some(fitness_of(&tasks))
+        } else {
+            None
+        };
+        Score {
+            fitness,
+            promoted,
+            tasks,
+        }
+    }
+}
+
+/// A shared fitness (a session keeps its tuned baselines across searches).
+impl<T: Fitness + Send> Fitness for Arc<T> {
+    type Worker = T::Worker;
+
+    fn worker(&self) -> T::Worker {
+        (**self).worker()
+    }
+
+    fn score(&self, worker: &mut T::Worker, rule: &Rule) -> Score {
+        (**self).score(worker, rule)
+    }
+}
