@@ -136,7 +136,7 @@ impl ProxyWorker {
     }
 
     /// The backend to compile the next rule with.
-    fn backend_for_next_rule(&mut self) -> &mut dyn Backend {
+    pub fn backend_for_next_rule(&mut self) -> &mut dyn Backend {
         self.rules += 1;
         if self.rules > RULES_PER_JIT {
             self.backend = fresh_backend();
@@ -221,8 +221,13 @@ impl ProxyFitness {
     }
 
     /// Tunes `rule` (prepared by [`proxy::with_update_scale`]) on one task.
-    pub fn score_task(&self, worker: &mut ProxyWorker, rule: &Arc<Rule>, task: usize) -> TaskScore {
-        let tuned = proxy::tune(&self.tasks[task], rule, &mut *worker.backend).unwrap_or(Tuned {
+    pub fn score_task(
+        &self,
+        backend: &mut dyn Backend,
+        rule: &Arc<Rule>,
+        task: usize,
+    ) -> TaskScore {
+        let tuned = proxy::tune(&self.tasks[task], rule, backend).unwrap_or(Tuned {
             metric: f64::INFINITY,
             scale: 1.0,
         });
@@ -237,13 +242,13 @@ impl ProxyFitness {
     /// Scores on the tasks of `stage`.
     fn score_stage(
         &self,
-        worker: &mut ProxyWorker,
+        backend: &mut dyn Backend,
         rule: &Arc<Rule>,
         stage: Stage,
     ) -> Vec<TaskScore> {
         (0..self.tasks.len())
             .filter(|&task| self.tasks[task].stage == stage)
-            .map(|task| self.score_task(worker, rule, task))
+            .map(|task| self.score_task(backend, rule, task))
             .collect()
     }
 }
@@ -270,11 +275,11 @@ impl Fitness for ProxyFitness {
     /// is [`fitness_of`] all tasks.
     fn score(&self, worker: &mut ProxyWorker, rule: &Rule) -> Score {
         let rule = Arc::new(proxy::with_update_scale(rule));
-        worker.backend_for_next_rule();
-        let mut tasks = self.score_stage(worker, &rule, Stage::Cheap);
+        let backend = worker.backend_for_next_rule();
+        let mut tasks = self.score_stage(backend, &rule, Stage::Cheap);
         let fitness = fitness_of(&tasks);
         let promoted = if tasks.iter().all(|t| t.normalised > 0.0) {
-            tasks.extend(self.score_stage(worker, &rule, Stage::Funnel));
+            tasks.extend(self.score_stage(backend, &rule, Stage::Funnel));
             Some(fitness_of(&tasks))
         } else {
             None

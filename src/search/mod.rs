@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use optc_compiler::{Origin, Program};
+use optc_runtime::fused::Jit;
 use optc_search::checkpoint::{self, Checkpoint};
 use optc_search::evolve::{Individual, Progress, Stop};
-use optc_search::fitness::{self, ProxyWorker, TaskScore};
+use optc_search::fitness::{self, TaskScore};
 use optc_search::mutate::MutationKind;
 use optc_search::proxy::{self, ProxyTask, Stage};
 use optc_search::prune::{self, Pruned};
@@ -591,10 +592,10 @@ impl Session {
             None => (0..fitness.tasks().len()).collect(),
         };
         let rule = Arc::new(proxy::with_update_scale(&candidate.compile(&self.context)?));
-        let mut worker = ProxyWorker::new();
+        let mut backend = Jit::new()?;
         Ok(indices
             .into_iter()
-            .map(|task| fitness.score_task(&mut worker, &rule, task))
+            .map(|task| fitness.score_task(&mut backend, &rule, task))
             .collect())
     }
 
@@ -918,15 +919,14 @@ impl Session {
             None => 0,
         };
         let task = &fitness.tasks()[index];
-        let mut worker = ProxyWorker::new();
+        let mut backend = Jit::new()?;
         let candidate = Arc::new(proxy::with_update_scale(
             &individual.candidate.compile(&self.context)?,
         ));
-        let tuned = fitness.score_task(&mut worker, &candidate, index);
+        let tuned = fitness.score_task(&mut backend, &candidate, index);
         let baseline = fitness.baselines()[index];
         let prelude = optc_stdlib::prelude();
         let mut series = Vec::new();
-        let mut backend = optc_runtime::fused::Jit::new()?;
         for (label, rule, scale) in [
             (format!("program {}", individual.id), candidate, tuned.scale),
             (

@@ -71,6 +71,7 @@ pub fn interactive() -> Result<String, String> {
         Editor::new().map_err(|e| format!("error: cannot open the terminal: {e}"))?;
     editor.set_helper(Some(Completion {
         files: FilenameCompleter::new(),
+        tasks: task_names(),
     }));
     let history = std::env::var_os("HOME")
         .map(|home| std::path::Path::new(&home).join(".optc_search_history"));
@@ -106,6 +107,9 @@ pub fn interactive() -> Result<String, String> {
 /// names after `tasks`, `eval ID` and `plot ID FILE`, file names elsewhere.
 struct Completion {
     files: FilenameCompleter,
+    /// The built-in task names and `all` (read once: building the tasks
+    /// loads their datasets).
+    tasks: Vec<String>,
 }
 
 impl Completer for Completion {
@@ -125,7 +129,7 @@ impl Completer for Completion {
             [] => COMMANDS.iter().map(|(name, ..)| name.to_string()).collect(),
             ["set"] => SETTINGS.iter().map(|s| s.to_string()).collect(),
             ["help"] => COMMANDS.iter().map(|(name, ..)| name.to_string()).collect(),
-            ["tasks", ..] | ["eval", _] | ["plot", _, _] => task_names(),
+            ["tasks", ..] | ["eval", _] | ["plot", _, _] => self.tasks.clone(),
             _ => return self.files.complete(line, pos, context),
         };
         let pairs = words
