@@ -61,6 +61,15 @@ pub fn arities(name: &str) -> Vec<usize> {
         .collect()
 }
 
+/// The name a built-in is written with (the first of the table's entries
+/// with that meaning).
+pub fn name(builtin: Builtin) -> Option<&'static str> {
+    BUILTINS
+        .iter()
+        .find(|(_, _, b)| *b == builtin)
+        .map(|(name, _, _)| *name)
+}
+
 pub fn lookup(name: &str, arity: usize) -> Option<Builtin> {
     BUILTINS
         .iter()

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::builtins::{Builtin, BUILTINS, RESERVED_NAMES};
+use crate::builtins::{self, Builtin, RESERVED_NAMES};
 use crate::ir::{BinaryOp, Graph, Handle, Input, Kind, Node, ReduceOp, Rule, Shape, UnaryOp};
 use crate::program::{Origin, Program};
 
@@ -809,19 +809,15 @@ impl Printer<'_> {
     }
 
     fn call(&self, builtin: Builtin, args: &[Handle]) -> Printed {
-        let name = BUILTINS
-            .iter()
-            .find(|(_, _, b)| *b == builtin)
-            .map_or("?", |(name, _, _)| name);
+        let name = builtins::name(builtin).unwrap_or("?");
         let args: Vec<String> = args.iter().map(|&a| self.print(a, false).at(IF)).collect();
         Printed::new(format!("{name}({})", args.join(", ")), ATOM)
     }
 
     fn binary(&self, op: BinaryOp, a: Handle, b: Handle) -> Printed {
         match op {
-            BinaryOp::Add => self.infix(a, "+", b, SUM),
-            BinaryOp::Sub => self.infix(a, "-", b, SUM),
-            BinaryOp::Mul => self.infix(a, "*", b, PRODUCT),
+            BinaryOp::Add | BinaryOp::Sub => self.infix(a, op, b, SUM),
+            BinaryOp::Mul => self.infix(a, op, b, PRODUCT),
             BinaryOp::Div => match (self.inline_node(a), self.inline_node(b)) {
                 (
                     Some(Node::Reduce(ReduceOp::Sum, scope, x)),
@@ -829,7 +825,7 @@ impl Printer<'_> {
                 ) if scope == count_scope && *self.graph.node(one) == Node::constant(1.0) => {
                     self.call(Builtin::Mean(scope), &[x])
                 }
-                _ => self.infix(a, "/", b, PRODUCT),
+                _ => self.infix(a, op, b, PRODUCT),
             },
             BinaryOp::Pow => Printed::new(
                 format!(
@@ -844,28 +840,30 @@ impl Printer<'_> {
                 _ => self.call(Builtin::Binary(op), &[a, b]),
             },
             BinaryOp::Max => self.call(Builtin::Binary(op), &[a, b]),
-            BinaryOp::Eq => self.comparison(a, "==", b),
-            BinaryOp::Ne => self.comparison(a, "!=", b),
-            BinaryOp::Lt => self.comparison(a, "<", b),
-            BinaryOp::Le => self.comparison(a, "<=", b),
-            BinaryOp::Gt => self.comparison(a, ">", b),
-            BinaryOp::Ge => self.comparison(a, ">=", b),
-            BinaryOp::And => self.infix(a, "&&", b, AND),
-            BinaryOp::Or => self.infix(a, "||", b, OR),
+            BinaryOp::Eq
+            | BinaryOp::Ne
+            | BinaryOp::Lt
+            | BinaryOp::Le
+            | BinaryOp::Gt
+            | BinaryOp::Ge => self.comparison(a, op, b),
+            BinaryOp::And => self.infix(a, op, b, AND),
+            BinaryOp::Or => self.infix(a, op, b, OR),
         }
     }
 
     /// A left-associative operator at `level`.
-    fn infix(&self, a: Handle, symbol: &str, b: Handle, level: u8) -> Printed {
+    fn infix(&self, a: Handle, op: BinaryOp, b: Handle, level: u8) -> Printed {
         let left = self.print(a, false).at(level);
         let right = self.print(b, false).at(level + 1);
+        let symbol = op.infix_symbol().unwrap_or("?");
         Printed::new(format!("{left} {symbol} {right}"), level)
     }
 
     /// Comparisons do not chain: both operands are sums.
-    fn comparison(&self, a: Handle, symbol: &str, b: Handle) -> Printed {
+    fn comparison(&self, a: Handle, op: BinaryOp, b: Handle) -> Printed {
         let left = self.print(a, false).at(SUM);
         let right = self.print(b, false).at(SUM);
+        let symbol = op.infix_symbol().unwrap_or("?");
         Printed::new(format!("{left} {symbol} {right}"), COMPARISON)
     }
 }

@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use optc_compiler::builtins::{self, Builtin};
 use optc_compiler::ir::{
     BinaryOp, Handle, Input, Kind, Node, ReduceOp, Rule, Scope, Shape, UnaryOp,
 };
@@ -397,24 +398,15 @@ impl Candidate {
             Expr::Copy(a) => o(a),
             Expr::Unary(UnaryOp::Neg, a) => format!("-{}", o(a)),
             Expr::Unary(UnaryOp::Not, a) => format!("!{}", o(a)),
-            Expr::Unary(op, a) => format!("{}({})", unary_name(op), o(a)),
-            Expr::Binary(op, a, b) => match binary_symbol(op) {
+            Expr::Unary(op, a) => format!("{}({})", function(Builtin::Unary(op)), o(a)),
+            Expr::Binary(op, a, b) => match op.infix_symbol() {
                 Some(symbol) => format!("{} {symbol} {}", o(a), o(b)),
-                None => format!("{}({}, {})", binary_function(op), o(a), o(b)),
+                None => format!("{}({}, {})", function(Builtin::Binary(op)), o(a), o(b)),
             },
             Expr::Select(c, a, b) => format!("select({}, {}, {})", o(c), o(a), o(b)),
             Expr::Lerp(a, b, w) => format!("lerp({}, {}, {})", o(a), o(b), o(w)),
             Expr::Reduce(op, scope, a) => {
-                let prefix = match scope {
-                    Scope::Tensor => "",
-                    Scope::Group => "group_",
-                };
-                let name = match op {
-                    ReduceOp::Sum => "sum",
-                    ReduceOp::Max => "max",
-                    ReduceOp::Min => "min",
-                };
-                format!("{prefix}{name}({})", o(a))
+                format!("{}({})", function(Builtin::Reduce(op, scope)), o(a))
             }
         }
     }
@@ -507,46 +499,8 @@ fn let_prefix_avoiding(hypers: &[HyperDecl], states: &[StateDecl]) -> String {
     prefix
 }
 
-fn unary_name(op: UnaryOp) -> &'static str {
-    match op {
-        UnaryOp::Neg => "-",
-        UnaryOp::Not => "!",
-        UnaryOp::Abs => "abs",
-        UnaryOp::Sign => "sign",
-        UnaryOp::Sqrt => "sqrt",
-        UnaryOp::Rsqrt => "rsqrt",
-        UnaryOp::Exp => "exp",
-        UnaryOp::Log => "log",
-        UnaryOp::Tanh => "tanh",
-        UnaryOp::Sigmoid => "sigmoid",
-        UnaryOp::Cos => "cos",
-        UnaryOp::Floor => "floor",
-    }
-}
-
-/// The infix symbol of a binary operation, `None` for those written as calls.
-fn binary_symbol(op: BinaryOp) -> Option<&'static str> {
-    Some(match op {
-        BinaryOp::Add => "+",
-        BinaryOp::Sub => "-",
-        BinaryOp::Mul => "*",
-        BinaryOp::Div => "/",
-        BinaryOp::Eq => "==",
-        BinaryOp::Ne => "!=",
-        BinaryOp::Lt => "<",
-        BinaryOp::Le => "<=",
-        BinaryOp::Gt => ">",
-        BinaryOp::Ge => ">=",
-        BinaryOp::And => "&&",
-        BinaryOp::Or => "||",
-        BinaryOp::Pow | BinaryOp::Min | BinaryOp::Max => return None,
-    })
-}
-
-fn binary_function(op: BinaryOp) -> &'static str {
-    match op {
-        BinaryOp::Min => "min",
-        BinaryOp::Max => "max",
-        _ => "pow",
-    }
+/// The name a built-in function is called by (every operation a
+/// statement can hold, except the prefix `-` and `!`, is one).
+fn function(builtin: Builtin) -> &'static str {
+    builtins::name(builtin).unwrap_or("?")
 }
