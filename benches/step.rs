@@ -1,5 +1,6 @@
-//! Criterion benchmarks of fused optimizer steps: Adam, AdamW, Lion and SGD
-//! with momentum on one tensor and on 200 tensors of the same total size,
+//! Criterion benchmarks of optimizer steps on the default backend: Adam,
+//! AdamW, Lion and SGD with momentum on one tensor and on 200 tensors of the
+//! same total size (parameters the executor holds, gradients in an arena),
 //! next to the data-movement floor of the same step measured in the same run;
 //! compile times of stdlib rules, cold and from the kernel cache; and the
 //! simplifier on the stdlib and on its differentiated (adjoint) rules.
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use optc_runtime::buffer::Arena;
-use optc_runtime::fused::FusedOptimizer;
+use optc_runtime::{Backend, Optimizer};
 
 fn steps(c: &mut Criterion) {
     let numel: usize = std::env::var("OPTC_BENCH_NUMEL")
@@ -28,22 +29,21 @@ fn steps(c: &mut Criterion) {
     for rule in ["adam", "adamw", "lion", "sgd_momentum"] {
         for tensors in [1, 200] {
             let compiled = Arc::new(program.compile(rule).unwrap());
-            let (mut backend, _) = optc_runtime::fused::default_backend();
-            let mut optimizer =
-                FusedOptimizer::new(compiled, Vec::new(), &mut *backend, threads).unwrap();
-            let floor = optimizer.floor(&mut *backend).unwrap();
-            let arena = |seed, stagger| {
-                Arena::from_tensors(&optc_tasks::random_tensors(numel, tensors, seed), stagger)
-            };
-            let (mut params, mut grads) = (arena(1, 40), arena(2, 41));
+            let mut optimizer = Optimizer::builder(compiled)
+                .threads(threads)
+                .build()
+                .unwrap();
+            let params = optc_tasks::random_tensors(numel, tensors, 1);
+            let params: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
+            optimizer.upload(&params).unwrap();
+            let mut grads = Arena::from_tensors(&optc_tasks::random_tensors(numel, tensors, 2), 41);
             let grads: Vec<&[f32]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
-            let mut views = params.tensors_mut();
-            optimizer.step(&mut views, &grads).unwrap();
+            optimizer.step_owned(&grads).unwrap();
             group.bench_function(format!("{rule}/{tensors}-tensors"), |b| {
-                b.iter(|| optimizer.step(&mut views, &grads).unwrap())
+                b.iter(|| optimizer.step_owned(&grads).unwrap())
             });
             group.bench_function(format!("{rule}/{tensors}-tensors/floor"), |b| {
-                b.iter(|| optimizer.run_floor(&floor, &mut views, &grads).unwrap())
+                b.iter(|| optimizer.run_floor_owned(&grads).unwrap())
             });
         }
     }
@@ -57,17 +57,20 @@ fn compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile");
     for rule in ["adam", "lion", "lamb"] {
         let compiled = Arc::new(program.compile(rule).unwrap());
+        let build = |backend: &Backend| {
+            Optimizer::builder(compiled.clone())
+                .backend(backend.clone())
+                .build()
+        };
         group.bench_function(format!("{rule}/cold"), |b| {
             b.iter_batched(
-                || optc_runtime::fused::default_backend().0,
-                |mut backend| FusedOptimizer::new(compiled.clone(), Vec::new(), &mut *backend, 1),
+                Backend::fastest,
+                |backend| build(&backend),
                 criterion::BatchSize::SmallInput,
             )
         });
-        let (mut backend, _) = optc_runtime::fused::default_backend();
-        group.bench_function(format!("{rule}/cached"), |b| {
-            b.iter(|| FusedOptimizer::new(compiled.clone(), Vec::new(), &mut *backend, 1))
-        });
+        let backend = Backend::fastest();
+        group.bench_function(format!("{rule}/cached"), |b| b.iter(|| build(&backend)));
     }
     group.finish();
 }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use half::bf16;
 use optc_compiler::kernel::Storage;
 use optc_runtime::buffer::Arena;
-use optc_runtime::fused::{Backend, Floor, FusedOptimizer};
-use optc_runtime::precision::{Element, Precision};
+use optc_runtime::precision::Element;
+use optc_runtime::{Optimizer, Precision};
 
-use crate::load::{self, Failure};
+use crate::load::{self, Execution, Failure};
 
 pub struct Settings<'a> {
     pub file: &'a str,
@@ -24,6 +24,7 @@ pub struct Settings<'a> {
     pub dtype: Dtype,
     pub stochastic_rounding: bool,
     pub json: bool,
+    pub execution: &'a Execution,
 }
 
 /// Storage of parameters, gradients and state.
@@ -47,72 +48,69 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
-pub fn run(
-    settings: &Settings<'_>,
-    new_backend: &dyn Fn() -> (Box<dyn Backend>, &'static str),
-) -> Result<String, Failure> {
+pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
     if settings.tensors == 0 || settings.numel < settings.tensors {
         return Err("error: --numel must be at least --tensors, and --tensors at least 1".into());
     }
-    let (mut program, rule) = load::rule(settings.file, settings.rule)?;
-    let name = rule.name.clone();
-    let overrides = load::overrides(&mut program, settings.sets)?;
-    let rule = std::sync::Arc::new(rule);
     if settings.stochastic_rounding && settings.dtype != Dtype::Bf16 {
         return Err("error: --stochastic-rounding needs --dtype bf16".into());
     }
+    let (mut program, rule) = load::rule(settings.file, settings.rule)?;
+    let name = rule.name.clone();
     let precision = Precision {
         params: settings.dtype.storage(),
         state: settings.dtype.storage(),
         stochastic_rounding: settings.stochastic_rounding,
         seed: 0,
     };
+    let backend_name = settings.execution.backend.as_deref();
+    if !load::backend(backend_name)?.runs_kernels() {
+        return Err(
+            "error: optc bench times compiled kernels against their data-movement \
+                    floor, and the interpreter runs none (use --backend cranelift or reference)"
+                .into(),
+        );
+    }
+    let prototype = load::builder(&mut program, rule, settings.sets, settings.execution, false)?
+        .threads(settings.threads)
+        .precision(precision);
     // Compile time: plan and compile every kernel of both plans, with a fresh
     // backend (cold) and again with the same one (its kernel cache warm);
     // medians of several.
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     let mut built = None;
     for _ in 0..9 {
-        let (mut backend, backend_name) = new_backend();
-        let mut optimizer = None;
+        let backend = load::backend(backend_name)?;
         for times in [&mut cold, &mut warm] {
             let start = Instant::now();
-            let compiled = FusedOptimizer::with_precision(
-                rule.clone(),
-                overrides.clone(),
-                &mut *backend,
-                settings.threads,
-                precision,
-            )
-            .map_err(|e| format!("error: {e}"))?;
+            let optimizer = load::build(prototype.clone().backend(backend.clone()))?;
             times.push(start.elapsed());
-            optimizer = Some(compiled);
+            built = Some(optimizer);
         }
-        built = optimizer.map(|optimizer| (optimizer, backend, backend_name));
     }
-    let (mut optimizer, mut backend, backend_name) = built.ok_or("error: nothing compiled")?;
+    let mut optimizer = built.ok_or("error: nothing compiled")?;
     let compile = median(cold);
     let compile_cached = median(warm);
-    let floor = optimizer
-        .floor(&mut *backend)
-        .map_err(|e| format!("error: {e}"))?;
 
     let times = match settings.dtype {
-        Dtype::F32 => time_steps(settings, &mut optimizer, &floor, |x| x),
-        Dtype::Bf16 => time_steps(settings, &mut optimizer, &floor, bf16::from_f32),
+        Dtype::F32 => time_steps(settings, &mut optimizer, |x| x),
+        Dtype::Bf16 => time_steps(settings, &mut optimizer, bf16::from_f32),
     }
     .map_err(|e| format!("error: {e}"))?;
     let (step_times, floor_times) = times;
     let numel = settings.numel as f64;
     let step_ns = median(step_times).as_nanos() as f64 / numel;
     let floor_ns = median(floor_times).as_nanos() as f64 / numel;
-    let bytes: usize = optimizer
+    let plan = optimizer
         .plan()
+        .ok_or("error: the backend ran no pass plan")?;
+    let bytes: usize = plan
         .passes
         .iter()
         .map(|p| p.kernel.bytes_per_element())
         .sum();
-    let passes = optimizer.plan().passes.len();
+    let passes = plan.passes.len();
+    let backend_name = optimizer.backend().to_string();
     let compile_ms = compile.as_secs_f64() * 1e3;
     if settings.json {
         let object = serde_json::json!({
@@ -160,13 +158,12 @@ pub fn run(
 }
 
 /// Times `settings.steps` steps and floors, alternating so that both see the
-/// same machine conditions, on parameters and gradients of element type `P`
-/// in arenas like the runtime's state (huge pages, staggered), as a training
-/// loop that lets the runtime allocate gets.
+/// same machine conditions, on parameters of element type `P` the executor
+/// holds (uploaded into its huge-page arenas, as a training loop that lets
+/// the runtime allocate gets) and gradients in an arena like them.
 fn time_steps<P: Element>(
     settings: &Settings<'_>,
-    optimizer: &mut FusedOptimizer,
-    floor: &Floor,
+    optimizer: &mut Optimizer,
     convert: impl Fn(f32) -> P,
 ) -> Result<(Vec<Duration>, Vec<Duration>), optc_runtime::Error> {
     let arena = |seed: u64, stagger: usize| {
@@ -177,20 +174,23 @@ fn time_steps<P: Element>(
                 .collect();
         Arena::from_tensors(&tensors, stagger)
     };
-    let mut params = arena(1, 40);
+    {
+        let mut params = arena(1, 40);
+        let views: Vec<&[P]> = params.tensors_mut().into_iter().map(|p| &*p).collect();
+        optimizer.upload(&views)?;
+    }
     let mut grads = arena(2, 41);
     let grads: Vec<&[P]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
     for _ in 0..2 {
-        optimizer.step(&mut params.tensors_mut(), &grads)?;
+        optimizer.step_owned(&grads)?;
     }
     let (mut step_times, mut floor_times) = (Vec::new(), Vec::new());
     for _ in 0..settings.steps.max(1) {
-        let mut views = params.tensors_mut();
         let start = Instant::now();
-        optimizer.step(&mut views, &grads)?;
+        optimizer.step_owned(&grads)?;
         step_times.push(start.elapsed());
         let start = Instant::now();
-        optimizer.run_floor(floor, &mut views, &grads)?;
+        optimizer.run_floor_owned(&grads)?;
         floor_times.push(start.elapsed());
     }
     Ok((step_times, floor_times))

@@ -5,7 +5,7 @@ use optc_compiler::plan::Plan;
 use optc_runtime::trace::{self, Trace};
 use optc_tasks::{Dataset, Mlp, SoftmaxRegression, Task};
 
-use crate::load::{self, Failure};
+use crate::load::{self, Execution, Failure};
 
 pub fn check(files: &[String]) -> Result<String, Failure> {
     let mut failures = String::new();
@@ -106,40 +106,53 @@ fn signature(rule: &Rule) -> String {
     out
 }
 
-pub fn replay(
-    file: &str,
-    trace_path: &str,
-    rule: Option<&str>,
-    sets: &[String],
-    out: Option<&str>,
-    compare: bool,
-    f64_elements: bool,
-) -> Result<String, Failure> {
-    let (mut program, rule) = load::rule(file, rule)?;
+/// What `optc replay` was asked to do.
+pub struct ReplaySettings<'a> {
+    pub file: &'a str,
+    pub trace: &'a str,
+    pub rule: Option<&'a str>,
+    pub sets: &'a [String],
+    pub execution: &'a Execution,
+    pub out: Option<&'a str>,
+    pub compare: bool,
+    pub f64_elements: bool,
+}
+
+pub fn replay(settings: &ReplaySettings<'_>) -> Result<String, Failure> {
+    let trace_path = settings.trace;
+    let (mut program, rule) = load::rule(settings.file, settings.rule)?;
     let name = rule.name.clone();
     let text = std::fs::read_to_string(trace_path)
         .map_err(|e| format!("error: cannot read {trace_path}: {e}"))?;
     let reference = Trace::from_json(&text).map_err(|e| format!("error: {trace_path}: {e}"))?;
-    let result = if f64_elements {
-        trace::replay(
-            &mut load::optimizer::<f64>(&mut program, rule, sets)?,
-            &reference,
-        )
-    } else {
-        trace::replay(
-            &mut load::optimizer::<f32>(&mut program, rule, sets)?,
-            &reference,
-        )
-    }
-    .map_err(|e| format!("error: {trace_path}: {e}"))?;
+    let builder = load::builder(
+        &mut program,
+        rule,
+        settings.sets,
+        settings.execution,
+        settings.f64_elements,
+    )?
+    .tensors(
+        reference
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name(i), t.p0.len())),
+    );
+    let mut optimizer = load::build(builder)?;
+    let result = trace::replay(&mut optimizer, &reference)
+        .map_err(|e| format!("error: {trace_path}: {e}"))?;
+    let (out, compare) = (settings.out, settings.compare);
     let mut report = String::new();
     if compare {
         let comparison =
             trace::compare(&result, &reference).map_err(|e| format!("error: {trace_path}: {e}"))?;
         let (step, tensor, element) = comparison.worst;
-        report = format!(
-            "{}: {} steps, {} tensors: max error {:.3e} (|ours - ref| / max(|ref|, 1)), max abs {:.3e}, worst at step {}, tensor {tensor}, element {element}\n",
+        report = load::describe_groups(&optimizer);
+        report += &format!(
+            "{} ({} backend): {} steps, {} tensors: max error {:.3e} (|ours - ref| / max(|ref|, 1)), max abs {:.3e}, worst at step {}, tensor {tensor}, element {element}\n",
             name,
+            optimizer.backend(),
             reference.steps(),
             reference.tensors.len(),
             comparison.max_err,
@@ -149,8 +162,11 @@ pub fn replay(
     }
     match out {
         Some(path) => {
-            std::fs::write(path, result.to_json())
-                .map_err(|e| format!("error: cannot write {path}: {e}"))?;
+            optc_runtime::files::write_atomically(
+                std::path::Path::new(path),
+                result.to_json().as_bytes(),
+            )
+            .map_err(|e| format!("error: cannot write {path}: {e}"))?;
             Ok(report)
         }
         None if !compare => Ok(result.to_json() + "\n"),
@@ -158,34 +174,50 @@ pub fn replay(
     }
 }
 
-pub fn train(
-    file: &str,
-    rule: Option<&str>,
-    task: &str,
-    hidden: usize,
-    steps: usize,
-    every: usize,
-    sets: &[String],
-) -> Result<String, Failure> {
-    let data = Dataset::builtin(task).map_err(|e| format!("error: {e}"))?;
-    let (mut program, rule) = load::rule(file, rule)?;
+/// What `optc train` was asked to do.
+pub struct TrainSettings<'a> {
+    pub file: &'a str,
+    pub rule: Option<&'a str>,
+    pub task: &'a str,
+    pub hidden: usize,
+    pub steps: usize,
+    pub every: usize,
+    pub sets: &'a [String],
+    pub execution: &'a Execution,
+}
+
+pub fn train(settings: &TrainSettings<'_>) -> Result<String, Failure> {
+    let data = Dataset::builtin(settings.task).map_err(|e| format!("error: {e}"))?;
+    let (mut program, rule) = load::rule(settings.file, settings.rule)?;
     let name = rule.name.clone();
-    let mut optimizer = load::optimizer::<f32>(&mut program, rule, sets)?;
-    let task: Box<dyn Task> = if hidden == 0 {
+    let task: Box<dyn Task> = if settings.hidden == 0 {
         Box::new(SoftmaxRegression::new(data))
     } else {
-        Box::new(Mlp { data, hidden })
+        Box::new(Mlp {
+            data,
+            hidden: settings.hidden,
+        })
     };
-    let log = optc_tasks::train(&*task, &mut optimizer, steps, every)
+    let tensors: Vec<(String, usize)> = task
+        .tensor_names()
+        .into_iter()
+        .zip(task.initial_params().iter().map(Vec::len))
+        .collect();
+    let builder = load::builder(&mut program, rule, settings.sets, settings.execution, false)?
+        .tensors(tensors);
+    let mut optimizer = load::build(builder)?;
+    let log = optc_tasks::train(&*task, &mut optimizer, settings.steps, settings.every)
         .map_err(|e| format!("error: {e}"))?;
     let data = task.data();
     let mut out = format!(
-        "{name} on {} ({} examples, {} features, {} classes), {}, full batch\n{:>6}  {:>10}  {:>8}\n",
+        "{name} on {} ({} examples, {} features, {} classes), {}, full batch, {} backend\n{}{:>6}  {:>10}  {:>8}\n",
         data.name,
         data.features.len(),
         data.features.first().map_or(0, Vec::len),
         data.classes,
         task.describe(),
+        optimizer.backend(),
+        load::describe_groups(&optimizer),
         "step",
         "loss",
         "accuracy"
@@ -202,7 +234,7 @@ pub fn train(
 }
 
 pub fn bench(settings: &crate::bench::Settings<'_>) -> Result<String, Failure> {
-    crate::bench::run(settings, &optc_runtime::fused::default_backend)
+    crate::bench::run(settings)
 }
 
 pub fn list() -> Result<String, Failure> {

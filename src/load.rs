@@ -1,16 +1,16 @@
-//! Turning command-line arguments into compiled rules: reading files (or
-//! naming stdlib optimizers), choosing the rule, binding `--set` values, and
-//! rendering diagnostics for the terminal.
+//! Turning command-line arguments into compiled rules and optimizers:
+//! reading files (or naming stdlib optimizers), choosing the rule, binding
+//! `--set` values, parameter groups (`--group`) and the backend
+//! (`--backend`), and rendering diagnostics for the terminal.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 
 use optc_compiler::diagnostics;
-use optc_compiler::interpret::Real;
 use optc_compiler::ir::{Rule, ScalarExpr};
 use optc_compiler::simplify::{simplify_keeping_state, Tier};
 use optc_compiler::{Diagnostic, FileId, Origin, Program};
-use optc_runtime::Optimizer;
+use optc_runtime::{Backend, Elements, Group, GroupReductions, Optimizer, OptimizerBuilder};
 
 /// A user error, already rendered.
 pub type Failure = String;
@@ -80,15 +80,156 @@ pub fn rule(file: &str, rule: Option<&str>) -> Result<(Program, Rule), Failure> 
     Ok((program, simplify_keeping_state(&compiled, Tier::Exact)))
 }
 
-/// An optimizer for `rule` with `--set name=value` overrides applied, with
-/// elements of type `F` (f32, or f64 for checking).
-pub fn optimizer<F: Real>(
+/// How a command runs its rule: the backend and the parameter groups (the
+/// options every command that steps a rule shares).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Execution {
+    /// What runs the steps: `cranelift` (compiled kernels; the default where
+    /// it supports the CPU), `reference` (the kernels' reference semantics)
+    /// or `interp` (the interpreter, the semantics oracle).
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// A parameter group: tensors selected by name (`|`-separated names or
+    /// globs with `*` and `?`) and their own settings, comma-separated
+    /// `name=value` or `frozen`, on top of the --set values. A tensor belongs
+    /// to the first group that selects it, else to the default group.
+    /// Repeatable. Example: `--group '*.bias:weight_decay=0'`.
+    #[arg(long = "group", value_name = "PATTERNS:SETTINGS")]
+    pub groups: Vec<String>,
+    /// What group-wide reductions (global-norm clipping, Prodigy, DoG) range
+    /// over when there are several groups: each group's own tensors (as
+    /// torch.optim applies a rule per param group) or every group's.
+    #[arg(long, value_enum, default_value_t = Reductions::PerGroup)]
+    pub group_reductions: Reductions,
+}
+
+/// `--group-reductions`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reductions {
+    #[default]
+    PerGroup,
+    Across,
+}
+
+/// The backend `--backend` names, or the fastest one here.
+pub fn backend(name: Option<&str>) -> Result<Backend, Failure> {
+    match name {
+        Some(name) => Backend::named(name).map_err(|e| format!("error: {e}")),
+        None => Ok(Backend::fastest()),
+    }
+}
+
+/// An optimizer builder for `rule` with the `--set` values, `--group`s and
+/// `--backend` of a command; `f64` runs the interpreter in f64 (`--f64`).
+/// The caller adds tensors, threads and precision as it needs.
+pub fn builder(
     program: &mut Program,
     rule: Rule,
     sets: &[String],
-) -> Result<Optimizer<F>, Failure> {
-    let overrides = overrides(program, sets)?;
-    Optimizer::new(Arc::new(rule), overrides).map_err(|e| format!("error: {e}"))
+    execution: &Execution,
+    f64_elements: bool,
+) -> Result<OptimizerBuilder, Failure> {
+    let backend = match (f64_elements, execution.backend.as_deref()) {
+        (false, name) => backend(name)?,
+        (true, None | Some("interp")) => Backend::interpreter(Elements::F64),
+        (true, Some(other)) => {
+            return Err(format!(
+                "error: --f64 runs the interpreter in f64; it cannot run on the `{other}` backend"
+            ))
+        }
+    };
+    let mut builder = Optimizer::builder(Arc::new(rule))
+        .overrides(overrides(program, sets)?)
+        .backend(backend)
+        .group_reductions(match execution.group_reductions {
+            Reductions::PerGroup => GroupReductions::PerGroup,
+            Reductions::Across => GroupReductions::AcrossGroups,
+        });
+    for text in &execution.groups {
+        builder = builder.group(group(program, text)?);
+    }
+    Ok(builder)
+}
+
+/// Builds the optimizer, with a CLI error.
+pub fn build(builder: OptimizerBuilder) -> Result<Optimizer, Failure> {
+    builder.build().map_err(|e| format!("error: {e}"))
+}
+
+/// One `--group PATTERNS:SETTINGS`; the group is named by its patterns.
+fn group(program: &mut Program, text: &str) -> Result<Group, Failure> {
+    let bad = |why: &str| {
+        format!(
+            "error: --group `{text}`: {why} (expected PATTERNS:SETTINGS, e.g. '*.bias:weight_decay=0' or 'embed.*:frozen')"
+        )
+    };
+    let (patterns, settings) = text.split_once(':').ok_or_else(|| bad("no `:`"))?;
+    let patterns: Vec<&str> = patterns.split('|').map(str::trim).collect();
+    if patterns.iter().any(|p| p.is_empty()) {
+        return Err(bad("an empty pattern"));
+    }
+    let mut group = Group::new(patterns.join("|")).tensors(patterns.iter().copied());
+    for item in split_top_level(settings) {
+        let item = item.trim();
+        if item == "frozen" {
+            group = group.frozen();
+            continue;
+        }
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("`{item}` is not NAME=VALUE or `frozen`")))?;
+        let name = name.trim();
+        let value = program
+            .compile_scalar(&format!("--group {name}"), value)
+            .map_err(|d| render(program, &d))?;
+        group = group.set(name, value);
+    }
+    Ok(group)
+}
+
+/// `text` split at the commas outside parentheses (schedules take arguments).
+fn split_top_level(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+/// The groups and their tensors, for a command's header (empty with one group).
+pub fn describe_groups(optimizer: &Optimizer) -> String {
+    let Some(layout) = optimizer.layout() else {
+        return String::new();
+    };
+    if layout.groups.len() == 1 {
+        return String::new();
+    }
+    let mut out = String::from("parameter groups:\n");
+    for (index, name) in layout.groups.iter().enumerate() {
+        let tensors: Vec<&str> = layout
+            .tensors
+            .iter()
+            .filter(|t| t.group == index)
+            .map(|t| t.name.as_str())
+            .collect();
+        let shown = if tensors.is_empty() {
+            "(no tensors)".to_string()
+        } else {
+            tensors.join(", ")
+        };
+        out.push_str(&format!("  {name}: {shown}\n"));
+    }
+    out
 }
 
 /// The `--set name=value` arguments, compiled.

@@ -97,17 +97,27 @@ enum Command {
         /// Compare the result with the params recorded in the trace and print the error.
         #[arg(long)]
         compare: bool,
-        /// Compute elementwise values in f64 instead of f32 (checking mode: shows how
-        /// much of a difference from the trace is f32 rounding).
+        /// Run the interpreter with elementwise values in f64 instead of f32
+        /// (checking mode: shows how much of a difference from the trace is f32
+        /// rounding). Implies `--backend interp`.
         #[arg(long = "f64")]
         f64_elements: bool,
+        #[command(flatten)]
+        execution: load::Execution,
     },
     /// Train a small task on real data with a rule and print the loss curve:
     /// softmax regression or a tanh MLP on a UCI dataset shipped with optc, full batch.
+    /// The rule runs as fused kernels compiled by the fastest backend here (Cranelift
+    /// unless --backend says otherwise); the output names the backend.
     #[command(
-        after_help = "Examples:\n  optc train\n  optc train lion --set learning_rate=1e-3 --steps 300\n  \
+        after_help = "Tensors are named as in torch: `linear.weight`, `linear.bias` for softmax \
+                      regression; `hidden.weight`, `hidden.bias`, `output.weight`, `output.bias` \
+                      for the MLP.\n\n\
+                      Examples:\n  optc train\n  optc train lion --set learning_rate=1e-3 --steps 300\n  \
                   optc train my_rule.opt --task iris --every 10\n  \
-                  optc train adam --task digits --hidden 32 --set learning_rate=0.01"
+                  optc train adam --task digits --hidden 32 --set learning_rate=0.01\n  \
+                  optc train adamw --hidden 16 --group '*.bias:weight_decay=0'\n  \
+                  optc train adam --backend interp"
     )]
     Train {
         /// An .opt file or a standard-library optimizer name.
@@ -132,6 +142,8 @@ enum Command {
         /// Set a hyperparameter (`name=value`, a number, bool or schedule). Repeatable.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        #[command(flatten)]
+        execution: load::Execution,
     },
     /// Time a rule's fused step and, in the same run, the data-movement floor for
     /// the same bytes; print ns/param, GB/s and the ratio to the floor.
@@ -169,6 +181,8 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        execution: load::Execution,
     },
     /// Print an objective's loss and the symbolic gradient of the total loss
     /// with respect to each of its params.
@@ -224,6 +238,8 @@ enum Command {
         /// Write the loss curve to this SVG file (log-scale loss).
         #[arg(long)]
         plot: Option<String>,
+        #[command(flatten)]
+        execution: load::Execution,
     },
     /// Derive a new rule from a rule by differentiation and write it as .opt source.
     #[command(subcommand)]
@@ -246,6 +262,10 @@ enum Command {
         /// prompt; stop with exit status 1 at the first failing command.
         #[arg(long, value_name = "FILE")]
         script: Option<String>,
+        /// What candidates are trained on: `cranelift` (the default where it
+        /// supports the CPU), `reference` or `interp` (`set backend` changes it).
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
     },
     /// List the standard-library optimizers with the first line of their documentation.
     #[command(after_help = "Example:\n  optc list")]
@@ -284,6 +304,16 @@ enum DeriveCommand {
         #[arg(short, long)]
         out: Option<String>,
     },
+}
+
+/// The registry name of the fastest backend on this host.
+fn default_backend() -> &'static str {
+    let fastest = optc_runtime::Backend::fastest();
+    optc_runtime::BACKENDS
+        .iter()
+        .map(|b| b.name)
+        .find(|&name| name == fastest.name())
+        .unwrap_or("reference")
 }
 
 fn main() -> ExitCode {
@@ -328,15 +358,17 @@ fn main() -> ExitCode {
             out,
             compare,
             f64_elements,
-        } => commands::replay(
-            &file,
-            &trace,
-            rule.as_deref(),
-            &set,
-            out.as_deref(),
+            execution,
+        } => commands::replay(&commands::ReplaySettings {
+            file: &file,
+            trace: &trace,
+            rule: rule.as_deref(),
+            sets: &set,
+            execution: &execution,
+            out: out.as_deref(),
             compare,
             f64_elements,
-        ),
+        }),
         Command::Train {
             file,
             rule,
@@ -345,7 +377,17 @@ fn main() -> ExitCode {
             steps,
             every,
             set,
-        } => commands::train(&file, rule.as_deref(), &task, hidden, steps, every, &set),
+            execution,
+        } => commands::train(&commands::TrainSettings {
+            file: &file,
+            rule: rule.as_deref(),
+            task: &task,
+            hidden,
+            steps,
+            every,
+            sets: &set,
+            execution: &execution,
+        }),
         Command::Bench {
             file,
             rule,
@@ -357,6 +399,7 @@ fn main() -> ExitCode {
             dtype,
             stochastic_rounding,
             json,
+            execution,
         } => commands::bench(&bench::Settings {
             file: &file,
             rule: rule.as_deref(),
@@ -368,6 +411,7 @@ fn main() -> ExitCode {
             dtype,
             stochastic_rounding,
             json,
+            execution: &execution,
         }),
         Command::Diff { file, objective } => diff::diff(&file, objective.as_deref()),
         Command::Run {
@@ -381,6 +425,7 @@ fn main() -> ExitCode {
             set,
             objective_set,
             plot,
+            execution,
         } => run::run(&run::Settings {
             file: &file,
             rule: rule.as_deref(),
@@ -392,12 +437,21 @@ fn main() -> ExitCode {
             steps,
             every,
             plot: plot.as_deref(),
+            execution: &execution,
         }),
         Command::List => commands::list(),
-        Command::Search { script } => match script {
-            Some(path) => search::repl::script(&path),
-            None => search::repl::interactive(),
-        },
+        Command::Search { script, backend } => {
+            match backend
+                .as_deref()
+                .map_or(Ok(default_backend()), search::registered_backend)
+            {
+                Ok(backend) => match script {
+                    Some(path) => search::repl::script(&path, backend),
+                    None => search::repl::interactive(backend),
+                },
+                Err(message) => Err(format!("error: {message}")),
+            }
+        }
     };
     match result {
         Ok(output) => {

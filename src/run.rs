@@ -23,6 +23,7 @@ pub struct Settings<'a> {
     pub steps: usize,
     pub every: usize,
     pub plot: Option<&'a str>,
+    pub execution: &'a crate::load::Execution,
 }
 
 /// The total loss before each step, then after the last; shorter when the
@@ -45,13 +46,18 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
         return Err("error: --numel must be at least 1".into());
     }
     let rule_name = rule.name.clone();
-    let mut optimizer = load::optimizer::<f32>(&mut program, rule, settings.sets)?;
+    let tensors = objective.params.iter().map(|p| (p.name.clone(), numel));
+    let builder = load::builder(&mut program, rule, settings.sets, settings.execution, false)?
+        .tensors(tensors);
+    let mut optimizer = load::build(builder)?;
     let curve = train(&objective, &hypers, numel, &mut optimizer, settings.steps)?;
     if let Some(path) = settings.plot {
         let title = format!("{rule_name} on {}", objective.name);
         plot::loss_curves(&title, &[(rule_name.clone(), curve.losses.clone())], path)?;
     }
-    Ok(report(&curve, &rule_name, &objective, numel, settings))
+    Ok(report(
+        &curve, &rule_name, &objective, numel, &optimizer, settings,
+    ))
 }
 
 /// `--objective-set name=number` arguments.
@@ -71,7 +77,7 @@ fn train(
     objective: &Objective,
     hypers: &[f64],
     numel: usize,
-    optimizer: &mut Optimizer<f32>,
+    optimizer: &mut Optimizer,
     steps: usize,
 ) -> Result<Curve, Failure> {
     let mut params = objective
@@ -102,15 +108,18 @@ fn report(
     rule: &str,
     objective: &Objective,
     numel: usize,
+    optimizer: &Optimizer,
     settings: &Settings<'_>,
 ) -> String {
     let mut out = format!(
-        "{rule} on {} ({} param{} x {numel} element{}), {} steps\n{:>8}  {:>12}\n",
+        "{rule} on {} ({} param{} x {numel} element{}), {} steps, {} backend\n{}{:>8}  {:>12}\n",
         objective.name,
         objective.params.len(),
         if objective.params.len() == 1 { "" } else { "s" },
         if numel == 1 { "" } else { "s" },
         settings.steps,
+        optimizer.backend(),
+        load::describe_groups(optimizer),
         "step",
         "loss"
     );

@@ -92,7 +92,7 @@ fn replay_compare_reports_the_error() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.starts_with("adam: 10 steps, 2 tensors: max error "),
+        stdout.starts_with("adam (cranelift backend): 10 steps, 2 tensors: max error "),
         "{stdout}"
     );
 }

@@ -1,8 +1,9 @@
 //! Differential tests: random well-typed rules, and every stdlib rule, run
-//! by the reference interpreter and by the fused executor on awkward inputs
-//! (odd lengths, negative zero, subnormals, huge and tiny values), with the
-//! reference kernels and with the Cranelift JIT. Parameters and every state
-//! slot must agree bit for bit after each step. The JIT runs in lockstep
+//! by the reference interpreter and by every registered backend
+//! (`optc_runtime::BACKENDS`: the interpreter executor, the reference
+//! kernels, the Cranelift JIT, ...) on awkward inputs (odd lengths, negative
+//! zero, subnormals, huge and tiny values). Parameters and every state slot
+//! must agree bit for bit after each step. The JIT runs in lockstep
 //! (`common::Lockstep`): each of its kernel calls must match a model of the
 //! JIT bit for bit (a reordered sum within 1e-12 of its terms' magnitudes),
 //! each approximated operation must be as close to libm as the JIT's
@@ -19,7 +20,6 @@ use common::{approximated_ops, compare_backends, Backends, Random, Setup, Tolera
 use optc_compiler::ir::{ReduceOp, Rule};
 use optc_compiler::plan::Plan;
 use optc_compiler::{Origin, Program};
-use optc_runtime::fused::Reference;
 
 /// A random float expression over the names in scope, of depth at most `depth`.
 fn expr(rng: &mut Random, names: &[String], depth: usize) -> String {
@@ -111,11 +111,12 @@ fn rule(rng: &mut Random, index: usize) -> String {
     format!("optimizer random{index}(lr = 0.01, beta = 0.9) {{\n{body}}}\n")
 }
 
-/// The interpreter's fused peers: the reference kernels and the JIT in lockstep.
+/// The interpreter's peers held to bit-exactness: every registered backend
+/// that is exact, and every approximating one in lockstep.
 fn backends() -> Backends {
-    Backends::none()
-        .with("reference", Box::new(Reference), false)
-        .with_lockstep("jit-lockstep", Box::new(common::jit()))
+    let mut backends = Backends::all();
+    backends.retain_exact();
+    backends
 }
 
 /// Runs `name` of `program` three steps through the interpreter and the

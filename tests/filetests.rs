@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{approximated_ops, compare_backends, Backends, Setup, Tolerance};
+use optc_compiler::backend::{HostBackend, HostKernel};
 use optc_compiler::builtins::BUILTINS;
 use optc_compiler::ir::{Rule, ScalarExpr};
 use optc_compiler::kernel::{self, Kernel};
 use optc_compiler::{diagnostics, Origin};
-use optc_runtime::fused::{Backend, CompiledKernel};
+use optc_runtime::Backend;
 use optc_runtime::Bindings;
 
 const FOLDER: &str = "tests/filetests";
@@ -491,13 +492,17 @@ struct OffByOneUlp;
 
 struct OffByOneUlpKernel(Kernel);
 
-impl Backend for OffByOneUlp {
-    fn compile(&mut self, kernel: &Kernel) -> Result<Box<dyn CompiledKernel>, String> {
-        Ok(Box::new(OffByOneUlpKernel(kernel.clone())))
+impl HostBackend for OffByOneUlp {
+    fn compile(&mut self, kernel: &Kernel) -> Result<std::sync::Arc<dyn HostKernel>, String> {
+        Ok(std::sync::Arc::new(OffByOneUlpKernel(kernel.clone())))
     }
 }
 
-impl CompiledKernel for OffByOneUlpKernel {
+fn off_by_one_ulp() -> Backend {
+    Backend::kernels("off-by-one-ulp", Box::new(OffByOneUlp))
+}
+
+impl HostKernel for OffByOneUlpKernel {
     unsafe fn call(
         &self,
         buffers: &[*mut f32],
@@ -521,7 +526,7 @@ fn a_wrong_backend_is_reported_with_where_and_what() {
     let source = "// test: numel 3 8; steps 3\n\
                   optimizer momentum(lr = 0.1) { state m = 0; m = lerp(g, m, 0.9); p -= lr * m; }\n";
     let prepared = prepare("momentum.opt", source).unwrap();
-    let mut plain = Backends::none().with("off-by-one-ulp", Box::new(OffByOneUlp), false);
+    let mut plain = Backends::none().with("off-by-one-ulp", off_by_one_ulp(), false);
     let message = compare_backends(
         "momentum.opt",
         &prepared.rule,
@@ -549,7 +554,7 @@ fn a_wrong_backend_is_reported_with_where_and_what() {
         tolerance: Tolerance::Ulp(1),
         ..prepared.setup.clone()
     };
-    let mut approximating = Backends::none().with("off-by-one-ulp", Box::new(OffByOneUlp), true);
+    let mut approximating = Backends::none().with("off-by-one-ulp", off_by_one_ulp(), true);
     let observed = compare_backends(
         "momentum.opt",
         &prepared.rule,
@@ -560,7 +565,7 @@ fn a_wrong_backend_is_reported_with_where_and_what() {
     .unwrap();
     assert!(observed[0].inexact > 0 && observed[0].max_ulps >= 1);
     // ...but not in lockstep, which checks every call's stores bit for bit.
-    let mut lockstep = Backends::none().with_lockstep("lockstep", Box::new(OffByOneUlp));
+    let mut lockstep = Backends::none().with_lockstep("lockstep", off_by_one_ulp());
     let message = compare_backends(
         "momentum.opt",
         &prepared.rule,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use optc_compiler::interpret;
 use optc_runtime::trace::{self, Trace};
-use optc_runtime::Optimizer;
+use optc_runtime::{Backend, Optimizer, BACKENDS};
 
 /// Largest accepted |ours - peer| / max(|peer|, 1) over all steps and elements.
 const TOLERANCE: f64 = 1e-5;
@@ -52,21 +52,30 @@ fn cases() -> (Vec<Case>, Vec<(String, String)>) {
     (cases, schedules)
 }
 
-/// Replays one case; returns the comparison and the peer call it reproduces.
-fn replay_case(case: &Case) -> Result<(trace::Comparison, String), String> {
-    let mut program = optc_stdlib::prelude();
-    let rule = program.compile(&case.rule).map_err(|d| d.message)?;
-    let mut overrides = Vec::new();
-    for (name, value) in &case.sets {
-        let value = program.compile_scalar(name, value).map_err(|d| d.message)?;
-        overrides.push((name.clone(), value));
-    }
-    let mut optimizer =
-        Optimizer::<f32>::new(Arc::new(rule), overrides).map_err(|e| e.to_string())?;
+/// The case's recorded trace.
+fn golden(case: &Case) -> Trace {
     let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
-    let reference = Trace::from_json(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
+    Trace::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Replays one case on `backend`; returns our trace.
+fn replay_on(case: &Case, backend: &Backend, threads: usize) -> Result<Trace, String> {
+    let (rule, overrides) = compiled(case);
+    let mut optimizer = Optimizer::builder(rule)
+        .overrides(overrides)
+        .backend(backend.clone())
+        .threads(threads)
+        .build()
         .map_err(|e| e.to_string())?;
-    let ours = trace::replay(&mut optimizer, &reference).map_err(|e| e.to_string())?;
+    trace::replay(&mut optimizer, &golden(case)).map_err(|e| e.to_string())
+}
+
+/// Replays one case through the interpreter; returns the comparison and the
+/// peer call it reproduces.
+fn replay_case(case: &Case) -> Result<(trace::Comparison, String), String> {
+    let reference = golden(case);
+    let interp = Backend::named("interp").map_err(|e| e.to_string())?;
+    let ours = replay_on(case, &interp, 1)?;
     let comparison = trace::compare(&ours, &reference).map_err(|e| e.to_string())?;
     let peer = format!(
         "{}({})",
@@ -208,89 +217,36 @@ fn compiled(
     (rule, overrides)
 }
 
+/// Every registered backend replays every case within the tolerance, and
+/// the exact ones equal the interpreter bit for bit.
 #[test]
-fn fused_plans_equal_the_interpreter_on_every_golden_case() {
-    use optc_runtime::fused::{FusedOptimizer, Reference};
+fn golden_cases_pass_on_every_backend() {
     let (cases, _) = cases();
-    for case in &cases {
-        let (rule, overrides) = compiled(case);
-        let mut interpreted = Optimizer::<f32>::new(rule.clone(), overrides.clone()).unwrap();
-        let mut fused = FusedOptimizer::new(rule, overrides, &mut Reference, 2).unwrap();
-        let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
-        let trace = Trace::from_json(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let mut a: Vec<Vec<f32>> = trace.tensors.iter().map(|t| t.p0.clone()).collect();
-        let mut b = a.clone();
-        for step in 0..trace.steps() {
-            let grads: Vec<&[f32]> = trace
-                .tensors
-                .iter()
-                .map(|t| t.grads[step].as_slice())
-                .collect();
-            interpreted
-                .step(
-                    &mut a.iter_mut().map(|p| p.as_mut_slice()).collect::<Vec<_>>(),
-                    &grads,
-                )
-                .unwrap();
-            fused
-                .step(
-                    &mut b.iter_mut().map(|p| p.as_mut_slice()).collect::<Vec<_>>(),
-                    &grads,
-                )
-                .unwrap();
-            assert_eq!(
-                a,
-                b,
-                "{} ({}) differs at step {}",
+    let interp = Backend::named("interp").unwrap();
+    for info in BACKENDS {
+        let backend = (info.open)().unwrap();
+        for case in &cases {
+            let ours = replay_on(case, &backend, 2).unwrap();
+            let comparison = trace::compare(&ours, &golden(case)).unwrap();
+            assert!(
+                comparison.max_err <= TOLERANCE,
+                "{} on {}: {comparison:?}",
                 case.name,
-                case.rule,
-                step + 1
+                info.name
             );
-        }
-    }
-}
-
-#[test]
-fn golden_cases_pass_through_the_jit() {
-    use optc_runtime::fused::{FusedOptimizer, Jit};
-    let Ok(mut jit) = Jit::new() else {
-        panic!("the Cranelift JIT supports this host");
-    };
-    let (cases, _) = cases();
-    for case in &cases {
-        let (rule, overrides) = compiled(case);
-        let mut fused = FusedOptimizer::new(rule, overrides, &mut jit, 2).unwrap();
-        let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
-        let reference = Trace::from_json(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let mut ours = reference.clone();
-        let mut params: Vec<Vec<f32>> = reference.tensors.iter().map(|t| t.p0.clone()).collect();
-        for tensor in &mut ours.tensors {
-            tensor.params.clear();
-        }
-        for step in 0..reference.steps() {
-            let grads: Vec<&[f32]> = reference
-                .tensors
-                .iter()
-                .map(|t| t.grads[step].as_slice())
-                .collect();
-            fused
-                .step(
-                    &mut params
-                        .iter_mut()
-                        .map(|p| p.as_mut_slice())
-                        .collect::<Vec<_>>(),
-                    &grads,
-                )
-                .unwrap();
-            for (tensor, p) in ours.tensors.iter_mut().zip(&params) {
-                tensor.params.push(p.clone());
+            if !info.approximates {
+                let oracle = replay_on(case, &interp, 1).unwrap();
+                let same = ours
+                    .tensors
+                    .iter()
+                    .zip(&oracle.tensors)
+                    .all(|(a, b)| a.params == b.params);
+                assert!(
+                    same,
+                    "{} on {} differs from the interpreter",
+                    case.name, info.name
+                );
             }
         }
-        let comparison = trace::compare(&ours, &reference).unwrap();
-        assert!(
-            comparison.max_err <= TOLERANCE,
-            "{} through the JIT: {comparison:?}",
-            case.name
-        );
     }
 }

@@ -61,7 +61,9 @@ fn optimizer(source: Option<&str>, rule: &str) -> Optimizer {
             .add_source("test.opt", source.as_bytes(), Origin::User)
             .unwrap();
     }
-    Optimizer::new(Arc::new(program.compile(rule).unwrap()), Vec::new()).unwrap()
+    Optimizer::builder(Arc::new(program.compile(rule).unwrap()))
+        .build()
+        .unwrap()
 }
 
 /// Two steps of `optimizer` on two tensors; `transform` maps each step's gradients.
@@ -144,7 +146,10 @@ fn rmsprop_centered_is_the_momentum_variant_without_momentum() {
             .iter()
             .map(|(k, v)| (k.to_string(), program.compile_scalar(k, v).unwrap()))
             .collect();
-        let mut optimizer = Optimizer::<f32>::new(Arc::new(compiled), overrides).unwrap();
+        let mut optimizer = Optimizer::builder(Arc::new(compiled))
+            .overrides(overrides)
+            .build()
+            .unwrap();
         optc_runtime::trace::replay(&mut optimizer, &trace).unwrap()
     };
     let centered = run("rmsprop_centered", &[("learning_rate", "0.01")]);

@@ -431,8 +431,31 @@ impl ScalarExpr {
         }
     }
 
+    /// `true` or `false` (a bool hyperparameter's value).
+    pub fn boolean(value: bool) -> ScalarExpr {
+        let mut graph = Graph::new();
+        let output = graph.add(Node::Bool(value));
+        ScalarExpr {
+            graph,
+            output,
+            text: value.to_string(),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         self.graph.ty(self.output).kind
+    }
+}
+
+impl From<f64> for ScalarExpr {
+    fn from(value: f64) -> ScalarExpr {
+        ScalarExpr::constant(value)
+    }
+}
+
+impl From<bool> for ScalarExpr {
+    fn from(value: bool) -> ScalarExpr {
+        ScalarExpr::boolean(value)
     }
 }
 

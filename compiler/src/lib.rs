@@ -1,8 +1,10 @@
 //! The `.opt` compiler: lowering from the AST to a typed IR (with type
 //! checking and inlining), the IR itself, the reference interpreter that
-//! defines its semantics, and diagnostics rendering.
+//! defines its semantics, the pass planner and the kernel IR that backends
+//! compile (with the interface they implement), and diagnostics rendering.
 
 pub mod autodiff;
+pub mod backend;
 pub mod builtins;
 pub mod derive;
 pub mod diagnostics;

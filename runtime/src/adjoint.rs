@@ -3,7 +3,7 @@
 //! offers in Python), the cotangents of a step's inputs — old parameters,
 //! gradients, old state, hyperparameters — from those of its outputs, at the
 //! speed of a step. The adjoint rule comes from `optc_compiler::derive::adjoint`
-//! and runs through the same [`FusedOptimizer`] as the step itself.
+//! and runs through the same [`Optimizer`] as the step itself.
 
 use std::sync::Arc;
 
@@ -11,12 +11,11 @@ use optc_compiler::derive::{self, Adjoint};
 use optc_compiler::interpret::Value;
 use optc_compiler::ir::{Rule, ScalarExpr, Shape};
 
-use crate::fused::{Backend, FusedOptimizer};
-use crate::Error;
+use crate::{Backend, Error, Optimizer};
 
 /// The adjoint of one step of a rule, compiled.
 pub struct AdjointStep {
-    fused: FusedOptimizer,
+    optimizer: Optimizer,
     layout: Adjoint,
     /// The base rule's state slot count.
     slots: usize,
@@ -41,14 +40,17 @@ impl AdjointStep {
     pub fn new(
         rule: &Rule,
         overrides: Vec<(String, ScalarExpr)>,
-        backend: &mut dyn Backend,
+        backend: &Backend,
         threads: usize,
     ) -> Result<AdjointStep, Error> {
         let layout = derive::adjoint(rule);
-        let fused =
-            FusedOptimizer::new(Arc::new(layout.rule.clone()), overrides, backend, threads)?;
+        let optimizer = Optimizer::builder(Arc::new(layout.rule.clone()))
+            .overrides(overrides)
+            .backend(backend.clone())
+            .threads(threads)
+            .build()?;
         Ok(AdjointStep {
-            fused,
+            optimizer,
             layout,
             slots: rule.states.len(),
         })
@@ -58,7 +60,7 @@ impl AdjointStep {
     /// `step >= 2`, whose old state is `state`) given `cotangent_params` and
     /// `cotangent_state`, the cotangents of the step's new parameters and new
     /// state. Parameters, gradients and state are the step's inputs, state
-    /// shaped as [`FusedOptimizer::set_state`] takes it.
+    /// shaped as [`Optimizer::set_state`] takes it.
     pub fn vjp(
         &mut self,
         step: u64,
@@ -86,13 +88,13 @@ impl AdjointStep {
         slots.extend(cotangent_state.iter().cloned());
         let outputs = &self.layout.rule.states[self.layout.adjoint_of_param..];
         slots.extend(outputs.iter().map(|slot| zeros(slot.shape)));
-        self.fused.set_state(step - 1, &numels, &slots)?;
+        self.optimizer.set_state(step - 1, &numels, &slots)?;
         let mut unchanged: Vec<Vec<f32>> = params.iter().map(|p| p.to_vec()).collect();
         let mut views: Vec<&mut [f32]> = unchanged.iter_mut().map(Vec::as_mut_slice).collect();
-        self.fused.step(&mut views, grads)?;
+        self.optimizer.step(&mut views, grads)?;
         let read = |slot: usize| {
             let name = &self.layout.rule.states[slot].name;
-            self.fused
+            self.optimizer
                 .state(name)
                 .ok_or_else(|| Error::Internal(format!("adjoint slot `{name}` missing")))
         };

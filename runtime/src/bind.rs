@@ -1,5 +1,5 @@
-//! What every executor shares: binding hyperparameters by name (defaults,
-//! per-call values, schedules) and checking that a step's tensors match.
+//! Binding hyperparameters by name (defaults, per-call values, schedules)
+//! and checking that a step's tensors match.
 
 use optc_compiler::interpret;
 use optc_compiler::ir::{Rule, ScalarExpr};

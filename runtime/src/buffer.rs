@@ -116,6 +116,11 @@ impl<T: Word> Arena<T> {
         &self.buffer[self.starts[index]..self.starts[index] + self.lens[index]]
     }
 
+    /// Tensor `index`, mutably.
+    pub fn tensor_mut(&mut self, index: usize) -> &mut [T] {
+        &mut self.buffer[self.starts[index]..self.starts[index] + self.lens[index]]
+    }
+
     /// Every tensor, mutably, in order.
     pub fn tensors_mut(&mut self) -> Vec<&mut [T]> {
         let mut rest: &mut [T] = &mut self.buffer;

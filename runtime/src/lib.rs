@@ -1,26 +1,43 @@
 //! The runtime: what a training loop calls. An [`Optimizer`] holds a compiled
-//! rule, its hyperparameter values (constants or schedules of `t`) and its
-//! state, and applies one step to many tensors at once. Steps are atomic: a
-//! step that fails leaves parameters and state exactly as they were.
-//! [`trace`] replays recorded gradients in the golden-file schema.
+//! rule, its hyperparameter values per parameter group (constants or
+//! schedules of `t`) and its state, and applies one step to many tensors at
+//! once on a [`Backend`]: compiled kernels on the host executor (Cranelift
+//! by default, or the reference kernels) or the interpreter. Steps are
+//! atomic: a step that fails leaves parameters and state exactly as they
+//! were. [`checkpoint`] saves and restores an optimizer; [`trace`] replays
+//! recorded gradients in the golden-file schema; [`adjoint`] runs the
+//! vector-Jacobian product of a step.
 
 pub mod adjoint;
+pub mod backend;
 mod bind;
 pub mod buffer;
 pub mod checkpoint;
-pub mod fused;
+pub mod executor;
+pub mod files;
+mod optimizer;
 mod pool;
 pub mod precision;
 pub mod trace;
 
-use bind::check_shapes;
+pub use backend::{Backend, BackendInfo, Elements, BACKENDS};
 pub use bind::Bindings;
+pub use executor::Layout;
+pub use optimizer::{
+    glob_match, Group, GroupReductions, NonFinite, Optimizer, OptimizerBuilder, Outcome,
+    DEFAULT_GROUP,
+};
+pub use precision::Precision;
+
+/// Elements per work item: the interpreter's reduction chunk (a multiple of
+/// every SIMD width, large enough to amortise a call, small enough to
+/// balance threads), so that reductions agree with it bit for bit.
+pub use optc_compiler::interpret::CHUNK;
 
 use std::fmt;
-use std::sync::Arc;
 
-use optc_compiler::interpret::{self, Real, StepInputs, Value};
-use optc_compiler::ir::{Kind, Rule, ScalarExpr};
+use optc_compiler::ir::Kind;
+use optc_compiler::kernel::Storage;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Error {
@@ -44,9 +61,15 @@ pub enum Error {
     },
     /// Parameters or gradients of another storage type than the optimizer's.
     Dtype {
-        expected: optc_compiler::kernel::Storage,
-        found: optc_compiler::kernel::Storage,
+        expected: Storage,
+        found: Storage,
     },
+    /// Parameter groups that do not fit the tensors or the request.
+    Groups(String),
+    /// What this backend (or host) cannot do, and why.
+    Unsupported(String),
+    /// A backend failed to compile a kernel.
+    Backend(String),
     Checkpoint(String),
     Internal(String),
 }
@@ -92,6 +115,8 @@ impl fmt::Display for Error {
                 f,
                 "parameters and gradients are {expected:?} in this optimizer, got {found:?}"
             ),
+            Error::Groups(message) => write!(f, "parameter groups: {message}"),
+            Error::Unsupported(message) | Error::Backend(message) => write!(f, "{message}"),
             Error::Checkpoint(message) => write!(f, "checkpoint: {message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }
@@ -99,79 +124,3 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// A rule with bound hyperparameters and its state, ready to step. Elements
-/// are f32 by default; `Optimizer<f64>` runs the same rule in f64, to
-/// measure how much of a difference is f32 rounding.
-#[derive(Clone, Debug)]
-pub struct Optimizer<F = f32> {
-    rule: Arc<Rule>,
-    hypers: Bindings,
-    /// Each state slot, once the first step has run.
-    state: Option<Vec<Value<F>>>,
-    /// Steps taken so far.
-    step: u64,
-    /// Element counts of the tensors, fixed by the first step.
-    numels: Option<Vec<usize>>,
-}
-
-impl<F: Real> Optimizer<F> {
-    /// Binds the rule's hyperparameters: each takes its value from
-    /// `overrides` (by name), else its default.
-    pub fn new(
-        rule: Arc<Rule>,
-        overrides: Vec<(String, ScalarExpr)>,
-    ) -> Result<Optimizer<F>, Error> {
-        Ok(Optimizer {
-            hypers: Bindings::new(&rule, overrides)?,
-            rule,
-            state: None,
-            step: 0,
-            numels: None,
-        })
-    }
-
-    pub fn rule(&self) -> &Rule {
-        &self.rule
-    }
-
-    /// Steps taken so far.
-    pub fn steps_taken(&self) -> u64 {
-        self.step
-    }
-
-    /// The hyperparameter values the next step will use, in the rule's order.
-    pub fn hyper_values(&self) -> Vec<f64> {
-        self.hypers.values(self.step + 1)
-    }
-
-    /// Applies one step to `params` given `grads`. On error nothing changes.
-    pub fn step(&mut self, params: &mut [&mut [F]], grads: &[&[F]]) -> Result<(), Error> {
-        let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
-        check_shapes(
-            self.numels.as_deref(),
-            &numels,
-            grads.iter().map(|g| g.len()),
-        )?;
-        let hypers = self.hyper_values();
-        let views: Vec<&[F]> = params.iter().map(|p| &**p).collect();
-        let outputs = interpret::step(
-            &self.rule,
-            &StepInputs {
-                params: &views,
-                grads,
-                step: self.step + 1,
-                hypers: &hypers,
-                state: self.state.as_deref(),
-            },
-        )
-        .map_err(Error::Internal)?;
-        for (param, new) in params.iter_mut().zip(outputs.params) {
-            param.copy_from_slice(&new);
-        }
-        self.state = Some(outputs.state);
-        self.numels = Some(numels);
-        self.step += 1;
-        Ok(())
-    }
-}

@@ -1,4 +1,4 @@
-//! A persistent pool of worker threads for the fused executor.
+//! A persistent pool of worker threads for the host executor.
 //!
 //! A step runs one or more passes, each split over the threads; spawning
 //! threads for every pass costs tens of microseconds per pass, which is most
@@ -10,6 +10,8 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+
+use crate::Error;
 
 /// A job as the workers see it: the caller's closure with its lifetime erased.
 /// Only dereferenced between publication and the caller's wait in [`Pool::run`].
@@ -53,8 +55,10 @@ pub struct Pool {
 
 impl Pool {
     /// A pool running jobs on `threads` threads (the caller's and
-    /// `threads - 1` workers; at least one thread in all).
-    pub fn new(threads: usize) -> Pool {
+    /// `threads - 1` workers; at least one thread in all). Fails, with the
+    /// workers started so far stopped again, when the system cannot start
+    /// that many threads.
+    pub fn new(threads: usize) -> Result<Pool, Error> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 generation: 0,
@@ -67,16 +71,23 @@ impl Pool {
             wake: Condvar::new(),
             finished: Condvar::new(),
         });
-        let workers = (1..threads.max(1))
-            .map(|index| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("optc-worker-{index}"))
-                    .spawn(move || work(&shared, index))
-                    .expect("spawning a worker thread")
-            })
-            .collect();
-        Pool { shared, workers }
+        let mut pool = Pool {
+            shared,
+            workers: Vec::new(),
+        };
+        for index in 1..threads.max(1) {
+            let shared = pool.shared.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("optc-worker-{index}"))
+                .spawn(move || work(&shared, index))
+                .map_err(|e| {
+                    Error::Unsupported(format!(
+                        "cannot start {threads} threads (started {index}): {e}"
+                    ))
+                })?;
+            pool.workers.push(worker);
+        }
+        Ok(pool)
     }
 
     /// Threads a job can use.
@@ -177,7 +188,7 @@ mod tests {
 
     #[test]
     fn every_share_runs_once_per_job_on_distinct_threads() {
-        let pool = Pool::new(3);
+        let pool = Pool::new(3).unwrap();
         for _ in 0..200 {
             let counts: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
             let ids = Mutex::new(Vec::new());
@@ -195,7 +206,7 @@ mod tests {
 
     #[test]
     fn fewer_shares_than_threads_and_borrowed_data_work() {
-        let pool = Pool::new(4);
+        let pool = Pool::new(4).unwrap();
         let mut data = vec![0u64; 2];
         let cells: Vec<Mutex<&mut u64>> = data.iter_mut().map(Mutex::new).collect();
         pool.run(2, &|share| {
@@ -208,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_panicking_share_is_reported_after_all_finish_and_the_pool_survives() {
-        let pool = Pool::new(2);
+        let pool = Pool::new(2).unwrap();
         let finished = AtomicUsize::new(0);
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
             pool.run(2, &|share| {

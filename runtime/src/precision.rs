@@ -1,14 +1,16 @@
-//! Storage precision of a fused optimizer: parameters, gradients and
-//! per-element state in f32 or bf16 (computation is always f32; see
-//! `optc_compiler::kernel` for the rounding of bf16 stores), and the state
-//! arenas that hold either.
+//! Storage precision of an optimizer: parameters, gradients and per-element
+//! state in f32 or bf16 (computation is always f32; see
+//! `optc_compiler::kernel` for the rounding of bf16 stores), and the arenas
+//! that hold either.
 
 use half::bf16;
 use optc_compiler::kernel::{bf16 as rounding, Storage};
 
 use crate::buffer::Arena;
+use crate::executor::{HostTensors, HostTensorsMut, Stored};
 
-/// How a [`crate::fused::FusedOptimizer`] stores its numbers.
+/// How an [`crate::Optimizer`] stores its numbers (kernel backends only; the
+/// interpreter stores f32 or f64).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Precision {
     /// Parameters and gradients (the element type `step` takes).
@@ -43,16 +45,42 @@ impl Precision {
     }
 }
 
+impl Precision {
+    /// Parameters, gradients and state all in `storage`, rounded to nearest even.
+    pub fn everywhere(storage: Storage) -> Precision {
+        Precision {
+            params: storage,
+            state: storage,
+            ..Precision::default()
+        }
+    }
+}
+
 /// Element types of parameters and gradients: `f32` or `half::bf16`.
 pub trait Element: crate::buffer::Word {
     const STORAGE: Storage;
     fn to_f32(self) -> f32;
+    /// Tensors of this type, as executors take them.
+    fn tensors<'a, 'b>(tensors: &'a [&'b [Self]]) -> HostTensors<'a, 'b>;
+    fn tensors_mut<'a, 'b>(tensors: &'a mut [&'b mut [Self]]) -> HostTensorsMut<'a, 'b>;
+    /// The element nearest `stored` (already of this type where the
+    /// executor stores this type).
+    fn from_stored(stored: &Stored) -> Vec<Self>;
 }
 
 impl Element for f32 {
     const STORAGE: Storage = Storage::F32;
     fn to_f32(self) -> f32 {
         self
+    }
+    fn tensors<'a, 'b>(tensors: &'a [&'b [f32]]) -> HostTensors<'a, 'b> {
+        HostTensors::F32(tensors)
+    }
+    fn tensors_mut<'a, 'b>(tensors: &'a mut [&'b mut [f32]]) -> HostTensorsMut<'a, 'b> {
+        HostTensorsMut::F32(tensors)
+    }
+    fn from_stored(stored: &Stored) -> Vec<f32> {
+        stored.to_f32()
     }
 }
 
@@ -61,122 +89,100 @@ impl Element for bf16 {
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
     }
+    fn tensors<'a, 'b>(tensors: &'a [&'b [bf16]]) -> HostTensors<'a, 'b> {
+        HostTensors::Bf16(tensors)
+    }
+    fn tensors_mut<'a, 'b>(tensors: &'a mut [&'b mut [bf16]]) -> HostTensorsMut<'a, 'b> {
+        HostTensorsMut::Bf16(tensors)
+    }
+    fn from_stored(stored: &Stored) -> Vec<bf16> {
+        match stored {
+            Stored::Bf16(bits) => bits.iter().map(|&b| bf16::from_bits(b)).collect(),
+            other => other.to_f32().into_iter().map(bf16::from_f32).collect(),
+        }
+    }
 }
 
-/// One per-element state slot of every tensor, in its storage type (bf16 as
-/// bit patterns, which is what kernels take).
+/// The elements of every tensor of a layout in one arena, in a storage type
+/// (bf16 as bit patterns, which is what kernels take): one per-element
+/// state slot, or the parameters an executor owns.
 #[derive(Debug)]
-pub(crate) enum StateArena {
+pub(crate) enum TypedArena {
     F32(Arena<f32>),
     Bf16(Arena<u16>),
 }
 
-impl StateArena {
-    pub(crate) fn zeroed(storage: Storage, numels: &[usize], stagger: usize) -> StateArena {
+impl TypedArena {
+    pub(crate) fn zeroed(storage: Storage, numels: &[usize], stagger: usize) -> TypedArena {
         match storage {
-            Storage::F32 => StateArena::F32(Arena::zeroed(numels, stagger)),
-            Storage::Bf16 => StateArena::Bf16(Arena::zeroed(numels, stagger)),
+            Storage::F32 => TypedArena::F32(Arena::zeroed(numels, stagger)),
+            Storage::Bf16 => TypedArena::Bf16(Arena::zeroed(numels, stagger)),
         }
     }
 
-    /// An arena of `storage` holding `tensors`, rounded to nearest even for bf16.
-    pub(crate) fn from_f32(storage: Storage, tensors: &[Vec<f32>], stagger: usize) -> StateArena {
-        match storage {
-            Storage::F32 => StateArena::F32(Arena::from_tensors(tensors, stagger)),
-            Storage::Bf16 => {
-                let bits: Vec<Vec<u16>> = tensors
-                    .iter()
-                    .map(|t| t.iter().map(|&x| rounding::round_nearest_even(x)).collect())
-                    .collect();
-                StateArena::Bf16(Arena::from_tensors(&bits, stagger))
-            }
-        }
-    }
-
-    pub(crate) fn storage(&self) -> Storage {
-        match self {
-            StateArena::F32(_) => Storage::F32,
-            StateArena::Bf16(_) => Storage::Bf16,
-        }
-    }
-
-    /// Sets every element to `value` (rounded to nearest even for bf16).
-    pub(crate) fn fill(&mut self, value: f32) {
-        match self {
-            StateArena::F32(arena) => arena.tensors_mut().into_iter().for_each(|t| t.fill(value)),
-            StateArena::Bf16(arena) => {
-                let bits = rounding::round_nearest_even(value);
-                arena.tensors_mut().into_iter().for_each(|t| t.fill(bits));
-            }
-        }
-    }
-
-    /// Tensor `index`, widened to f32.
-    pub(crate) fn values(&self, index: usize) -> Vec<f32> {
-        match self {
-            StateArena::F32(arena) => arena.tensor(index).to_vec(),
-            StateArena::Bf16(arena) => arena
-                .tensor(index)
-                .iter()
-                .map(|&b| rounding::widen(b))
-                .collect(),
-        }
-    }
-
-    /// Tensor `index` as little-endian bytes of its storage type.
-    pub(crate) fn bytes(&self, index: usize) -> Vec<u8> {
-        match self {
-            StateArena::F32(arena) => arena
-                .tensor(index)
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect(),
-            StateArena::Bf16(arena) => arena
-                .tensor(index)
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect(),
-        }
-    }
-
-    /// An arena of `storage` from little-endian bytes, one vector per tensor
-    /// (each of the right length: the caller checked).
-    pub(crate) fn from_bytes(storage: Storage, tensors: &[Vec<u8>], stagger: usize) -> StateArena {
-        match storage {
+    /// An arena of `storage` holding `tensors`: f32 values are rounded to
+    /// nearest even for bf16, bf16 values widen exactly for f32, and f64
+    /// values are refused (`None`).
+    pub(crate) fn from_stored(
+        storage: Storage,
+        tensors: &[Stored],
+        stagger: usize,
+    ) -> Option<TypedArena> {
+        Some(match storage {
             Storage::F32 => {
-                let values: Vec<Vec<f32>> = tensors
+                let values = tensors
                     .iter()
-                    .map(|b| {
-                        b.chunks_exact(4)
-                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                            .collect()
+                    .map(|t| match t {
+                        Stored::F64(_) => None,
+                        other => Some(other.to_f32()),
                     })
-                    .collect();
-                StateArena::F32(Arena::from_tensors(&values, stagger))
+                    .collect::<Option<Vec<_>>>()?;
+                TypedArena::F32(Arena::from_tensors(&values, stagger))
             }
             Storage::Bf16 => {
-                let bits: Vec<Vec<u16>> = tensors
+                let bits = tensors
                     .iter()
-                    .map(|b| {
-                        b.chunks_exact(2)
-                            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                            .collect()
+                    .map(|t| match t {
+                        Stored::Bf16(b) => Some(b.clone()),
+                        Stored::F32(x) => {
+                            Some(x.iter().map(|&v| rounding::round_nearest_even(v)).collect())
+                        }
+                        Stored::F64(_) => None,
                     })
-                    .collect();
-                StateArena::Bf16(Arena::from_tensors(&bits, stagger))
+                    .collect::<Option<Vec<_>>>()?;
+                TypedArena::Bf16(Arena::from_tensors(&bits, stagger))
             }
+        })
+    }
+
+    /// Sets every element of tensor `index` to `value` (rounded to nearest
+    /// even for bf16).
+    pub(crate) fn fill(&mut self, index: usize, value: f32) {
+        match self {
+            TypedArena::F32(arena) => arena.tensor_mut(index).fill(value),
+            TypedArena::Bf16(arena) => arena
+                .tensor_mut(index)
+                .fill(rounding::round_nearest_even(value)),
+        }
+    }
+
+    /// Tensor `index` in its storage type.
+    pub(crate) fn stored(&self, index: usize) -> Stored {
+        match self {
+            TypedArena::F32(arena) => Stored::F32(arena.tensor(index).to_vec()),
+            TypedArena::Bf16(arena) => Stored::Bf16(arena.tensor(index).to_vec()),
         }
     }
 
     /// Kernel pointers to each tensor (bf16 bit patterns cast, as kernels take them).
     pub(crate) fn pointers(&mut self) -> Vec<*mut f32> {
         match self {
-            StateArena::F32(arena) => arena
+            TypedArena::F32(arena) => arena
                 .tensors_mut()
                 .into_iter()
                 .map(|t| t.as_mut_ptr())
                 .collect(),
-            StateArena::Bf16(arena) => arena
+            TypedArena::Bf16(arena) => arena
                 .tensors_mut()
                 .into_iter()
                 .map(|t| t.as_mut_ptr().cast::<f32>())

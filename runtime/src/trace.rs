@@ -6,8 +6,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use optc_compiler::interpret::Real;
-
 use crate::{Error, Optimizer};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,6 +28,16 @@ pub struct TraceTensor {
     pub params: Vec<Vec<f32>>,
     #[serde(flatten)]
     pub extra: Map<String, Json>,
+}
+
+impl TraceTensor {
+    /// The tensor's name: its `name` field, else its index `i`.
+    pub fn name(&self, i: usize) -> String {
+        match self.extra.get("name").and_then(Json::as_str) {
+            Some(name) => name.to_string(),
+            None => i.to_string(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -95,25 +103,24 @@ impl Trace {
 }
 
 /// Runs `optimizer` over the trace's gradients from its `p0`s and returns the
-/// trace with `params` replaced by the parameters after each step (rounded to
-/// f32 when the optimizer runs in f64).
-pub fn replay<F: Real>(optimizer: &mut Optimizer<F>, trace: &Trace) -> Result<Trace, TraceError> {
-    let widen = |xs: &[f32]| -> Vec<F> { xs.iter().map(|&x| F::from_f64(f64::from(x))).collect() };
-    let mut params: Vec<Vec<F>> = trace.tensors.iter().map(|t| widen(&t.p0)).collect();
+/// trace with `params` replaced by the parameters after each step. The
+/// parameters live in the executor between steps (uploaded once), so an f64
+/// interpreter keeps them in f64; each recorded step is rounded to f32.
+pub fn replay(optimizer: &mut Optimizer, trace: &Trace) -> Result<Trace, TraceError> {
+    let p0: Vec<&[f32]> = trace.tensors.iter().map(|t| t.p0.as_slice()).collect();
+    let failed = |step: usize| move |error: Error| TraceError::Step { step, error };
+    optimizer.upload(&p0).map_err(failed(0))?;
     let mut history: Vec<Vec<Vec<f32>>> = vec![Vec::new(); trace.tensors.len()];
     for step in 0..trace.steps() {
-        let grads: Vec<Vec<F>> = trace
+        let grads: Vec<&[f32]> = trace
             .tensors
             .iter()
-            .map(|t| widen(&t.grads[step]))
+            .map(|t| t.grads[step].as_slice())
             .collect();
-        let grads: Vec<&[F]> = grads.iter().map(Vec::as_slice).collect();
-        let mut views: Vec<&mut [F]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
-        optimizer
-            .step(&mut views, &grads)
-            .map_err(|error| TraceError::Step { step, error })?;
-        for (record, p) in history.iter_mut().zip(&params) {
-            record.push(p.iter().map(|&x| x.to_f64() as f32).collect());
+        optimizer.step_owned(&grads).map_err(failed(step))?;
+        let params = optimizer.params().map_err(failed(step))?;
+        for (record, p) in history.iter_mut().zip(params) {
+            record.push(p);
         }
     }
     let mut out = trace.clone();

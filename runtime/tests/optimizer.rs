@@ -1,23 +1,18 @@
-//! The runtime's contract: hyperparameters bind by name with clear errors,
-//! and a step that fails changes nothing.
+//! The optimizer's contract: hyperparameters bind by name with clear errors
+//! (per group too), groups select tensors by name, and a step that fails
+//! changes nothing.
 
-use std::sync::Arc;
+mod common;
 
-use optc_runtime::{Error, Optimizer};
+use common::{rule, scalar};
+use optc_runtime::{Error, Group, Optimizer};
 
 fn adam(sets: &[(&str, &str)]) -> Result<Optimizer, Error> {
-    let mut program = optc_stdlib::prelude();
-    let rule = program.compile("adam").unwrap();
-    let overrides = sets
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.to_string(),
-                program.compile_scalar(name, value).unwrap(),
-            )
-        })
-        .collect();
-    Optimizer::new(Arc::new(rule), overrides)
+    let mut builder = Optimizer::builder(rule("adam"));
+    for (name, value) in sets {
+        builder = builder.set(*name, scalar(value));
+    }
+    builder.build()
 }
 
 #[test]
@@ -46,76 +41,183 @@ fn binding_errors_name_the_problem() {
         error.to_string(),
         "hyperparameter `b1` is a number, not a bool"
     );
-}
-
-#[test]
-fn a_failed_step_changes_nothing() {
-    let mut optimizer = adam(&[]).unwrap();
-    let mut twin = optimizer.clone();
-    let mut a = vec![1.0f32, 2.0, 3.0];
-    let mut b = vec![4.0f32];
-    optimizer
-        .step(&mut [&mut a, &mut b], &[&[0.1, 0.2, 0.3], &[0.4]])
+    let error = Optimizer::builder(rule("adam"))
+        .group(Group::new("bias").tensors(["b"]).set("weight_decy", 0.0))
+        .build()
+        .err()
         .unwrap();
-    let (a1, b1) = (a.clone(), b.clone());
-
-    let wrong_length = optimizer.step(&mut [&mut a, &mut b], &[&[0.1, 0.2], &[0.4]]);
-    assert_eq!(
-        wrong_length,
-        Err(Error::Length {
-            tensor: 0,
-            expected: 3,
-            found: 2
-        })
+    assert!(
+        error
+            .to_string()
+            .contains("unknown hyperparameter `weight_decy`"),
+        "{error}"
     );
-    let wrong_count = optimizer.step(&mut [&mut a, &mut b], &[&[0.1, 0.2, 0.3]]);
-    assert_eq!(
-        wrong_count,
-        Err(Error::TensorCount {
-            expected: 2,
-            found: 1
-        })
-    );
-    let mut c = vec![0.0f32; 2];
-    let changed_shape = optimizer.step(&mut [&mut a, &mut c], &[&[0.1, 0.2, 0.3], &[0.4, 0.5]]);
-    assert_eq!(
-        changed_shape,
-        Err(Error::Length {
-            tensor: 1,
-            expected: 1,
-            found: 2
-        })
-    );
-    assert_eq!((a.clone(), b.clone()), (a1, b1), "parameters untouched");
-    assert_eq!(optimizer.steps_taken(), 1, "step count untouched");
-
-    // The failures left the state as it was: the next step equals an uninterrupted run.
-    let (mut ta, mut tb) = (vec![1.0f32, 2.0, 3.0], vec![4.0f32]);
-    twin.step(&mut [&mut ta, &mut tb], &[&[0.1, 0.2, 0.3], &[0.4]])
-        .unwrap();
-    twin.step(&mut [&mut ta, &mut tb], &[&[0.3, 0.2, 0.1], &[0.5]])
-        .unwrap();
-    optimizer
-        .step(&mut [&mut a, &mut b], &[&[0.3, 0.2, 0.1], &[0.5]])
-        .unwrap();
-    assert_eq!((a, b), (ta, tb));
 }
 
 #[test]
 fn defaults_follow_the_hyperparameters_before_them() {
-    let mut program = optc_stdlib::prelude();
-    let rule = Arc::new(program.compile("prodigy").unwrap());
-    let beta3 = rule.hyper_index("beta3").unwrap();
-    let default = Optimizer::<f32>::new(rule.clone(), Vec::new()).unwrap();
-    assert_eq!(default.hyper_values()[beta3], 0.999f64.sqrt());
-    let beta2 = program.compile_scalar("beta2", "0.99").unwrap();
-    let set = Optimizer::<f32>::new(rule.clone(), vec![("beta2".into(), beta2)]).unwrap();
+    let prodigy = rule("prodigy");
+    let beta3 = prodigy.hyper_index("beta3").unwrap();
+    let build = |sets: &[(&str, &str)]| {
+        let mut builder = Optimizer::builder(prodigy.clone());
+        for (name, value) in sets {
+            builder = builder.set(*name, scalar(value));
+        }
+        builder.build().unwrap()
+    };
+    assert_eq!(build(&[]).hyper_values()[beta3], 0.999f64.sqrt());
     assert_eq!(
-        set.hyper_values()[beta3],
+        build(&[("beta2", "0.99")]).hyper_values()[beta3],
         0.99f64.sqrt(),
         "beta3 = sqrt(beta2) sees the override"
     );
-    let beta3_value = program.compile_scalar("beta3", "0.5").unwrap();
-    let explicit = Optimizer::<f32>::new(rule, vec![("beta3".into(), beta3_value)]).unwrap();
-    assert_eq!(explicit.hyper_values()[beta3], 0.5);
+    assert_eq!(build(&[("beta3", "0.5")]).hyper_values()[beta3], 0.5);
+}
+
+#[test]
+fn groups_select_tensors_by_name_and_pattern() {
+    let mut optimizer = Optimizer::builder(rule("adamw"))
+        .tensors([
+            ("hidden.weight", 6),
+            ("hidden.bias", 3),
+            ("output.weight", 3),
+            ("output.bias", 1),
+        ])
+        .group(
+            Group::new("no_decay")
+                .tensors(["*.bias"])
+                .set("weight_decay", 0.0),
+        )
+        .group(
+            Group::new("output")
+                .tensors(["output.*"])
+                .set("learning_rate", 0.1),
+        )
+        .build()
+        .unwrap();
+    let layout = optimizer.layout().unwrap().clone();
+    let groups: Vec<usize> = layout.tensors.iter().map(|t| t.group).collect();
+    assert_eq!(
+        groups,
+        [0, 1, 2, 1],
+        "the first group that selects a tensor wins"
+    );
+    assert_eq!(layout.groups, ["default", "no_decay", "output"]);
+    assert_eq!(optimizer.hyper_texts("output").unwrap()[0], "0.1");
+    optimizer.set("no_decay", "learning_rate", 0.5).unwrap();
+    assert_eq!(optimizer.hyper_texts("no_decay").unwrap()[0], "0.5");
+    let error = optimizer.set("nope", "learning_rate", 0.5).unwrap_err();
+    assert!(error
+        .to_string()
+        .contains("no group `nope` (groups: default, no_decay, output)"));
+    let error = optimizer.set("output", "learning_rate", true).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "hyperparameter `learning_rate` is a number, not a bool"
+    );
+    assert_eq!(
+        optimizer.hyper_texts("output").unwrap()[0],
+        "0.1",
+        "unchanged"
+    );
+}
+
+#[test]
+fn group_mistakes_are_clear_errors() {
+    let error =
+        |builder: optc_runtime::OptimizerBuilder| builder.build().err().unwrap().to_string();
+    let adamw = || Optimizer::builder(rule("adamw")).tensors([("w", 4), ("b", 2)]);
+    assert_eq!(
+        error(adamw().group(Group::new("x").tensors(["bias"]))),
+        "parameter groups: group `x` (bias) selects none of the tensors (w, b)"
+    );
+    assert_eq!(
+        error(adamw().group(Group::new("x"))),
+        "parameter groups: group `x` selects no tensors: give it names or patterns"
+    );
+    assert_eq!(
+        error(adamw().group(Group::new("default").tensors(["b"]))),
+        "parameter groups: two groups are called `default`"
+    );
+    assert_eq!(
+        error(Optimizer::builder(rule("adamw")).tensors([("w", 4), ("w", 2)])),
+        "parameter groups: two tensors are called `w`"
+    );
+    assert_eq!(
+        error(Optimizer::builder(rule("adamw")).threads(0)),
+        "a step needs at least 1 thread"
+    );
+    // Anonymous tensors are named by index, and a step that fits no group is refused.
+    let mut late = Optimizer::builder(rule("adamw"))
+        .group(Group::new("second").tensors(["1"]))
+        .build()
+        .unwrap();
+    let (mut a, mut b) = (vec![1.0f32; 2], vec![2.0f32; 2]);
+    let lone = late
+        .step(&mut [&mut a[..]], &[&[0.5, 0.5][..]])
+        .unwrap_err();
+    assert!(lone
+        .to_string()
+        .contains("group `second` (1) selects none of the tensors (0)"));
+    assert_eq!(a, [1.0, 1.0]);
+    late.step(
+        &mut [&mut a[..], &mut b[..]],
+        &[&[0.5; 2][..], &[0.5; 2][..]],
+    )
+    .unwrap();
+    assert_eq!(late.group_steps("second").unwrap(), 1);
+}
+
+#[test]
+fn declared_tensors_fix_the_sizes_of_every_step() {
+    let mut optimizer = Optimizer::builder(rule("sgd"))
+        .tensors([("w", 3)])
+        .build()
+        .unwrap();
+    let mut w = [0.0f32; 4];
+    let error = optimizer
+        .step(&mut [&mut w[..]], &[&[1.0; 4][..]])
+        .unwrap_err();
+    assert_eq!(
+        error,
+        Error::Length {
+            tensor: 0,
+            expected: 3,
+            found: 4
+        }
+    );
+}
+
+#[test]
+fn owned_parameters_need_an_upload() {
+    let mut optimizer = Optimizer::builder(rule("sgd")).build().unwrap();
+    let error = optimizer.step_owned::<f32>(&[&[1.0]]).unwrap_err();
+    assert!(error.to_string().contains("upload them first"), "{error}");
+    assert!(optimizer.params().is_err());
+    optimizer.upload::<f32>(&[&[1.0, 2.0]]).unwrap();
+    optimizer.step_owned::<f32>(&[&[1.0, 1.0]]).unwrap();
+    let lr = optimizer.hyper_values()[0] as f32;
+    assert_eq!(optimizer.params().unwrap(), vec![vec![1.0 - lr, 2.0 - lr]]);
+    let mut out = vec![0.0f32; 2];
+    optimizer.download_into(&mut [&mut out[..]]).unwrap();
+    assert_eq!(out, [1.0 - lr, 2.0 - lr]);
+}
+
+#[test]
+fn glob_patterns_match_as_documented() {
+    use optc_runtime::glob_match;
+    for (pattern, name, matches) in [
+        ("*.bias", "hidden.bias", true),
+        ("*.bias", "hidden.bias2", false),
+        ("hidden.*", "hidden.weight", true),
+        ("?", "1", true),
+        ("?", "12", false),
+        ("*", "", true),
+        ("a*b*c", "aXXbYYc", true),
+        ("a*b*c", "aXXbYY", false),
+        ("w", "w", true),
+        ("w", "w1", false),
+    ] {
+        assert_eq!(glob_match(pattern, name), matches, "{pattern} vs {name}");
+    }
 }

@@ -1,15 +1,14 @@
-//! bf16 storage in the fused executor: the JIT agrees with the reference
+//! bf16 storage on every kernel backend: each agrees with the reference
 //! kernels bit for bit, stochastic rounding does not depend on threads and
 //! resumes exactly from a checkpoint, a bf16 step is the f32 step rounded,
 //! and wrong element types or checkpoints are errors that change nothing.
+//! The interpreter refuses bf16 storage.
 
-use std::sync::Arc;
+mod common;
 
 use half::bf16;
 use optc_compiler::kernel::Storage;
-use optc_runtime::fused::{Backend, FusedOptimizer, Jit, Reference, CHUNK};
-use optc_runtime::precision::Precision;
-use optc_runtime::{Error, Optimizer};
+use optc_runtime::{Backend, Error, Optimizer, Precision, CHUNK};
 
 fn bf16_everywhere(stochastic_rounding: bool) -> Precision {
     Precision {
@@ -20,14 +19,23 @@ fn bf16_everywhere(stochastic_rounding: bool) -> Precision {
     }
 }
 
-fn optimizer(
-    rule: &str,
-    backend: &mut dyn Backend,
-    threads: usize,
-    precision: Precision,
-) -> FusedOptimizer {
-    let rule = Arc::new(optc_stdlib::prelude().compile(rule).unwrap());
-    FusedOptimizer::with_precision(rule, Vec::new(), backend, threads, precision).unwrap()
+fn optimizer(rule: &str, backend: &Backend, threads: usize, precision: Precision) -> Optimizer {
+    common::builder(rule, backend, threads)
+        .precision(precision)
+        .build()
+        .unwrap()
+}
+
+fn reference() -> Backend {
+    Backend::named("reference").unwrap()
+}
+
+/// The registered kernel backends.
+fn kernel_backends() -> Vec<(&'static str, Backend)> {
+    common::backends()
+        .into_iter()
+        .filter(|(_, b)| b.runs_kernels())
+        .collect()
 }
 
 /// Deterministic values with zeros, both signs and a wide range of magnitudes.
@@ -64,7 +72,7 @@ fn tensors(seed: u64) -> Vec<Vec<bf16>> {
         .collect()
 }
 
-fn run(fused: &mut FusedOptimizer, params: &mut [Vec<bf16>], steps: std::ops::Range<u64>) {
+fn run(fused: &mut Optimizer, params: &mut [Vec<bf16>], steps: std::ops::Range<u64>) {
     for step in steps {
         let grads = tensors(100 + 3 * step);
         let grads: Vec<&[bf16]> = grads.iter().map(Vec::as_slice).collect();
@@ -81,29 +89,30 @@ fn bits(tensors: &[Vec<bf16>]) -> Vec<Vec<u16>> {
 }
 
 #[test]
-fn the_jit_equals_the_reference_kernels_and_no_thread_count_changes_anything() {
-    let mut jit = Jit::new().unwrap();
-    for rule in ["adam", "lion", "lamb", "sgd_momentum"] {
-        for stochastic in [false, true] {
-            let precision = bf16_everywhere(stochastic);
-            let mut expected = tensors(1);
-            let mut reference = optimizer(rule, &mut Reference, 1, precision);
-            run(&mut reference, &mut expected, 0..4);
-            for threads in [1, 2, 3] {
-                let mut params = tensors(1);
-                let mut fused = optimizer(rule, &mut jit, threads, precision);
-                run(&mut fused, &mut params, 0..4);
-                assert!(
-                    bits(&params) == bits(&expected),
-                    "{rule}, stochastic {stochastic}, {threads} thread(s)"
-                );
-                for state in &fused.rule().states {
-                    assert_eq!(
-                        fused.state(&state.name),
-                        reference.state(&state.name),
-                        "{rule}: state {}",
-                        state.name
+fn every_kernel_backend_equals_the_reference_kernels_on_any_thread_count() {
+    for (name, backend) in kernel_backends() {
+        for rule in ["adam", "lion", "lamb", "sgd_momentum"] {
+            for stochastic in [false, true] {
+                let precision = bf16_everywhere(stochastic);
+                let mut expected = tensors(1);
+                let mut reference = optimizer(rule, &reference(), 1, precision);
+                run(&mut reference, &mut expected, 0..4);
+                for threads in [1, 2, 3] {
+                    let mut params = tensors(1);
+                    let mut fused = optimizer(rule, &backend, threads, precision);
+                    run(&mut fused, &mut params, 0..4);
+                    assert!(
+                        bits(&params) == bits(&expected),
+                        "{rule} on {name}, stochastic {stochastic}, {threads} thread(s)"
                     );
+                    for state in &fused.rule().states {
+                        assert_eq!(
+                            fused.state(&state.name),
+                            reference.state(&state.name),
+                            "{rule}: state {}",
+                            state.name
+                        );
+                    }
                 }
             }
         }
@@ -119,15 +128,19 @@ fn a_first_bf16_step_is_the_f32_step_rounded_to_nearest_even() {
             .map(|t| t.iter().map(|x| x.to_f32()).collect())
             .collect()
     };
-    let rule = Arc::new(optc_stdlib::prelude().compile("adam").unwrap());
-    let mut interpreted = Optimizer::<f32>::new(rule, Vec::new()).unwrap();
+    let mut interpreted = optimizer(
+        "adam",
+        &Backend::named("interp").unwrap(),
+        1,
+        Precision::default(),
+    );
     let mut wide = widen(&params);
     let wide_grads = widen(&grads);
     let wide_grads: Vec<&[f32]> = wide_grads.iter().map(Vec::as_slice).collect();
     let mut views: Vec<&mut [f32]> = wide.iter_mut().map(Vec::as_mut_slice).collect();
     interpreted.step(&mut views, &wide_grads).unwrap();
 
-    let mut fused = optimizer("adam", &mut Jit::new().unwrap(), 2, bf16_everywhere(false));
+    let mut fused = optimizer("adam", &Backend::fastest(), 2, bf16_everywhere(false));
     let mut narrow = params.clone();
     let narrow_grads: Vec<&[bf16]> = grads.iter().map(Vec::as_slice).collect();
     let mut views: Vec<&mut [bf16]> = narrow.iter_mut().map(Vec::as_mut_slice).collect();
@@ -141,33 +154,39 @@ fn a_first_bf16_step_is_the_f32_step_rounded_to_nearest_even() {
 
 #[test]
 fn stochastic_rounding_resumes_exactly_from_a_checkpoint() {
-    let mut jit = Jit::new().unwrap();
-    let precision = bf16_everywhere(true);
-    let mut straight = tensors(1);
-    let mut uninterrupted = optimizer("adam", &mut jit, 2, precision);
-    run(&mut uninterrupted, &mut straight, 0..6);
+    for (name, backend) in kernel_backends() {
+        let precision = bf16_everywhere(true);
+        let mut straight = tensors(1);
+        let mut uninterrupted = optimizer("adam", &backend, 2, precision);
+        run(&mut uninterrupted, &mut straight, 0..6);
 
-    let path = std::env::temp_dir().join(format!("optc-{}-bf16.safetensors", std::process::id()));
-    let mut resumed = tensors(1);
-    let mut first = optimizer("adam", &mut jit, 2, precision);
-    run(&mut first, &mut resumed, 0..3);
-    first.save(&path, &["a", "b", "c"]).unwrap();
-    let mut second = optimizer("adam", &mut jit, 1, precision);
-    second.load(&path, &["a", "b", "c"], &SIZES).unwrap();
-    run(&mut second, &mut resumed, 3..6);
-    assert!(bits(&resumed) == bits(&straight));
+        let path = common::temp(&format!("{name}-bf16"));
+        let mut resumed = tensors(1);
+        let mut first = optimizer("adam", &backend, 2, precision);
+        run(&mut first, &mut resumed, 0..3);
+        first.save(&path).unwrap();
+        let mut second = optimizer("adam", &backend, 1, precision);
+        second.load(&path).unwrap();
+        run(&mut second, &mut resumed, 3..6);
+        assert!(bits(&resumed) == bits(&straight), "{name}");
 
-    // The same checkpoint cannot be read as f32 state.
-    let mut f32_state = optimizer("adam", &mut jit, 1, Precision::default());
-    let error = f32_state.load(&path, &["a", "b", "c"], &SIZES).unwrap_err();
-    assert!(error.to_string().contains("BF16"), "{error}");
-    assert_eq!(f32_state.steps_taken(), 0);
-    std::fs::remove_file(&path).unwrap();
+        // The same checkpoint cannot be read as f32 state.
+        let mut f32_state = optimizer("adam", &backend, 1, Precision::default());
+        let error = f32_state.load(&path).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("holds bf16 state, this optimizer stores f32"),
+            "{error}"
+        );
+        assert_eq!(f32_state.steps_taken(), 0);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
 
 #[test]
 fn parameters_of_the_wrong_type_are_an_error_that_changes_nothing() {
-    let mut fused = optimizer("adam", &mut Reference, 1, bf16_everywhere(false));
+    let mut fused = optimizer("adam", &reference(), 1, bf16_everywhere(false));
     let mut params = vec![vec![1.0f32; 8]];
     let grads = [vec![0.5f32; 8]];
     let grads: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
@@ -183,4 +202,15 @@ fn parameters_of_the_wrong_type_are_an_error_that_changes_nothing() {
     assert_eq!(params, vec![vec![1.0f32; 8]]);
     assert_eq!(fused.steps_taken(), 0);
     assert_eq!(fused.state("mu"), Some(Vec::new()));
+}
+
+#[test]
+fn the_interpreter_refuses_bf16_storage() {
+    let error = common::builder("adam", &Backend::named("interp").unwrap(), 1)
+        .precision(bf16_everywhere(false))
+        .build()
+        .err()
+        .unwrap();
+    assert!(matches!(error, Error::Unsupported(_)), "{error}");
+    assert!(error.to_string().contains("bf16 storage"));
 }

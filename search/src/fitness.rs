@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use optc_compiler::ir::Rule;
 use optc_compiler::Program;
-use optc_runtime::fused::{Backend, Jit, Reference};
+use optc_runtime::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::parallel;
@@ -116,60 +116,59 @@ pub struct Baseline {
 pub struct ProxyFitness {
     tasks: Vec<ProxyTask>,
     baselines: Vec<Baseline>,
+    /// The backend candidates are trained on (`--backend` names).
+    backend: String,
 }
 
-/// A thread's JIT; replaced every [`RULES_PER_JIT`] rules, so the code of
-/// candidates long gone is freed.
+/// A thread's backend; opened afresh every [`RULES_PER_BACKEND`] rules, so
+/// the code of candidates long gone is freed with its kernel cache.
 pub struct ProxyWorker {
-    backend: Box<dyn Backend + Send>,
+    name: String,
+    backend: Backend,
     rules: usize,
 }
 
-const RULES_PER_JIT: usize = 256;
+const RULES_PER_BACKEND: usize = 256;
 
 impl ProxyWorker {
-    pub fn new() -> ProxyWorker {
+    /// A worker on the backend called `name` (the fastest, if it cannot
+    /// be opened).
+    pub fn new(name: &str) -> ProxyWorker {
         ProxyWorker {
-            backend: fresh_backend(),
+            name: name.to_string(),
+            backend: open(name),
             rules: 0,
         }
     }
 
     /// The backend to compile the next rule with.
-    pub fn backend_for_next_rule(&mut self) -> &mut dyn Backend {
+    pub fn backend_for_next_rule(&mut self) -> &Backend {
         self.rules += 1;
-        if self.rules > RULES_PER_JIT {
-            self.backend = fresh_backend();
+        if self.rules > RULES_PER_BACKEND {
+            self.backend = open(&self.name);
             self.rules = 1;
         }
-        &mut *self.backend
+        &self.backend
     }
 }
 
-impl Default for ProxyWorker {
-    fn default() -> ProxyWorker {
-        ProxyWorker::new()
-    }
-}
-
-/// The Cranelift JIT where the host supports it, else the reference kernels.
-fn fresh_backend() -> Box<dyn Backend + Send> {
-    match Jit::new() {
-        Ok(jit) => Box::new(jit),
-        Err(_) => Box::new(Reference),
-    }
+fn open(name: &str) -> Backend {
+    Backend::named(name).unwrap_or_else(|_| Backend::fastest())
 }
 
 impl ProxyFitness {
-    /// Tunes the baselines (on `threads` threads) and returns the fitness.
+    /// Tunes the baselines (on `threads` threads, with the backend called
+    /// `backend`) and returns the fitness.
     pub fn new(
         tasks: Vec<ProxyTask>,
         prelude: &Program,
         threads: usize,
+        backend: &str,
     ) -> Result<ProxyFitness, String> {
         if tasks.iter().all(|t| t.stage != Stage::Cheap) {
             return Err("choose at least one cheap task".into());
         }
+        Backend::named(backend).map_err(|e| e.to_string())?;
         let rules: Vec<Arc<Rule>> = BASELINE_RULES
             .iter()
             .map(|name| {
@@ -182,8 +181,9 @@ impl ProxyFitness {
         let jobs: Vec<(usize, usize)> = (0..tasks.len())
             .flat_map(|task| (0..rules.len()).map(move |rule| (task, rule)))
             .collect();
-        let mut workers: Vec<ProxyWorker> =
-            (0..threads.max(1)).map(|_| ProxyWorker::new()).collect();
+        let mut workers: Vec<ProxyWorker> = (0..threads.max(1))
+            .map(|_| ProxyWorker::new(backend))
+            .collect();
         let tuned = parallel::map(&mut workers, &jobs, |worker, &(task, rule)| {
             proxy::tune(&tasks[task], &rules[rule], worker.backend_for_next_rule())
         });
@@ -195,11 +195,20 @@ impl ProxyFitness {
                 adam: pair[1],
             })
             .collect();
-        Ok(ProxyFitness { tasks, baselines })
+        Ok(ProxyFitness {
+            tasks,
+            baselines,
+            backend: backend.to_string(),
+        })
     }
 
     pub fn tasks(&self) -> &[ProxyTask] {
         &self.tasks
+    }
+
+    /// A fresh handle on the backend candidates are trained on.
+    pub fn backend(&self) -> Backend {
+        open(&self.backend)
     }
 
     pub fn baselines(&self) -> &[Baseline] {
@@ -221,12 +230,7 @@ impl ProxyFitness {
     }
 
     /// Tunes `rule` (prepared by [`proxy::with_update_scale`]) on one task.
-    pub fn score_task(
-        &self,
-        backend: &mut dyn Backend,
-        rule: &Arc<Rule>,
-        task: usize,
-    ) -> TaskScore {
+    pub fn score_task(&self, backend: &Backend, rule: &Arc<Rule>, task: usize) -> TaskScore {
         let tuned = proxy::tune(&self.tasks[task], rule, backend).unwrap_or(Tuned {
             metric: f64::INFINITY,
             scale: 1.0,
@@ -240,12 +244,7 @@ impl ProxyFitness {
     }
 
     /// Scores on the tasks of `stage`.
-    fn score_stage(
-        &self,
-        backend: &mut dyn Backend,
-        rule: &Arc<Rule>,
-        stage: Stage,
-    ) -> Vec<TaskScore> {
+    fn score_stage(&self, backend: &Backend, rule: &Arc<Rule>, stage: Stage) -> Vec<TaskScore> {
         (0..self.tasks.len())
             .filter(|&task| self.tasks[task].stage == stage)
             .map(|task| self.score_task(backend, rule, task))
@@ -267,7 +266,7 @@ impl Fitness for ProxyFitness {
     type Worker = ProxyWorker;
 
     fn worker(&self) -> ProxyWorker {
-        ProxyWorker::new()
+        ProxyWorker::new(&self.backend)
     }
 
     /// [`fitness_of`] the cheap tasks; for a candidate above tuned SGD with

@@ -1,6 +1,6 @@
 //! Proxy tasks: the small training problems a candidate is scored on. Each
-//! trains the candidate compiled by the JIT ([`FusedOptimizer`] on the
-//! Cranelift backend) from a fixed start for a fixed number of full-batch
+//! trains the candidate compiled to kernels (an [`Optimizer`] on the
+//! Cranelift backend, or the one the search was given) from a fixed start for a fixed number of full-batch
 //! steps, with exact gradients: `.opt` objectives with symbolic gradients
 //! (an ill-conditioned quadratic, Rosenbrock; both with their minimum moved
 //! off round numbers, where a search found rules that snap parameters to 0
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use optc_compiler::ir::{BinaryOp, Hyper, Input, Kind, Node, Rule, ScalarExpr, Type};
 use optc_compiler::objective::Objective;
 use optc_compiler::Program;
-use optc_runtime::fused::{Backend, FusedOptimizer};
+use optc_runtime::{Backend, Optimizer};
 use optc_tasks::{Dataset, Mlp, SoftmaxRegression, Task};
 
 /// The name of the hyperparameter [`with_update_scale`] adds.
@@ -119,15 +119,12 @@ impl ProxyTask {
     /// Trains `rule` (with an [`UPDATE_SCALE`] hyperparameter, see
     /// [`with_update_scale`]) at update scale `scale`, compiling its kernels
     /// with `backend` (which caches them across calls).
-    pub fn train(
-        &self,
-        rule: &Arc<Rule>,
-        scale: f64,
-        backend: &mut dyn Backend,
-    ) -> Result<Run, String> {
-        let overrides = vec![(UPDATE_SCALE.to_string(), ScalarExpr::constant(scale))];
-        let mut optimizer =
-            FusedOptimizer::new(rule.clone(), overrides, backend, 1).map_err(|e| e.to_string())?;
+    pub fn train(&self, rule: &Arc<Rule>, scale: f64, backend: &Backend) -> Result<Run, String> {
+        let mut optimizer = Optimizer::builder(rule.clone())
+            .set(UPDATE_SCALE, ScalarExpr::constant(scale))
+            .backend(backend.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
         let mut params = self.initial_params()?;
         let mut losses = Vec::with_capacity(self.steps + 1);
         for step in 0..=self.steps {
@@ -170,13 +167,9 @@ impl ProxyTask {
 /// `task`: `10^k` for k in [`COARSE_EXPONENTS`], then the best scale times
 /// `10^-0.5` and `10^0.5`. The lowest metric wins; ties go to the earlier
 /// scale, so the sweep is deterministic.
-pub fn tune(
-    task: &ProxyTask,
-    rule: &Arc<Rule>,
-    backend: &mut dyn Backend,
-) -> Result<Tuned, String> {
+pub fn tune(task: &ProxyTask, rule: &Arc<Rule>, backend: &Backend) -> Result<Tuned, String> {
     let mut best: Option<Tuned> = None;
-    let mut try_scale = |scale: f64, best: &mut Option<Tuned>| -> Result<(), String> {
+    let try_scale = |scale: f64, best: &mut Option<Tuned>| -> Result<(), String> {
         let metric = task.train(rule, scale, backend)?.metric;
         if best.is_none_or(|b| metric < b.metric) {
             *best = Some(Tuned { metric, scale });

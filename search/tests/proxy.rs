@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use optc_runtime::fused::Jit;
+use optc_runtime::Backend;
 use optc_search::fitness::{ProxyWorker, BASELINE_RULES, MIN_SPAN};
 use optc_search::proxy::{self, Stage};
 use optc_search::{Fitness, ProxyFitness};
@@ -18,25 +18,19 @@ fn the_update_scale_multiplies_the_learning_rate() {
     let prelude = common::prelude();
     let tasks = proxy::builtin(&prelude).unwrap();
     let quadratic = &tasks[0];
-    let mut backend = Jit::new().unwrap();
+    let backend = Backend::named("cranelift").unwrap();
     let scaled_sgd = |lr: f64| {
         let text = format!("optimizer s(learning_rate = {lr:?}) {{ p -= learning_rate * g; }}");
         Arc::new(proxy::with_update_scale(&common::compile(&text, "s")))
     };
-    let by_scale = quadratic
-        .train(&scaled_sgd(1e-3), 10.0, &mut backend)
-        .unwrap();
-    let by_rate = quadratic
-        .train(&scaled_sgd(1e-2), 1.0, &mut backend)
-        .unwrap();
+    let by_scale = quadratic.train(&scaled_sgd(1e-3), 10.0, &backend).unwrap();
+    let by_rate = quadratic.train(&scaled_sgd(1e-2), 1.0, &backend).unwrap();
     assert_eq!(by_scale.losses.len(), quadratic.steps + 1);
     for (a, b) in by_scale.losses.iter().zip(&by_rate.losses) {
         assert!((a - b).abs() <= 1e-4 * b.abs(), "{a} vs {b}");
     }
     assert!(by_scale.metric < by_scale.losses[0] / 2.0, "it trains");
-    let diverged = quadratic
-        .train(&scaled_sgd(1.0), 1.0, &mut backend)
-        .unwrap();
+    let diverged = quadratic.train(&scaled_sgd(1.0), 1.0, &backend).unwrap();
     assert_eq!(diverged.metric, f64::INFINITY);
     assert!(
         diverged.losses.len() < quadratic.steps + 1,
@@ -49,12 +43,12 @@ fn baselines_score_zero_and_one_and_the_funnel_is_selective() {
     let prelude = common::prelude();
     let tasks = proxy::builtin(&prelude).unwrap();
     let started = Instant::now();
-    let fitness = ProxyFitness::new(tasks, &prelude, 2).unwrap();
+    let fitness = ProxyFitness::new(tasks, &prelude, 2, "cranelift").unwrap();
     println!(
         "baselines tuned in {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    let mut worker = ProxyWorker::new();
+    let mut worker = ProxyWorker::new("cranelift");
     for (task, baseline) in fitness.tasks().iter().zip(fitness.baselines()) {
         println!(
             "{:<11} sgd_momentum {:.4e} (scale {:.3})  adam {:.4e} (scale {:.3})",
@@ -111,12 +105,12 @@ fn scoring_the_cheapest_task_is_fast() {
     let prelude = common::prelude();
     let tasks = proxy::builtin(&prelude).unwrap();
     let quadratic = &tasks[0];
-    let mut backend = Jit::new().unwrap();
+    let backend = Backend::named("cranelift").unwrap();
     let rule = Arc::new(proxy::with_update_scale(&prelude.compile("adam").unwrap()));
     let started = Instant::now();
     let runs = 20;
     for _ in 0..runs {
-        proxy::tune(quadratic, &rule, &mut backend).unwrap();
+        proxy::tune(quadratic, &rule, &backend).unwrap();
     }
     let seconds = started.elapsed().as_secs_f64() / runs as f64;
     println!(

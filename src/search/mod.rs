@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use optc_compiler::{Origin, Program};
-use optc_runtime::fused::Jit;
 use optc_search::checkpoint::{self, Checkpoint};
 use optc_search::evolve::{Individual, Progress, Stop};
 use optc_search::fitness::{self, TaskScore};
@@ -42,7 +41,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "set",
         "set [KEY VALUE]",
-        "show or change a setting: population, tournament, seed, batch, threads, cycles (or budget), tolerance",
+        "show or change a setting: population, tournament, seed, batch, threads, cycles (or budget), tolerance, backend",
     ),
     (
         "run",
@@ -111,6 +110,8 @@ struct Settings {
     cycles: u64,
     /// Pruning tolerance, in normalised task units.
     tolerance: f64,
+    /// What candidates are trained on (`--backend` names).
+    backend: &'static str,
 }
 
 /// The state of one `optc search` session.
@@ -142,7 +143,8 @@ type Reply = Result<String, String>;
 impl Session {
     /// A session with default settings, all built-in tasks, and `interrupt`
     /// as the flag Ctrl-C raises.
-    pub fn new(interrupt: Arc<AtomicBool>, live_progress: bool) -> Session {
+    /// A session training candidates on the backend called `backend`.
+    pub fn new(interrupt: Arc<AtomicBool>, live_progress: bool, backend: &'static str) -> Session {
         let context = optc_stdlib::prelude();
         let chosen = proxy::builtin(&context)
             .map(|tasks| tasks.into_iter().map(|t| t.name).collect())
@@ -153,6 +155,7 @@ impl Session {
                 threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 cycles: 1000,
                 tolerance: prune::DEFAULT_TOLERANCE,
+                backend,
             },
             context,
             sources: Vec::new(),
@@ -227,6 +230,7 @@ impl Session {
             tasks,
             &optc_stdlib::prelude(),
             self.settings.threads,
+            self.settings.backend,
         )?);
         self.fitness = Some(fitness.clone());
         Ok(fitness)
@@ -340,14 +344,15 @@ impl Session {
         let settings = &mut self.settings;
         match args {
             [] => Ok(format!(
-                "population {}\ntournament {}\nseed {}\nbatch {}\nthreads {}\ncycles {}\ntolerance {}\n",
+                "population {}\ntournament {}\nseed {}\nbatch {}\nthreads {}\ncycles {}\ntolerance {}\nbackend {}\n",
                 settings.config.population_size,
                 settings.config.tournament_size,
                 settings.config.seed,
                 settings.config.batch_size,
                 settings.threads,
                 settings.cycles,
-                settings.tolerance
+                settings.tolerance,
+                settings.backend
             )),
             [key, value] => {
                 let count = || -> Result<usize, String> {
@@ -396,9 +401,15 @@ impl Session {
                             .ok_or_else(|| format!("`tolerance` takes a number >= 0, not `{value}`"))?;
                         ""
                     }
+                    "backend" => {
+                        settings.backend = registered_backend(value)?;
+                        // Baselines are tuned on the backend candidates train on.
+                        self.fitness = None;
+                        at_next_load
+                    }
                     other => {
                         return Err(format!(
-                            "unknown setting `{other}` (population, tournament, seed, batch, threads, cycles, tolerance)"
+                            "unknown setting `{other}` (population, tournament, seed, batch, threads, cycles, tolerance, backend)"
                         ))
                     }
                 };
@@ -592,10 +603,10 @@ impl Session {
             None => (0..fitness.tasks().len()).collect(),
         };
         let rule = Arc::new(proxy::with_update_scale(&candidate.compile(&self.context)?));
-        let mut backend = Jit::new()?;
+        let backend = fitness.backend();
         Ok(indices
             .into_iter()
-            .map(|task| fitness.score_task(&mut backend, &rule, task))
+            .map(|task| fitness.score_task(&backend, &rule, task))
             .collect())
     }
 
@@ -919,11 +930,11 @@ impl Session {
             None => 0,
         };
         let task = &fitness.tasks()[index];
-        let mut backend = Jit::new()?;
+        let backend = fitness.backend();
         let candidate = Arc::new(proxy::with_update_scale(
             &individual.candidate.compile(&self.context)?,
         ));
-        let tuned = fitness.score_task(&mut backend, &candidate, index);
+        let tuned = fitness.score_task(&backend, &candidate, index);
         let baseline = fitness.baselines()[index];
         let prelude = optc_stdlib::prelude();
         let mut series = Vec::new();
@@ -940,7 +951,7 @@ impl Session {
                 baseline.adam.scale,
             ),
         ] {
-            let run = task.train(&rule, scale, &mut backend)?;
+            let run = task.train(&rule, scale, &backend)?;
             series.push((format!("{label} (x{})", scale_text(scale)), run.losses));
         }
         plot::loss_curves(&format!("{}: {}", task.name, task.about), &series, file)?;
@@ -1087,4 +1098,14 @@ fn help(args: &[&str]) -> Reply {
             .ok_or_else(|| format!("no command `{command}`; `help` lists them")),
         _ => Err(usage("help")),
     }
+}
+
+/// The registry's name for backend `name`, if this host can run it.
+pub fn registered_backend(name: &str) -> Result<&'static str, String> {
+    optc_runtime::Backend::named(name).map_err(|e| e.to_string())?;
+    optc_runtime::BACKENDS
+        .iter()
+        .map(|b| b.name)
+        .find(|&b| b == name)
+        .ok_or_else(|| format!("unknown backend `{name}`"))
 }

@@ -28,6 +28,7 @@ const SETTINGS: &[&str] = &[
     "threads",
     "cycles",
     "tolerance",
+    "backend",
 ];
 
 /// Raises the interrupt flag on Ctrl-C; a second Ctrl-C before the flag is
@@ -45,10 +46,10 @@ fn install_interrupt() -> Arc<AtomicBool> {
 }
 
 /// Runs the commands of `path`, echoing each; stops at the first error.
-pub fn script(path: &str) -> Result<String, String> {
+pub fn script(path: &str, backend: &'static str) -> Result<String, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("error: cannot read {path}: {e}"))?;
-    let mut session = Session::new(install_interrupt(), false);
+    let mut session = Session::new(install_interrupt(), false, backend);
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
@@ -64,9 +65,9 @@ pub fn script(path: &str) -> Result<String, String> {
 }
 
 /// The interactive loop.
-pub fn interactive() -> Result<String, String> {
+pub fn interactive(backend: &'static str) -> Result<String, String> {
     let interrupt = install_interrupt();
-    let mut session = Session::new(interrupt.clone(), std::io::stderr().is_terminal());
+    let mut session = Session::new(interrupt.clone(), std::io::stderr().is_terminal(), backend);
     let mut editor: Editor<Completion, FileHistory> =
         Editor::new().map_err(|e| format!("error: cannot open the terminal: {e}"))?;
     editor.set_helper(Some(Completion {

@@ -5,7 +5,6 @@
 //! `data/`, full batch, standardised features, deterministic initial
 //! parameters (so runs are reproducible). `optc train` drives these.
 
-use optc_compiler::interpret::Real;
 use optc_runtime::{Error, Optimizer};
 
 /// A labelled dataset with standardised features.
@@ -123,6 +122,9 @@ pub trait Task {
     /// What the model is, for logs (`softmax regression`, `MLP, 32 tanh units`).
     fn describe(&self) -> String;
     fn initial_params(&self) -> Vec<Vec<f32>>;
+    /// The parameter tensors' names, in order (torch's style: `linear.weight`),
+    /// which parameter groups select tensors by.
+    fn tensor_names(&self) -> Vec<String>;
     /// Exact full-batch loss, accuracy and gradient.
     fn evaluate(&self, params: &[Vec<f32>]) -> Evaluation;
 }
@@ -153,6 +155,10 @@ impl Task for SoftmaxRegression {
 
     fn describe(&self) -> String {
         "softmax regression".into()
+    }
+
+    fn tensor_names(&self) -> Vec<String> {
+        vec!["linear.weight".into(), "linear.bias".into()]
     }
 
     /// Zero weights and biases.
@@ -252,6 +258,17 @@ impl Task for Mlp {
         format!("MLP, {} tanh units", self.hidden)
     }
 
+    fn tensor_names(&self) -> Vec<String> {
+        [
+            "hidden.weight",
+            "hidden.bias",
+            "output.weight",
+            "output.bias",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     fn initial_params(&self) -> Vec<Vec<f32>> {
         let width = self.data.features.first().map_or(0, Vec::len);
         let scaled = |values: Vec<f32>, fan_in: usize| -> Vec<f32> {
@@ -338,27 +355,18 @@ pub struct LogLine {
     pub accuracy: f64,
 }
 
-/// Trains for `steps` full-batch steps, logging every `every` steps and at the end.
-pub fn train<F: Real>(
+/// Trains for `steps` full-batch steps, logging every `every` steps and at
+/// the end. The optimizer steps the parameters in place.
+pub fn train(
     task: &dyn Task,
-    optimizer: &mut Optimizer<F>,
+    optimizer: &mut Optimizer,
     steps: usize,
     every: usize,
 ) -> Result<Vec<LogLine>, Error> {
-    let mut params: Vec<Vec<F>> = task
-        .initial_params()
-        .into_iter()
-        .map(|p| p.into_iter().map(|x| F::from_f64(f64::from(x))).collect())
-        .collect();
-    let narrow = |params: &[Vec<F>]| -> Vec<Vec<f32>> {
-        params
-            .iter()
-            .map(|p| p.iter().map(|x| x.to_f64() as f32).collect())
-            .collect()
-    };
+    let mut params = task.initial_params();
     let mut log = Vec::new();
     for step in 0..=steps {
-        let eval = task.evaluate(&narrow(&params));
+        let eval = task.evaluate(&params);
         if step % every.max(1) == 0 || step == steps {
             log.push(LogLine {
                 step,
@@ -369,13 +377,8 @@ pub fn train<F: Real>(
         if step == steps {
             break;
         }
-        let grads: Vec<Vec<F>> = eval
-            .grads
-            .into_iter()
-            .map(|g| g.into_iter().map(|x| F::from_f64(f64::from(x))).collect())
-            .collect();
-        let grads: Vec<&[F]> = grads.iter().map(Vec::as_slice).collect();
-        let mut views: Vec<&mut [F]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+        let grads: Vec<&[f32]> = eval.grads.iter().map(Vec::as_slice).collect();
+        let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
         optimizer.step(&mut views, &grads)?;
     }
     Ok(log)

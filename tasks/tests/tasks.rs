@@ -99,7 +99,10 @@ fn optimizer(rule: &str, sets: &[(&str, &str)]) -> Optimizer {
         .iter()
         .map(|(k, v)| (k.to_string(), program.compile_scalar(k, v).unwrap()))
         .collect();
-    Optimizer::new(Arc::new(compiled), overrides).unwrap()
+    Optimizer::builder(Arc::new(compiled))
+        .overrides(overrides)
+        .build()
+        .unwrap()
 }
 
 #[test]

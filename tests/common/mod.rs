@@ -91,12 +91,12 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use optc_compiler::backend::{HostBackend, HostKernel};
 use optc_compiler::interpret::{self, StepInputs, Value};
 use optc_compiler::ir::{BinaryOp, ReduceOp, Rule, ScalarExpr, UnaryOp};
 use optc_compiler::kernel::{self, is_approximated, is_transcendental, Kernel, Op};
 use optc_compiler::plan::Plan;
-use optc_runtime::fused::{self, Backend, CompiledKernel, FusedOptimizer};
-use optc_runtime::Bindings;
+use optc_runtime::{Backend, Bindings, Optimizer, BACKENDS};
 
 /// A small deterministic generator (splitmix64).
 pub struct Random(pub u64);
@@ -238,7 +238,7 @@ type Errors = Arc<Mutex<Vec<String>>>;
 
 struct Entry {
     name: String,
-    backend: Box<dyn Backend>,
+    backend: Backend,
     /// Held to [`Setup::tolerance`] rather than to bit-exactness.
     approximates: bool,
     /// Where a checking backend reports wrong kernel calls.
@@ -255,19 +255,40 @@ impl Backends {
         Backends { list: Vec::new() }
     }
 
-    /// Every fused backend of the runtime, `reference` (exact) and `jit`
-    /// (transcendentals approximated), and the JIT checked call by call,
-    /// `jit-lockstep` (see [`Lockstep`]).
+    /// Every backend the runtime registers (`optc_runtime::BACKENDS`), each
+    /// held to bit-exactness or, where it approximates transcendentals, to
+    /// [`Setup::tolerance`]; and every approximating kernel backend once more
+    /// checked call by call, as `NAME-lockstep` (see [`Lockstep`]). A backend
+    /// added to the registry joins every comparison.
     pub fn all() -> Backends {
-        Backends::none()
-            .with("reference", Box::new(fused::Reference), false)
-            .with("jit", Box::new(jit()), true)
-            .with_lockstep("jit-lockstep", Box::new(jit()))
+        let mut backends = Backends::none();
+        for info in BACKENDS {
+            let backend = (info.open)().unwrap_or_else(|why| panic!("{}: {why}", info.name));
+            if info.approximates && backend.runs_kernels() {
+                let checked = (info.open)().unwrap();
+                backends = backends.with_lockstep(&format!("{}-lockstep", info.name), checked);
+            }
+            backends = backends.with(info.name, backend, info.approximates);
+        }
+        backends
+    }
+
+    /// The registered kernel backends only, checked as [`Backends::all`] does.
+    pub fn kernels() -> Backends {
+        let mut all = Backends::all();
+        all.list.retain(|entry| entry.backend.runs_kernels());
+        all
+    }
+
+    /// Keeps the backends held to bit-exactness (exact ones, and lockstep
+    /// checkers).
+    pub fn retain_exact(&mut self) {
+        self.list.retain(|entry| !entry.approximates);
     }
 
     /// Adds `backend`; `approximates` holds it to [`Setup::tolerance`]
     /// instead of bit-exactness.
-    pub fn with(mut self, name: &str, backend: Box<dyn Backend>, approximates: bool) -> Backends {
+    pub fn with(mut self, name: &str, backend: Backend, approximates: bool) -> Backends {
         self.list.push(Entry {
             name: name.to_string(),
             backend,
@@ -277,15 +298,19 @@ impl Backends {
         self
     }
 
-    /// Adds `inner` (a JIT) run in [`Lockstep`] with its model.
-    pub fn with_lockstep(mut self, name: &str, inner: Box<dyn Backend>) -> Backends {
+    /// Adds `inner` (an approximating kernel backend) run in [`Lockstep`]
+    /// with its model.
+    pub fn with_lockstep(mut self, name: &str, inner: Backend) -> Backends {
         let errors = Errors::default();
         self.list.push(Entry {
             name: name.to_string(),
-            backend: Box::new(Lockstep {
-                inner,
-                errors: errors.clone(),
-            }),
+            backend: Backend::kernels(
+                name,
+                Box::new(Lockstep {
+                    inner,
+                    errors: errors.clone(),
+                }),
+            ),
             approximates: false,
             errors: Some(errors),
         });
@@ -295,7 +320,7 @@ impl Backends {
 
 /// The Cranelift JIT checked kernel call by kernel call. Every call runs the
 /// JIT's kernel on the executor's buffers, and next to it a model of what the
-/// JIT documents (jit/src/lib.rs, "Semantics"): the reference semantics
+/// JIT documents (backends/cranelift/src/lib.rs, "Semantics"): the reference semantics
 /// (`kernel::run`), except that each approximated operation takes the
 /// value the JIT computes for it alone (a one-operation kernel) and
 /// `min`/`max` return the first operand on ties. The call is wrong when
@@ -315,13 +340,13 @@ impl Backends {
 /// interpreter bit for bit, however much the rule would amplify a 1-ulp
 /// difference of an approximated operation or a reordered sum.
 pub struct Lockstep {
-    inner: Box<dyn Backend>,
+    inner: Backend,
     errors: Errors,
 }
 
 /// The runtime's Cranelift backend.
-pub fn jit() -> fused::Jit {
-    fused::Jit::new().expect("the JIT supports this host")
+pub fn jit() -> Backend {
+    Backend::named("cranelift").expect("the JIT supports this host")
 }
 
 /// Which approximated operation a one-operation kernel computes.
@@ -380,19 +405,20 @@ impl Approximated {
     }
 }
 
-impl Backend for Lockstep {
-    fn compile(&mut self, kernel: &Kernel) -> Result<Box<dyn CompiledKernel>, String> {
+impl HostBackend for Lockstep {
+    fn compile(&mut self, kernel: &Kernel) -> Result<Arc<dyn HostKernel>, String> {
+        let compile = |k: &Kernel| self.inner.compile(k).map_err(|e| e.to_string());
         let mut alone = HashMap::new();
         for approximated in kernel.ops.iter().filter_map(Approximated::of) {
             if let Slot::Vacant(slot) = alone.entry(approximated) {
                 let alone = approximated.kernel(kernel);
-                let compiled = self.inner.compile(&alone)?;
+                let compiled = compile(&alone)?;
                 slot.insert((alone, compiled));
             }
         }
-        Ok(Box::new(LockstepKernel {
+        Ok(Arc::new(LockstepKernel {
             kernel: kernel.clone(),
-            jit: self.inner.compile(kernel)?,
+            jit: compile(kernel)?,
             alone,
             errors: self.errors.clone(),
         }))
@@ -401,16 +427,16 @@ impl Backend for Lockstep {
 
 struct LockstepKernel {
     kernel: Kernel,
-    jit: Box<dyn CompiledKernel>,
+    jit: Arc<dyn HostKernel>,
     /// Each approximated operation of the kernel compiled on its own.
-    alone: HashMap<Approximated, (Kernel, Box<dyn CompiledKernel>)>,
+    alone: HashMap<Approximated, (Kernel, Arc<dyn HostKernel>)>,
     errors: Errors,
 }
 
 /// A one-operation kernel (see [`Approximated::kernel`]) over whole columns:
 /// buffer k holds `args[k]`, buffer 0 the result; `alone`'s other buffers
 /// and scalars are zeros it does not read.
-fn run_alone(compiled: &dyn CompiledKernel, alone: &Kernel, args: &[&[f32]]) -> Vec<f32> {
+fn run_alone(compiled: &dyn HostKernel, alone: &Kernel, args: &[&[f32]]) -> Vec<f32> {
     let len = args[0].len();
     let mut buffers: Vec<Vec<f32>> = (0..alone.buffers as usize)
         .map(|b| args.get(b).map_or_else(|| vec![0.0; len], |a| a.to_vec()))
@@ -504,7 +530,7 @@ impl LockstepKernel {
     }
 }
 
-impl CompiledKernel for LockstepKernel {
+impl HostKernel for LockstepKernel {
     unsafe fn call(
         &self,
         buffers: &[*mut f32],
@@ -677,12 +703,12 @@ fn interpret_steps(
     Ok(snapshots)
 }
 
-/// A fused optimizer's snapshot after every step.
+/// An optimizer's snapshot after every step, on `backend`.
 fn fused_steps(
     rule: &Arc<Rule>,
     overrides: &[(String, ScalarExpr)],
     inputs: &Inputs,
-    backend: &mut dyn Backend,
+    backend: &Backend,
     threads: usize,
     errors: Option<&Errors>,
 ) -> Result<Vec<Snapshot>, String> {
@@ -692,7 +718,11 @@ fn fused_steps(
         })
     };
     take_errors();
-    let mut fused = FusedOptimizer::new(rule.clone(), overrides.to_vec(), backend, threads)
+    let mut fused = Optimizer::builder(rule.clone())
+        .overrides(overrides.to_vec())
+        .backend(backend.clone())
+        .threads(threads)
+        .build()
         .map_err(|e| e.to_string())?;
     let mut params = inputs.params.clone();
     let mut snapshots = Vec::new();
@@ -756,15 +786,8 @@ pub fn compare_backends(
         };
         for &threads in &setup.threads {
             let who = format!("{label}: backend `{name}` ({threads} threads)");
-            let actual = fused_steps(
-                rule,
-                overrides,
-                &inputs,
-                &mut **backend,
-                threads,
-                errors.as_ref(),
-            )
-            .map_err(|e| format!("{who}: {e}"))?;
+            let actual = fused_steps(rule, overrides, &inputs, backend, threads, errors.as_ref())
+                .map_err(|e| format!("{who}: {e}"))?;
             for (step, (want, got)) in expected.iter().zip(&actual).enumerate() {
                 compare_snapshots(want, got, tolerance, &mut seen).map_err(|mismatch| {
                     let step = step + 1;

@@ -8,7 +8,7 @@ mod common;
 use common::Rng;
 use common::*;
 use optc_compiler::kernel::{self, bf16, BufferMut, Kernel, Op, Rounding, Storage};
-use optc_jit::{CompiledKernel, Jit, JitError};
+use optc_cranelift::{CompiledKernel, Jit, JitError};
 use proptest::prelude::*;
 use std::ops::Range;
 

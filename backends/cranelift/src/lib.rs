@@ -1,4 +1,5 @@
-//! Cranelift JIT backend: compiles optc [`Kernel`]s to fused SIMD loops.
+//! Cranelift JIT backend: compiles optc [`Kernel`]s to fused SIMD loops, for
+//! the runtime's host executor ([`HostBackend`]; the default backend).
 //!
 //! A [`Jit`] owns a Cranelift JIT module for the host CPU (detected at run
 //! time with `cranelift-native`). [`Jit::compile`] turns a kernel into native
@@ -145,6 +146,7 @@ use cranelift_codegen::{isa::CallConv, Context};
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::Module;
+use optc_compiler::backend::{HostBackend, HostKernel};
 use optc_compiler::kernel::{BufferMut, Kernel, Op, Rounding, Storage};
 use std::fmt;
 use std::ops::Range;
@@ -495,6 +497,31 @@ impl CompiledKernel {
     /// Accumulators the kernel combines into.
     pub fn accumulators(&self) -> usize {
         self.accumulators
+    }
+}
+
+/// The runtime's view: a [`Jit`] is a host kernel backend.
+impl HostBackend for Jit {
+    fn compile(&mut self, kernel: &Kernel) -> Result<Arc<dyn HostKernel>, String> {
+        match Jit::compile(self, kernel) {
+            Ok(compiled) => Ok(Arc::new(compiled)),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+impl HostKernel for CompiledKernel {
+    unsafe fn call(
+        &self,
+        buffers: &[*mut f32],
+        scalars: &[f32],
+        accumulators: &mut [f64],
+        range: Range<usize>,
+    ) {
+        // SAFETY: forwarded from the caller, who also guarantees the counts
+        // (the runtime builds them from the same plan), so the counts check
+        // of `run_raw` cannot fail.
+        let _ = unsafe { self.run_raw(buffers, scalars, accumulators, range) };
     }
 }
 

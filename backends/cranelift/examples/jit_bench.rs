@@ -1,9 +1,9 @@
 //! Compile-time and throughput measurements for the report (not a test):
-//! `cargo run --release -p optc-jit --example jit_bench`.
+//! `cargo run --release -p optc-cranelift --example jit_bench`.
 
 use optc_compiler::ir::{BinaryOp, UnaryOp};
 use optc_compiler::kernel::{self, bf16, BufferMut, Kernel, Op, Rounding, Storage};
-use optc_jit::Jit;
+use optc_cranelift::Jit;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -217,7 +217,7 @@ enum Elements {
 /// Times `runs` calls of `compiled` over `n` elements of buffers in the
 /// kernel's storage types, filled with small positive values.
 fn timings(
-    compiled: &optc_jit::CompiledKernel,
+    compiled: &optc_cranelift::CompiledKernel,
     kernel: &Kernel,
     scalars: &[f32],
     n: usize,

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use optc_compiler::kernel::{Kernel, Op, Rounding, Storage};
-use optc_jit::{Jit, JitError};
+use optc_cranelift::{Jit, JitError};
 
 fn kernel(ops: Vec<Op>, buffers: u32, scalars: u32) -> Kernel {
     Kernel {

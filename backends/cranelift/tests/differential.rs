@@ -7,7 +7,7 @@ use common::Rng;
 use common::*;
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use optc_compiler::kernel::{self, Kernel, Storage};
-use optc_jit::{CompiledKernel, Jit};
+use optc_cranelift::{CompiledKernel, Jit};
 use proptest::prelude::*;
 use std::ops::Range;
 
@@ -212,7 +212,7 @@ fn transcendentals_within_bounds_of_reference() {
             let x = buffers[0][i];
             for b in 2..8 {
                 let (g, w) = (got[b][i], want[b][i]);
-                if b == 6 && x.abs() > optc_jit::approx::COS_ACCURATE_LIMIT {
+                if b == 6 && x.abs() > optc_cranelift::approx::COS_ACCURATE_LIMIT {
                     assert!(g.is_nan() || g.abs() <= 1.0);
                     continue;
                 }

@@ -1,0 +1,226 @@
+//! Backends: what an optimizer's steps run on, chosen by name (`--backend`)
+//! from one registry, [`BACKENDS`]. A kernel backend (reference kernels,
+//! Cranelift; later LLVM) compiles the rule's pass plan and runs on the host
+//! executor; `interp` runs the interpreter, the semantics oracle. Every
+//! registered backend is also what the conformance suite runs: adding a line
+//! to [`BACKENDS`] puts a backend on every command and under every test.
+//!
+//! A [`Backend`] is a cheap handle: clones share one kernel cache, so
+//! optimizers built from the same handle (both plans of a rule, rules that
+//! share kernels, a search revisiting programs) compile each distinct kernel
+//! once. The cache is keyed by the kernel's full text, so different kernels
+//! never share an entry (except constants that are NaNs of different
+//! payloads), and it lives as long as the last handle (compiled code is
+//! never freed before that).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use optc_compiler::backend::{HostBackend, HostKernel, Reference};
+use optc_compiler::ir::Rule;
+use optc_compiler::kernel::Kernel;
+
+use crate::executor::host::HostExecutor;
+use crate::executor::interp::InterpExecutor;
+use crate::executor::Executor;
+use crate::precision::Precision;
+use crate::Error;
+
+/// One registered backend.
+pub struct BackendInfo {
+    /// Its name on the command line (`--backend NAME`).
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Whether it approximates transcendentals (within tolerances its crate
+    /// documents) instead of matching the interpreter bit for bit.
+    pub approximates: bool,
+    /// Opens it, or says why this host cannot run it.
+    pub open: fn() -> Result<Backend, String>,
+}
+
+/// Every backend this build has, fastest first: [`Backend::fastest`] takes
+/// the first that opens on this host.
+pub static BACKENDS: &[BackendInfo] = &[
+    #[cfg(feature = "cranelift")]
+    BackendInfo {
+        name: "cranelift",
+        summary: "kernels compiled by Cranelift to f32x4 SIMD loops (sub-millisecond compiles)",
+        approximates: true,
+        open: || {
+            let jit = optc_cranelift::Jit::new().map_err(|e| e.to_string())?;
+            Ok(Backend::kernels("cranelift", Box::new(jit)))
+        },
+    },
+    BackendInfo {
+        name: "reference",
+        summary: "kernels run by their reference semantics, element by element (portable, slow)",
+        approximates: false,
+        open: || Ok(Backend::kernels("reference", Box::new(Reference))),
+    },
+    BackendInfo {
+        name: "interp",
+        summary: "the interpreter, the semantics oracle: whole rule per step, no kernels",
+        approximates: false,
+        open: || Ok(Backend::interpreter(Elements::F32)),
+    },
+];
+
+/// What the interpreter computes elementwise values in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elements {
+    F32,
+    /// Checking mode: how much of a difference is f32 rounding.
+    F64,
+}
+
+/// A backend to build optimizers on (see the module documentation).
+#[derive(Clone)]
+pub struct Backend {
+    name: Arc<str>,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Interpreter(Elements),
+    Kernels(Arc<Mutex<KernelCache>>),
+}
+
+struct KernelCache {
+    backend: Box<dyn HostBackend>,
+    compiled: HashMap<String, Arc<dyn HostKernel>>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Backend({})", self.name)
+    }
+}
+
+impl Backend {
+    /// The registered backend called `name`.
+    pub fn named(name: &str) -> Result<Backend, Error> {
+        let info = BACKENDS.iter().find(|b| b.name == name).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "unknown backend `{name}` (this build has: {})",
+                names().join(", ")
+            ))
+        })?;
+        (info.open)()
+            .map_err(|why| Error::Unsupported(format!("backend `{name}` cannot run here: {why}")))
+    }
+
+    /// The fastest backend that runs on this host (Cranelift where it
+    /// supports the CPU, else the reference kernels).
+    pub fn fastest() -> Backend {
+        BACKENDS
+            .iter()
+            .find_map(|info| (info.open)().ok())
+            .unwrap_or_else(|| Backend::kernels("reference", Box::new(Reference)))
+    }
+
+    /// The interpreter, computing elementwise values in `elements`.
+    pub fn interpreter(elements: Elements) -> Backend {
+        let name = match elements {
+            Elements::F32 => "interp",
+            Elements::F64 => "interp (f64)",
+        };
+        Backend {
+            name: name.into(),
+            kind: Kind::Interpreter(elements),
+        }
+    }
+
+    /// Any host kernel backend, under `name` (the registry's, or one of a
+    /// test's own, such as a checking wrapper).
+    pub fn kernels(name: &str, backend: Box<dyn HostBackend>) -> Backend {
+        Backend {
+            name: name.into(),
+            kind: Kind::Kernels(Arc::new(Mutex::new(KernelCache {
+                backend,
+                compiled: HashMap::new(),
+            }))),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it runs compiled kernels (every backend but the interpreter).
+    pub fn runs_kernels(&self) -> bool {
+        matches!(self.kind, Kind::Kernels(_))
+    }
+
+    /// Distinct kernels compiled so far by this handle and its clones.
+    pub fn cached_kernels(&self) -> usize {
+        match &self.kind {
+            Kind::Interpreter(_) => 0,
+            Kind::Kernels(cache) => lock(cache).compiled.len(),
+        }
+    }
+
+    /// Compiles `kernel`, or takes it from the cache (kernel backends only).
+    pub fn compile(&self, kernel: &Kernel) -> Result<Arc<dyn HostKernel>, Error> {
+        let Kind::Kernels(cache) = &self.kind else {
+            return Err(Error::Unsupported(format!(
+                "the `{}` backend compiles no kernels",
+                self.name
+            )));
+        };
+        let mut cache = lock(cache);
+        let key = format!("{kernel:?}");
+        if let Some(compiled) = cache.compiled.get(&key) {
+            return Ok(compiled.clone());
+        }
+        let compiled = cache.backend.compile(kernel).map_err(|why| {
+            Error::Backend(format!(
+                "the `{}` backend cannot compile a kernel: {why}",
+                self.name
+            ))
+        })?;
+        cache.compiled.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// The executor for one optimizer of `rule`.
+    pub(crate) fn executor(
+        &self,
+        rule: &Arc<Rule>,
+        precision: Precision,
+        threads: usize,
+    ) -> Result<Box<dyn Executor>, Error> {
+        match self.kind {
+            Kind::Interpreter(elements) => {
+                if precision != Precision::default() {
+                    return Err(Error::Unsupported(
+                        "the interpreter stores f32 (or f64) values; bf16 storage and \
+                         stochastic rounding need a kernel backend"
+                            .into(),
+                    ));
+                }
+                Ok(match elements {
+                    Elements::F32 => Box::new(InterpExecutor::<f32>::new(rule.clone(), &self.name)),
+                    Elements::F64 => Box::new(InterpExecutor::<f64>::new(rule.clone(), &self.name)),
+                })
+            }
+            Kind::Kernels(_) => Ok(Box::new(HostExecutor::new(
+                rule.clone(),
+                self.clone(),
+                precision,
+                threads,
+            )?)),
+        }
+    }
+}
+
+fn lock(cache: &Mutex<KernelCache>) -> std::sync::MutexGuard<'_, KernelCache> {
+    // A panic while compiling leaves a cache that is still consistent.
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The registered backends' names, fastest first.
+pub fn names() -> Vec<&'static str> {
+    BACKENDS.iter().map(|b| b.name).collect()
+}

@@ -1,0 +1,261 @@
+//! Executors: what an [`crate::Optimizer`] runs its steps on. An executor
+//! owns the memory that per-element state lives in (and parameters, when the
+//! caller uploads them) and runs one step of a rule over every tensor of the
+//! groups that step. The optimizer does everything that does not depend on
+//! where memory is: binding hyperparameters, checking tensors, the
+//! non-finite policy, parameter groups and checkpoints.
+//!
+//! Two executors exist: [`host::HostExecutor`] runs a rule's pass plan as
+//! compiled kernels (any [`optc_compiler::backend::HostBackend`]: reference
+//! kernels, Cranelift) on a thread pool, with state in huge-page arenas; and
+//! [`interp::InterpExecutor`] runs the interpreter, the semantics oracle, in
+//! f32 or f64. The host side of a pass plan (hyperparameter arithmetic,
+//! reductions combined in a fixed order, tensor and group state) is
+//! [`plan::PlanState`], written once for every executor that runs kernels,
+//! so that a device executor (whose buffers live in device memory) reuses it
+//! and only launches kernels differently.
+
+pub mod host;
+pub mod interp;
+pub mod plan;
+
+use half::bf16;
+
+use crate::Error;
+
+/// The tensors an optimizer steps, fixed by its first step (or declared
+/// when it was built): their names, sizes and parameter groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub tensors: Vec<TensorInfo>,
+    /// Group names, in the optimizer's order.
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub numel: usize,
+    /// Index into [`Layout::groups`].
+    pub group: usize,
+}
+
+impl Layout {
+    pub fn numels(&self) -> Vec<usize> {
+        self.tensors.iter().map(|t| t.numel).collect()
+    }
+
+    /// The tensors of `group`, in order.
+    pub fn tensors_of(&self, group: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.tensors.len()).filter(move |&t| self.tensors[t].group == group)
+    }
+}
+
+/// One group's part of a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupStep {
+    pub group: usize,
+    /// The group's step number, 1 on its first step.
+    pub step: u64,
+    /// Its hyperparameter values at that step, in the rule's order.
+    pub hypers: Vec<f64>,
+}
+
+/// What one step runs: the groups that step (frozen ones are left out), and
+/// whether group-wide reductions combine over all of them
+/// ([`crate::GroupReductions::AcrossGroups`]) or each group's own tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRequest {
+    pub groups: Vec<GroupStep>,
+    pub across_groups: bool,
+}
+
+/// Parameter tensors in host memory, mutable: f32 or bf16.
+pub enum HostTensorsMut<'a, 'b> {
+    F32(&'a mut [&'b mut [f32]]),
+    Bf16(&'a mut [&'b mut [bf16]]),
+}
+
+/// Gradient (or parameter) tensors in host memory: f32 or bf16.
+#[derive(Clone, Copy)]
+pub enum HostTensors<'a, 'b> {
+    F32(&'a [&'b [f32]]),
+    Bf16(&'a [&'b [bf16]]),
+}
+
+impl HostTensors<'_, '_> {
+    /// Tensor `t` widened to f32.
+    pub fn widened(&self, t: usize) -> Vec<f32> {
+        match self {
+            HostTensors::F32(x) => x[t].to_vec(),
+            HostTensors::Bf16(x) => x[t].iter().map(|v| v.to_f32()).collect(),
+        }
+    }
+
+    /// Tensor `t`'s element 0 as kernels take buffer pointers (bf16 bit
+    /// patterns cast to `*mut f32`; kernels never store to gradients).
+    pub(crate) fn pointer(&self, t: usize) -> *mut f32 {
+        match self {
+            HostTensors::F32(x) => x[t].as_ptr().cast_mut(),
+            HostTensors::Bf16(x) => x[t].as_ptr().cast::<f32>().cast_mut(),
+        }
+    }
+}
+
+impl HostTensorsMut<'_, '_> {
+    pub(crate) fn pointer(&mut self, t: usize) -> *mut f32 {
+        match self {
+            HostTensorsMut::F32(x) => x[t].as_mut_ptr(),
+            HostTensorsMut::Bf16(x) => x[t].as_mut_ptr().cast::<f32>(),
+        }
+    }
+
+    pub(crate) fn widened(&self, t: usize) -> Vec<f32> {
+        match self {
+            HostTensorsMut::F32(x) => x[t].to_vec(),
+            HostTensorsMut::Bf16(x) => x[t].iter().map(|v| v.to_f32()).collect(),
+        }
+    }
+
+    /// Writes `values` into tensor `t`, rounding to nearest even for bf16.
+    pub(crate) fn write(&mut self, t: usize, values: impl Iterator<Item = f32>) {
+        match self {
+            HostTensorsMut::F32(x) => x[t].iter_mut().zip(values).for_each(|(p, v)| *p = v),
+            HostTensorsMut::Bf16(x) => x[t]
+                .iter_mut()
+                .zip(values)
+                .for_each(|(p, v)| *p = bf16::from_f32(v)),
+        }
+    }
+}
+
+/// Where a step's parameters are.
+pub enum Params<'a, 'b> {
+    /// The caller's, updated in place.
+    Borrowed(HostTensorsMut<'a, 'b>),
+    /// The executor's own, uploaded before ([`Executor::upload`]).
+    Owned,
+}
+
+/// The elements of one tensor's per-element state (or parameters) in the
+/// type an executor stores them in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stored {
+    F32(Vec<f32>),
+    /// bf16 bit patterns.
+    Bf16(Vec<u16>),
+    /// The f64 interpreter's.
+    F64(Vec<f64>),
+}
+
+impl Stored {
+    pub fn len(&self) -> usize {
+        match self {
+            Stored::F32(x) => x.len(),
+            Stored::Bf16(x) => x.len(),
+            Stored::F64(x) => x.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values rounded (f64) or widened (bf16) to f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Stored::F32(x) => x.clone(),
+            Stored::Bf16(x) => x
+                .iter()
+                .map(|&b| optc_compiler::kernel::bf16::widen(b))
+                .collect(),
+            Stored::F64(x) => x.iter().map(|&v| v as f32).collect(),
+        }
+    }
+
+    /// The values widened to f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self {
+            Stored::F64(x) => x.clone(),
+            other => other.to_f32().into_iter().map(f64::from).collect(),
+        }
+    }
+
+    /// The name of the element type, as checkpoints record it.
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Stored::F32(_) => "f32",
+            Stored::Bf16(_) => "bf16",
+            Stored::F64(_) => "f64",
+        }
+    }
+}
+
+/// One state slot's values for every tensor of the layout: per-element slots
+/// as one [`Stored`] per tensor, tensor slots one f64 per tensor, group
+/// slots one f64 per group. Tensors of groups that have not stepped hold
+/// whatever the executor has (their first step initialises them).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SlotValues {
+    Elem(Vec<Stored>),
+    Tensor(Vec<f64>),
+    Group(Vec<f64>),
+}
+
+/// What runs the steps of one optimizer. Every method that fails leaves the
+/// executor as it was. The optimizer has checked the tensors against the
+/// layout (counts, lengths, element type) before calling.
+pub trait Executor: Send {
+    /// The backend it runs, as `--backend` names it.
+    fn backend(&self) -> &str;
+
+    /// Fixes the tensors it runs on (once, before anything else is called
+    /// with tensors) and allocates state for them.
+    fn bind(&mut self, layout: &Layout) -> Result<(), Error>;
+
+    /// Runs one step of every group in `request`. Groups at step 1 start
+    /// from the rule's state initialisers.
+    fn step(
+        &mut self,
+        request: &StepRequest,
+        params: Params<'_, '_>,
+        grads: HostTensors<'_, '_>,
+    ) -> Result<(), Error>;
+
+    /// Takes copies of `params` as the executor's own, for [`Params::Owned`]
+    /// steps.
+    fn upload(&mut self, params: HostTensors<'_, '_>) -> Result<(), Error>;
+
+    /// The executor's own parameters (after [`Executor::upload`]).
+    fn download(&self) -> Result<Vec<Stored>, Error>;
+
+    /// Every state slot, in the rule's order.
+    fn state(&self) -> Vec<SlotValues>;
+
+    /// The element type per-element state is stored in ([`Stored::dtype`]).
+    fn state_dtype(&self) -> &'static str;
+
+    /// Replaces every state slot (as [`Executor::state`] returns them; the
+    /// optimizer checked the shapes). Elements of another type than the
+    /// executor stores are converted exactly or refused.
+    fn set_state(&mut self, state: &[SlotValues]) -> Result<(), Error>;
+
+    /// The pass plan of steps after the first, for executors that run one.
+    fn plan(&self) -> Option<&optc_compiler::plan::Plan> {
+        None
+    }
+
+    /// Runs the data-movement floor of a later step (kernels that move the
+    /// same bytes and do no arithmetic) over the same memory as a step.
+    fn run_floor(
+        &mut self,
+        params: Params<'_, '_>,
+        grads: HostTensors<'_, '_>,
+    ) -> Result<(), Error> {
+        let _ = (params, grads);
+        Err(Error::Unsupported(format!(
+            "the `{}` backend runs no kernels, so it has no data-movement floor",
+            self.backend()
+        )))
+    }
+}

@@ -1,0 +1,451 @@
+//! The host side of running a rule's pass plan, shared by every executor that
+//! runs kernels: hyperparameter arithmetic, bias corrections and reduction
+//! results (group and tensor values) computed once per group or tensor in
+//! f64, exactly as the interpreter computes them; the scalar arguments of
+//! each pass; reductions combined in a fixed order; and the rule's tensor and
+//! group state, which lives here, on the host, whatever memory the
+//! elementwise state lives in. An executor only says how a pass runs over
+//! the elements of a list of tensors ([`Launch`]).
+//!
+//! Reductions over elements arrive as partial results per tensor and per
+//! chunk of [`crate::CHUNK`] elements; they are combined in chunk order, then
+//! in tensor order (per parameter group, or over every group of the step),
+//! so results never depend on how an executor splits the work.
+
+use std::sync::Arc;
+
+use optc_compiler::interpret::{binary, lerp, select, unary};
+use optc_compiler::ir::{Input, Node, ReduceOp, Rule, Scope, Shape};
+use optc_compiler::kernel::{Kernel, Rounding, Storage};
+use optc_compiler::plan::Plan;
+
+use super::{Layout, SlotValues, StepRequest};
+use crate::precision::Precision;
+use crate::Error;
+
+/// Which of a rule's two plans a pass belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// A group's first step: state comes from the rule's initialisers.
+    First,
+    /// Every later step.
+    Steady,
+}
+
+/// One pass of one plan over the elements of some tensors.
+pub struct Launch<'a> {
+    pub phase: Phase,
+    pub pass: usize,
+    /// The tensors (indices into the layout), in order.
+    pub tensors: &'a [usize],
+    /// The kernel's scalar arguments for each of those tensors.
+    pub scalars: &'a [Vec<f32>],
+}
+
+/// Partial accumulator values of a pass: per launched tensor, per chunk of
+/// [`crate::CHUNK`] elements in order, one value per accumulator.
+pub type Partials = Vec<Vec<Vec<f64>>>;
+
+/// A tensor or group state slot's values.
+#[derive(Clone, Debug, PartialEq)]
+enum HostSlot {
+    /// Per-element: the executor's memory.
+    Elem,
+    /// One value per tensor of the layout.
+    Tensor(Vec<f64>),
+    /// One value per group of the layout.
+    Group(Vec<f64>),
+}
+
+/// A rule's two plans (with the optimizer's storage types) and its tensor
+/// and group state.
+pub struct PlanState {
+    rule: Arc<Rule>,
+    first: Plan,
+    steady: Plan,
+    precision: Precision,
+    slots: Vec<HostSlot>,
+    /// Whether any reduction of the rule is group-wide.
+    group_reductions: bool,
+}
+
+impl PlanState {
+    /// Plans `rule`'s first and later steps, kernels storing parameters,
+    /// gradients and state as `precision` says.
+    pub fn new(rule: Arc<Rule>, precision: Precision) -> PlanState {
+        let plan = |first_step: bool| {
+            let mut plan = Plan::new(&rule, first_step);
+            for pass in &mut plan.passes {
+                store_as(&mut pass.kernel, &precision);
+            }
+            plan
+        };
+        let (first, steady) = (plan(true), plan(false));
+        let group_reductions = rule
+            .graph
+            .iter()
+            .any(|(_, node)| matches!(node, Node::Reduce(_, Scope::Group, _)));
+        PlanState {
+            slots: vec![HostSlot::Elem; rule.states.len()],
+            rule,
+            first,
+            steady,
+            precision,
+            group_reductions,
+        }
+    }
+
+    pub fn plan(&self, phase: Phase) -> &Plan {
+        match phase {
+            Phase::First => &self.first,
+            Phase::Steady => &self.steady,
+        }
+    }
+
+    /// Sizes the tensor and group state for `layout` (NaN until a group's
+    /// first step sets it).
+    pub fn bind(&mut self, layout: &Layout) {
+        self.slots = self
+            .rule
+            .states
+            .iter()
+            .map(|slot| match slot.shape {
+                Shape::Elem => HostSlot::Elem,
+                Shape::Tensor => HostSlot::Tensor(vec![f64::NAN; layout.tensors.len()]),
+                Shape::Group => HostSlot::Group(vec![f64::NAN; layout.groups.len()]),
+            })
+            .collect();
+    }
+
+    /// Per-element state buffers that a group's first step reads filled with
+    /// a constant: (index among the per-element slots, value).
+    pub fn first_step_fills(&self) -> Vec<(usize, f32)> {
+        let plan = &self.first;
+        plan.state_buffers
+            .iter()
+            .zip(&plan.fill)
+            .filter_map(|(&buffer, &fill)| Some((buffer? as usize - 2, fill?)))
+            .collect()
+    }
+
+    /// Checks what [`PlanState::step`] cannot do: reductions across groups
+    /// when some groups take their first step and others a later one (their
+    /// passes run separately).
+    pub fn check(&self, request: &StepRequest) -> Result<(), Error> {
+        let first = request.groups.iter().filter(|g| g.step == 1).count();
+        let mixed = first > 0 && first < request.groups.len();
+        if request.across_groups && self.group_reductions && mixed {
+            return Err(Error::Groups(
+                "group-wide reductions across groups need every group that steps at the same \
+                 stage: some groups take their first step and others a later one (unfreeze \
+                 groups before the first step, or reduce per group)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs one step: for each phase with groups in it (first steps, then
+    /// later ones), every stage's host values and then its pass, through
+    /// `run_pass`; then updates the tensor and group state.
+    pub fn step(
+        &mut self,
+        layout: &Layout,
+        request: &StepRequest,
+        run_pass: &mut dyn FnMut(&Launch) -> Partials,
+    ) -> Result<(), Error> {
+        self.check(request)?;
+        for phase in [Phase::First, Phase::Steady] {
+            let members: Vec<usize> = (0..request.groups.len())
+                .filter(|&k| (request.groups[k].step == 1) == (phase == Phase::First))
+                .collect();
+            let mut tensors = Vec::new();
+            let mut member_of = Vec::new();
+            for (tensor, info) in layout.tensors.iter().enumerate() {
+                if let Some(m) = members
+                    .iter()
+                    .position(|&k| request.groups[k].group == info.group)
+                {
+                    tensors.push(tensor);
+                    member_of.push(m);
+                }
+            }
+            if tensors.is_empty() {
+                continue;
+            }
+            let launch = Stages {
+                rule: &self.rule,
+                plan: self.plan(phase),
+                phase,
+                layout,
+                request,
+                members: &members,
+                tensors: &tensors,
+                member_of: &member_of,
+                across_groups: request.across_groups,
+                precision: &self.precision,
+            };
+            let values = launch.run(&self.slots, run_pass);
+            for (slot, (info, out)) in self
+                .rule
+                .states
+                .iter()
+                .zip(&self.rule.state_out)
+                .enumerate()
+            {
+                let value = values[out.index()].as_ref();
+                let at = |i: usize| value.map_or(f64::NAN, |v| v[i]);
+                match &mut self.slots[slot] {
+                    HostSlot::Elem => {}
+                    HostSlot::Tensor(per_tensor) => {
+                        for (i, &t) in tensors.iter().enumerate() {
+                            per_tensor[t] = at(i);
+                        }
+                    }
+                    HostSlot::Group(per_group) => {
+                        for (m, &k) in members.iter().enumerate() {
+                            if let Some(i) = member_of.iter().position(|&x| x == m) {
+                                per_group[request.groups[k].group] = at(i);
+                            }
+                        }
+                    }
+                }
+                debug_assert_eq!(
+                    info.shape == Shape::Elem,
+                    self.slots[slot] == HostSlot::Elem
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The tensor and group slots' values (per-element slots: `None`).
+    pub fn host_state(&self) -> Vec<Option<SlotValues>> {
+        self.slots
+            .iter()
+            .map(|slot| match slot {
+                HostSlot::Elem => None,
+                HostSlot::Tensor(x) => Some(SlotValues::Tensor(x.clone())),
+                HostSlot::Group(x) => Some(SlotValues::Group(x.clone())),
+            })
+            .collect()
+    }
+
+    /// Sets the tensor and group slots from `state` (per-element slots are
+    /// skipped; the caller checked the shapes).
+    pub fn set_host_state(&mut self, state: &[SlotValues]) {
+        for (slot, value) in self.slots.iter_mut().zip(state) {
+            match (slot, value) {
+                (HostSlot::Tensor(x), SlotValues::Tensor(y))
+                | (HostSlot::Group(x), SlotValues::Group(y)) => x.clone_from(y),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Sets a plan kernel's buffer storage (p and g, then state) and rounding:
+/// stochastic rounding takes its seed as one more scalar argument.
+fn store_as(kernel: &mut Kernel, precision: &Precision) {
+    for (buffer, storage) in kernel.storage.iter_mut().enumerate() {
+        *storage = if buffer < 2 {
+            precision.params
+        } else {
+            precision.state
+        };
+    }
+    let rounds = kernel
+        .stores
+        .iter()
+        .any(|&(b, _)| kernel.storage[b as usize] == Storage::Bf16);
+    if precision.stochastic_rounding && rounds {
+        kernel.rounding = Rounding::Stochastic {
+            seed_scalar: kernel.scalars,
+        };
+        kernel.scalars += 1;
+    }
+}
+
+/// One phase of a step: a plan run over the tensors of some groups.
+struct Stages<'a> {
+    rule: &'a Rule,
+    plan: &'a Plan,
+    phase: Phase,
+    layout: &'a Layout,
+    request: &'a StepRequest,
+    /// The request's groups in this phase (indices into `request.groups`).
+    members: &'a [usize],
+    /// The launched tensors, and for each the member group it belongs to.
+    tensors: &'a [usize],
+    member_of: &'a [usize],
+    across_groups: bool,
+    precision: &'a Precision,
+}
+
+/// A host value: one f64 per launched tensor (a group value repeated over
+/// the group's tensors).
+type HostValue = Vec<f64>;
+
+impl Stages<'_> {
+    /// Runs every stage; returns the host value of every host node.
+    fn run(
+        &self,
+        slots: &[HostSlot],
+        run_pass: &mut dyn FnMut(&Launch) -> Partials,
+    ) -> Vec<Option<HostValue>> {
+        let graph = &self.rule.graph;
+        let mut values: Vec<Option<HostValue>> = vec![None; graph.len()];
+        let passes = self.plan.passes.len();
+        for stage in 0..=passes {
+            for (h, node) in graph.iter() {
+                let is_host = graph.ty(h).shape != Shape::Elem
+                    && !matches!(node, Node::Reduce(_, _, arg) if graph.ty(*arg).shape == Shape::Elem);
+                if is_host && self.plan.stage[h.index()] == stage && values[h.index()].is_none() {
+                    values[h.index()] = Some(self.host_value(node, &values, slots));
+                }
+            }
+            if stage == passes {
+                break;
+            }
+            let pass = &self.plan.passes[stage];
+            let seeded = matches!(pass.kernel.rounding, Rounding::Stochastic { .. });
+            let scalars: Vec<Vec<f32>> = (0..self.tensors.len())
+                .map(|i| {
+                    let mut args: Vec<f32> = pass
+                        .scalar_args
+                        .iter()
+                        .map(|&h| values[h.index()].as_ref().map_or(f32::NAN, |v| v[i] as f32))
+                        .collect();
+                    if seeded {
+                        let seed = self.precision.step_seed(self.step_of(i), self.tensors[i]);
+                        args.push(f32::from_bits(seed));
+                    }
+                    args
+                })
+                .collect();
+            let partials = run_pass(&Launch {
+                phase: self.phase,
+                pass: stage,
+                tensors: self.tensors,
+                scalars: &scalars,
+            });
+            for (k, &reduction) in pass.reductions.iter().enumerate() {
+                let Node::Reduce(op, scope, _) = *graph.node(reduction) else {
+                    continue;
+                };
+                let per_tensor: Vec<f64> = partials
+                    .iter()
+                    .map(|chunks| {
+                        chunks.iter().fold(Kernel::identity(op), |acc, p| {
+                            Kernel::combine(op, acc, p[k])
+                        })
+                    })
+                    .collect();
+                values[reduction.index()] = Some(self.combine(op, scope, per_tensor));
+            }
+        }
+        values
+    }
+
+    /// The step number of launched tensor `i`'s group.
+    fn step_of(&self, i: usize) -> u64 {
+        self.request.groups[self.members[self.member_of[i]]].step
+    }
+
+    /// Per-tensor reduction results combined as `scope` says: kept per
+    /// tensor, or folded in tensor order per group (or over every group).
+    fn combine(&self, op: ReduceOp, scope: Scope, per_tensor: Vec<f64>) -> HostValue {
+        if scope == Scope::Tensor {
+            return per_tensor;
+        }
+        let fold = |keep: &dyn Fn(usize) -> bool| {
+            (0..per_tensor.len())
+                .filter(|&i| keep(i))
+                .fold(Kernel::identity(op), |a, i| {
+                    Kernel::combine(op, a, per_tensor[i])
+                })
+        };
+        if self.across_groups {
+            let total = fold(&|_| true);
+            return vec![total; per_tensor.len()];
+        }
+        let per_member: Vec<f64> = (0..self.members.len())
+            .map(|m| fold(&|i| self.member_of[i] == m))
+            .collect();
+        self.member_of.iter().map(|&m| per_member[m]).collect()
+    }
+
+    /// The value of a host (group or tensor) node, as the interpreter
+    /// defines it, for every launched tensor.
+    fn host_value(
+        &self,
+        node: &Node,
+        values: &[Option<HostValue>],
+        slots: &[HostSlot],
+    ) -> HostValue {
+        let n = self.tensors.len();
+        let get = |c: optc_compiler::ir::Handle| -> HostValue {
+            values[c.index()]
+                .clone()
+                .unwrap_or_else(|| vec![f64::NAN; n])
+        };
+        let member = |i: usize| &self.request.groups[self.members[self.member_of[i]]];
+        let numel = |i: usize| self.layout.tensors[self.tensors[i]].numel;
+        let per = |f: &dyn Fn(usize) -> f64| -> HostValue { (0..n).map(f).collect() };
+        match *node {
+            Node::Const(bits) => vec![f64::from_bits(bits); n],
+            Node::Bool(b) => vec![if b { 1.0 } else { 0.0 }; n],
+            Node::Input(input, _) => match input {
+                Input::Step => per(&|i| member(i).step as f64),
+                Input::Numel => per(&|i| numel(i) as f64),
+                Input::Hyper(k) => per(&|i| member(i).hypers[k as usize]),
+                Input::State(k) => {
+                    if self.phase == Phase::First {
+                        get(self.rule.states[k as usize].init)
+                    } else {
+                        match &slots[k as usize] {
+                            HostSlot::Tensor(x) => per(&|i| x[self.tensors[i]]),
+                            HostSlot::Group(x) => per(&|i| x[member(i).group]),
+                            HostSlot::Elem => vec![f64::NAN; n],
+                        }
+                    }
+                }
+                Input::Param | Input::Grad => vec![f64::NAN; n],
+            },
+            Node::Reduce(op, scope, arg) => {
+                // A reduction of a broadcast scalar: `n` copies of its f32 rounding.
+                let value = get(arg);
+                let per_tensor = per(&|i| {
+                    let w = f64::from(value[i] as f32);
+                    match op {
+                        _ if numel(i) == 0 => Kernel::identity(op),
+                        // Exact: n copies of an f32 sum exactly in f64 (n < 2^29);
+                        // adding to the identity +0 turns a -0 sum into +0, as the fold does.
+                        ReduceOp::Sum => {
+                            Kernel::combine(op, Kernel::identity(op), numel(i) as f64 * w)
+                        }
+                        // The fold of one value into the identity (NaN is ignored, as by f64::max).
+                        _ => Kernel::combine(op, Kernel::identity(op), w),
+                    }
+                });
+                self.combine(op, scope, per_tensor)
+            }
+            Node::Unary(op, a) => {
+                let a = get(a);
+                per(&|i| unary(op, a[i]))
+            }
+            Node::Binary(op, a, b) => {
+                let (a, b) = (get(a), get(b));
+                per(&|i| binary(op, a[i], b[i]))
+            }
+            Node::Select(c, a, b) => {
+                let (c, a, b) = (get(c), get(a), get(b));
+                per(&|i| select(c[i], a[i], b[i]))
+            }
+            Node::Lerp(a, b, w) => {
+                let (a, b, w) = (get(a), get(b), get(w));
+                per(&|i| lerp(a[i], b[i], w[i]))
+            }
+        }
+    }
+}

@@ -1,0 +1,731 @@
+//! [`Optimizer`]: the one type a training loop uses. It binds a rule's
+//! hyperparameters (per parameter group, constants or schedules of `t`),
+//! checks every step's tensors, applies the non-finite policy, and runs the
+//! step on an executor chosen by its [`Backend`]. Steps are atomic: a step
+//! that fails leaves parameters and state exactly as they were.
+//!
+//! Parameter groups are torch's `param_groups` and optax's masks: tensors
+//! selected by name (or glob pattern) that share hyperparameter values, each
+//! group with its own step count. Tensors no group selects belong to the
+//! default group, which takes the optimizer's own values. Changing a
+//! group's hyperparameter between steps never recompiles: kernels take
+//! hyperparameters as arguments.
+
+use std::sync::Arc;
+
+use optc_compiler::interpret::Value;
+use optc_compiler::ir::{Rule, ScalarExpr, Shape};
+use optc_compiler::plan::Plan;
+
+use crate::backend::Backend;
+use crate::bind::Bindings;
+use crate::executor::{
+    Executor, GroupStep, HostTensors, Layout, Params, SlotValues, StepRequest, Stored, TensorInfo,
+};
+use crate::precision::{Element, Precision};
+use crate::Error;
+
+/// The name of the group of every tensor no other group selects.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// What a step does with gradients that hold a NaN or an infinity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NonFinite {
+    /// Run the step anyway: non-finite values flow into parameters and state.
+    #[default]
+    Propagate,
+    /// Skip the step, leaving parameters, state and step counts untouched
+    /// (optax's `apply_if_finite`). Costs one extra read of the gradients.
+    Skip,
+}
+
+/// What a step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Skipped under [`NonFinite::Skip`]: the first non-finite gradient element.
+    Skipped {
+        tensor: usize,
+        index: usize,
+    },
+}
+
+/// What a rule's group-wide reductions (`group_sum`, `group_norm`, ...:
+/// global-norm clipping, Prodigy, DoG) range over when there are several
+/// parameter groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GroupReductions {
+    /// Each parameter group's own tensors, as torch.optim applies a rule to
+    /// each `param_group` (and group state, such as Prodigy's `d`, is per
+    /// group).
+    #[default]
+    PerGroup,
+    /// Every tensor of every group that steps (as optax's
+    /// `clip_by_global_norm` in front of `multi_transform` sees the whole
+    /// model). Group state stays per group.
+    AcrossGroups,
+}
+
+/// A parameter group: tensors selected by name that share hyperparameter
+/// values (on top of the optimizer's own), and can be frozen.
+#[derive(Clone, Debug)]
+pub struct Group {
+    name: String,
+    patterns: Vec<String>,
+    overrides: Vec<(String, ScalarExpr)>,
+    frozen: bool,
+}
+
+impl Group {
+    pub fn new(name: impl Into<String>) -> Group {
+        Group {
+            name: name.into(),
+            patterns: Vec::new(),
+            overrides: Vec::new(),
+            frozen: false,
+        }
+    }
+
+    /// Selects tensors by name: each pattern is a name, or a glob where `*`
+    /// matches any run of characters and `?` any one (`*.bias`). A tensor
+    /// belongs to the first group that selects it.
+    pub fn tensors<S: Into<String>>(mut self, patterns: impl IntoIterator<Item = S>) -> Group {
+        self.patterns.extend(patterns.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets a hyperparameter for this group (a number, a bool or a schedule).
+    pub fn set(mut self, name: impl Into<String>, value: impl Into<ScalarExpr>) -> Group {
+        self.overrides.push((name.into(), value.into()));
+        self
+    }
+
+    /// Steps leave the group's tensors (and state) untouched until
+    /// [`Optimizer::freeze`] unfreezes it.
+    pub fn frozen(mut self) -> Group {
+        self.frozen = true;
+        self
+    }
+}
+
+/// Builds an [`Optimizer`]; see [`Optimizer::builder`]. Cloning one (before
+/// `build`) gives optimizers of the same settings.
+#[derive(Clone)]
+pub struct OptimizerBuilder {
+    rule: Arc<Rule>,
+    overrides: Vec<(String, ScalarExpr)>,
+    groups: Vec<Group>,
+    tensors: Option<Vec<(String, usize)>>,
+    precision: Precision,
+    backend: Option<Backend>,
+    threads: usize,
+    non_finite: NonFinite,
+    reductions: GroupReductions,
+}
+
+impl OptimizerBuilder {
+    /// Sets a hyperparameter for every group (a number, a bool or a schedule).
+    pub fn set(mut self, name: impl Into<String>, value: impl Into<ScalarExpr>) -> Self {
+        self.overrides.push((name.into(), value.into()));
+        self
+    }
+
+    /// [`OptimizerBuilder::set`] for each `(name, value)`.
+    pub fn overrides(mut self, overrides: Vec<(String, ScalarExpr)>) -> Self {
+        self.overrides.extend(overrides);
+        self
+    }
+
+    /// Adds a parameter group.
+    pub fn group(mut self, group: Group) -> Self {
+        self.groups.push(group);
+        self
+    }
+
+    /// Declares the tensors a step takes, in order: their names (for groups
+    /// and checkpoints) and element counts. Without this, the first step
+    /// fixes the sizes and the tensors are named by index (`0`, `1`, ...).
+    pub fn tensors<S: Into<String>>(
+        mut self,
+        tensors: impl IntoIterator<Item = (S, usize)>,
+    ) -> Self {
+        self.tensors = Some(tensors.into_iter().map(|(n, k)| (n.into(), k)).collect());
+        self
+    }
+
+    /// How parameters, gradients and state are stored (default: all f32).
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// What runs the steps (default: [`Backend::fastest`]).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Threads a step runs on (kernel backends; default 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    pub fn non_finite(mut self, policy: NonFinite) -> Self {
+        self.non_finite = policy;
+        self
+    }
+
+    pub fn group_reductions(mut self, reductions: GroupReductions) -> Self {
+        self.reductions = reductions;
+        self
+    }
+
+    /// Binds every group's hyperparameters and compiles the rule's kernels.
+    pub fn build(self) -> Result<Optimizer, Error> {
+        if self.threads == 0 {
+            return Err(Error::Unsupported("a step needs at least 1 thread".into()));
+        }
+        let mut groups = vec![GroupState {
+            name: DEFAULT_GROUP.to_string(),
+            patterns: Vec::new(),
+            bindings: Bindings::new(&self.rule, self.overrides.clone())?,
+            overrides: self.overrides.clone(),
+            frozen: false,
+            steps: 0,
+        }];
+        for group in self.groups {
+            if groups.iter().any(|g| g.name == group.name) {
+                return Err(Error::Groups(format!(
+                    "two groups are called `{}`",
+                    group.name
+                )));
+            }
+            if group.patterns.is_empty() {
+                return Err(Error::Groups(format!(
+                    "group `{}` selects no tensors: give it names or patterns",
+                    group.name
+                )));
+            }
+            let overrides: Vec<_> = self
+                .overrides
+                .iter()
+                .cloned()
+                .chain(group.overrides)
+                .collect();
+            groups.push(GroupState {
+                bindings: Bindings::new(&self.rule, overrides.clone())?,
+                name: group.name,
+                patterns: group.patterns,
+                overrides,
+                frozen: group.frozen,
+                steps: 0,
+            });
+        }
+        let backend = self.backend.unwrap_or_else(Backend::fastest);
+        let executor = backend.executor(&self.rule, self.precision, self.threads)?;
+        let mut optimizer = Optimizer {
+            rule: self.rule,
+            executor,
+            precision: self.precision,
+            non_finite: self.non_finite,
+            reductions: self.reductions,
+            groups,
+            declared: self.tensors,
+            layout: None,
+            owned: false,
+        };
+        if let Some(declared) = optimizer.declared.clone() {
+            let (names, numels): (Vec<String>, Vec<usize>) = declared.into_iter().unzip();
+            optimizer.bind(&names, &numels)?;
+        }
+        Ok(optimizer)
+    }
+}
+
+/// One parameter group's bindings and progress.
+struct GroupState {
+    name: String,
+    patterns: Vec<String>,
+    /// The optimizer's overrides, then the group's (later ones win).
+    overrides: Vec<(String, ScalarExpr)>,
+    bindings: Bindings,
+    frozen: bool,
+    /// Steps the group has taken.
+    steps: u64,
+}
+
+/// A rule with bound hyperparameters and its state, ready to step many
+/// tensors at once. See the module documentation and `docs/api.md`.
+pub struct Optimizer {
+    rule: Arc<Rule>,
+    executor: Box<dyn Executor>,
+    precision: Precision,
+    non_finite: NonFinite,
+    reductions: GroupReductions,
+    groups: Vec<GroupState>,
+    /// Tensors declared when it was built.
+    declared: Option<Vec<(String, usize)>>,
+    /// Fixed by the first step, upload or checkpoint load.
+    layout: Option<Layout>,
+    /// Whether the executor holds the parameters ([`Optimizer::upload`]).
+    owned: bool,
+}
+
+impl std::fmt::Debug for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let groups: Vec<(&str, u64)> = self
+            .groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.steps))
+            .collect();
+        f.debug_struct("Optimizer")
+            .field("rule", &self.rule.name)
+            .field("backend", &self.backend())
+            .field("precision", &self.precision)
+            .field("groups", &groups)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+impl Optimizer {
+    /// Starts building an optimizer for `rule`.
+    pub fn builder(rule: impl Into<Arc<Rule>>) -> OptimizerBuilder {
+        OptimizerBuilder {
+            rule: rule.into(),
+            overrides: Vec::new(),
+            groups: Vec::new(),
+            tensors: None,
+            precision: Precision::default(),
+            backend: None,
+            threads: 1,
+            non_finite: NonFinite::default(),
+            reductions: GroupReductions::default(),
+        }
+    }
+
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    /// The name of the backend the steps run on.
+    pub fn backend(&self) -> &str {
+        self.executor.backend()
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn group_reductions(&self) -> GroupReductions {
+        self.reductions
+    }
+
+    /// The pass plan of later steps, for backends that run kernels.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.executor.plan()
+    }
+
+    /// The tensors, once fixed (by declaration, the first step, an upload
+    /// or a checkpoint).
+    pub fn layout(&self) -> Option<&Layout> {
+        self.layout.as_ref()
+    }
+
+    /// The groups' names, the default group first.
+    pub fn group_names(&self) -> Vec<&str> {
+        self.groups.iter().map(|g| g.name.as_str()).collect()
+    }
+
+    /// Steps taken by the group that has taken most (with one group, or
+    /// none frozen, every group's count).
+    pub fn steps_taken(&self) -> u64 {
+        self.groups.iter().map(|g| g.steps).max().unwrap_or(0)
+    }
+
+    /// Steps taken by group `name`.
+    pub fn group_steps(&self, name: &str) -> Result<u64, Error> {
+        Ok(self.groups[self.group_index(name)?].steps)
+    }
+
+    /// The default group's hyperparameter values at its next step, in the
+    /// rule's order.
+    pub fn hyper_values(&self) -> Vec<f64> {
+        let group = &self.groups[0];
+        group.bindings.values(group.steps + 1)
+    }
+
+    /// The source text of each of group `name`'s hyperparameter values.
+    pub fn hyper_texts(&self, name: &str) -> Result<Vec<&str>, Error> {
+        Ok(self.groups[self.group_index(name)?].bindings.texts())
+    }
+
+    /// Sets a hyperparameter of group `group` ([`DEFAULT_GROUP`] for the
+    /// default one) from the next step on; nothing is recompiled. On error
+    /// nothing changes.
+    pub fn set(
+        &mut self,
+        group: &str,
+        name: &str,
+        value: impl Into<ScalarExpr>,
+    ) -> Result<(), Error> {
+        let index = self.group_index(group)?;
+        let mut overrides = self.groups[index].overrides.clone();
+        overrides.push((name.to_string(), value.into()));
+        let bindings = Bindings::new(&self.rule, overrides.clone())?;
+        let group = &mut self.groups[index];
+        group.overrides = overrides;
+        group.bindings = bindings;
+        Ok(())
+    }
+
+    /// Freezes or unfreezes group `group`: while frozen, steps leave its
+    /// tensors, state and step count untouched.
+    pub fn freeze(&mut self, group: &str, frozen: bool) -> Result<(), Error> {
+        let index = self.group_index(group)?;
+        self.groups[index].frozen = frozen;
+        Ok(())
+    }
+
+    pub fn set_non_finite(&mut self, policy: NonFinite) {
+        self.non_finite = policy;
+    }
+
+    /// Applies one step to `params` given `grads`, in place, for every group
+    /// that is not frozen. On error nothing changes; under
+    /// [`NonFinite::Skip`] a non-finite gradient skips the step. Parameters
+    /// and gradients are `f32` or `half::bf16`, as the optimizer's
+    /// [`Precision`] says (another type is an error).
+    pub fn step<P: Element>(
+        &mut self,
+        params: &mut [&mut [P]],
+        grads: &[&[P]],
+    ) -> Result<Outcome, Error> {
+        self.check_element::<P>()?;
+        let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
+        self.run(Params::Borrowed(P::tensors_mut(params)), P::tensors(grads))
+    }
+
+    /// Hands copies of `params` to the executor, which keeps them (in its
+    /// arenas; on a device, in device memory) for [`Optimizer::step_owned`].
+    pub fn upload<P: Element>(&mut self, params: &[&[P]]) -> Result<(), Error> {
+        self.check_element::<P>()?;
+        let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        self.check_tensors(&numels, numels.iter().copied())?;
+        self.executor.upload(P::tensors(params))?;
+        self.owned = true;
+        Ok(())
+    }
+
+    /// One step of the parameters the executor holds ([`Optimizer::upload`]).
+    pub fn step_owned<P: Element>(&mut self, grads: &[&[P]]) -> Result<Outcome, Error> {
+        self.check_element::<P>()?;
+        let numels = self.owned_numels()?;
+        self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
+        self.run(Params::Owned, P::tensors(grads))
+    }
+
+    /// The parameters the executor holds, rounded or widened to f32.
+    pub fn params(&self) -> Result<Vec<Vec<f32>>, Error> {
+        self.owned_numels()?;
+        Ok(self
+            .executor
+            .download()?
+            .iter()
+            .map(Stored::to_f32)
+            .collect())
+    }
+
+    /// Copies the parameters the executor holds into `out`.
+    pub fn download_into<P: Element>(&self, out: &mut [&mut [P]]) -> Result<(), Error> {
+        let numels = self.owned_numels()?;
+        self.check_element::<P>()?;
+        let lengths: Vec<usize> = out.iter().map(|p| p.len()).collect();
+        crate::bind::check_shapes(Some(&numels), &lengths, lengths.iter().copied())?;
+        for (target, stored) in out.iter_mut().zip(self.executor.download()?) {
+            target.copy_from_slice(&P::from_stored(&stored));
+        }
+        Ok(())
+    }
+
+    /// Runs the data-movement floor of a later step over the parameters the
+    /// executor holds and `grads`: kernels that move the same bytes and do
+    /// no arithmetic (`optc bench` times it next to the step). Needs a step
+    /// taken first.
+    pub fn run_floor_owned<P: Element>(&mut self, grads: &[&[P]]) -> Result<(), Error> {
+        self.check_element::<P>()?;
+        let numels = self.owned_numels()?;
+        self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
+        self.executor.run_floor(Params::Owned, P::tensors(grads))
+    }
+
+    /// The value of a state slot after the last step: per-element slots as
+    /// one vector per tensor, scalar slots as one value per tensor (a group
+    /// slot's value is its group's). `None` for an unknown slot.
+    pub fn state(&self, name: &str) -> Option<Vec<Vec<f32>>> {
+        let slot = self.rule.states.iter().position(|s| s.name == name)?;
+        let Some(layout) = &self.layout else {
+            return Some(Vec::new());
+        };
+        Some(match &self.executor.state()[slot] {
+            SlotValues::Elem(tensors) => tensors.iter().map(Stored::to_f32).collect(),
+            SlotValues::Tensor(xs) => xs.iter().map(|&x| vec![x as f32]).collect(),
+            SlotValues::Group(xs) => layout
+                .tensors
+                .iter()
+                .map(|t| vec![xs[t.group] as f32])
+                .collect(),
+        })
+    }
+
+    /// The element type of per-element state (`f32`, `bf16` or `f64`).
+    pub(crate) fn state_dtype(&self) -> &'static str {
+        self.executor.state_dtype()
+    }
+
+    /// Every state slot's values, in the rule's order (for checkpoints).
+    pub(crate) fn state_values(&self) -> Vec<SlotValues> {
+        self.executor.state()
+    }
+
+    /// Replaces the state, as if every group had taken `steps_taken` steps on
+    /// tensors of sizes `numels`: one value per slot, in the rule's order
+    /// (per-element slots as one vector per tensor; tensor slots one value per
+    /// tensor; group slots one value, for every group). The next step is
+    /// step `steps_taken + 1` and runs the later steps' plan. On error
+    /// nothing changes.
+    pub fn set_state(
+        &mut self,
+        steps_taken: u64,
+        numels: &[usize],
+        state: &[Value<f32>],
+    ) -> Result<(), Error> {
+        let slots = &self.rule.states;
+        if state.len() != slots.len() || steps_taken == 0 {
+            return Err(Error::Internal(format!(
+                "set_state needs a step count above 0 and {} state values, got {} after {steps_taken} steps",
+                slots.len(),
+                state.len()
+            )));
+        }
+        for (slot, value) in slots.iter().zip(state) {
+            let fits = match value {
+                Value::Group(_) => slot.shape == Shape::Group,
+                Value::Tensor(xs) => slot.shape == Shape::Tensor && xs.len() == numels.len(),
+                Value::Elem(xs) => {
+                    slot.shape == Shape::Elem
+                        && xs.len() == numels.len()
+                        && xs.iter().zip(numels).all(|(x, &n)| x.len() == n)
+                }
+            };
+            if !fits {
+                return Err(Error::Internal(format!(
+                    "state `{}` is {} (one value per {}), and must fit tensors of sizes {numels:?}",
+                    slot.name, slot.shape, slot.shape
+                )));
+            }
+        }
+        self.check_tensors(numels, numels.iter().copied())?;
+        let groups = self.groups.len();
+        let values: Vec<SlotValues> = state
+            .iter()
+            .map(|value| match value {
+                Value::Group(x) => SlotValues::Group(vec![*x; groups]),
+                Value::Tensor(xs) => SlotValues::Tensor(xs.clone()),
+                Value::Elem(xs) => SlotValues::Elem(xs.iter().cloned().map(Stored::F32).collect()),
+            })
+            .collect();
+        self.restore(&values, &vec![steps_taken; groups])
+    }
+
+    /// Replaces the state and every group's step count (shapes checked by
+    /// the caller). On error nothing changes.
+    pub(crate) fn restore(&mut self, state: &[SlotValues], steps: &[u64]) -> Result<(), Error> {
+        self.executor.set_state(state)?;
+        for (group, &steps) in self.groups.iter_mut().zip(steps) {
+            group.steps = steps;
+        }
+        Ok(())
+    }
+
+    /// Group `i`'s name, frozen flag, steps and the source texts of its
+    /// hyperparameter values (for checkpoints).
+    pub(crate) fn group_record(&self, i: usize) -> (&str, bool, u64, Vec<&str>) {
+        let g = &self.groups[i];
+        (&g.name, g.frozen, g.steps, g.bindings.texts())
+    }
+
+    pub(crate) fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Fixes the layout for tensors `names` of sizes `numels` and binds the
+    /// executor. On error nothing changes.
+    pub(crate) fn bind(&mut self, names: &[String], numels: &[usize]) -> Result<(), Error> {
+        let layout = self.resolve(names, numels)?;
+        self.executor.bind(&layout)?;
+        self.layout = Some(layout);
+        Ok(())
+    }
+
+    /// The layout of tensors `names` of sizes `numels`: each in the first
+    /// group that selects it, else the default group.
+    pub(crate) fn resolve(&self, names: &[String], numels: &[usize]) -> Result<Layout, Error> {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(name) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(Error::Groups(format!("two tensors are called `{name}`")));
+        }
+        let tensors: Vec<TensorInfo> = names
+            .iter()
+            .zip(numels)
+            .map(|(name, &numel)| TensorInfo {
+                name: name.clone(),
+                numel,
+                group: self
+                    .groups
+                    .iter()
+                    .position(|g| g.patterns.iter().any(|p| glob_match(p, name)))
+                    .unwrap_or(0),
+            })
+            .collect();
+        if let Some(empty) = (1..self.groups.len()).find(|&g| tensors.iter().all(|t| t.group != g))
+        {
+            return Err(Error::Groups(format!(
+                "group `{}` ({}) selects none of the tensors ({})",
+                self.groups[empty].name,
+                self.groups[empty].patterns.join(", "),
+                names.join(", ")
+            )));
+        }
+        Ok(Layout {
+            tensors,
+            groups: self.groups.iter().map(|g| g.name.clone()).collect(),
+        })
+    }
+
+    /// Checks a step's tensors: as many gradients as parameters, each of its
+    /// parameter's length, and the sizes of the layout; fixes the layout on
+    /// the first use.
+    fn check_tensors(
+        &mut self,
+        numels: &[usize],
+        grad_lengths: impl ExactSizeIterator<Item = usize>,
+    ) -> Result<(), Error> {
+        let declared: Option<Vec<usize>> = match (&self.layout, &self.declared) {
+            (Some(layout), _) => Some(layout.numels()),
+            (None, Some(declared)) => Some(declared.iter().map(|(_, n)| *n).collect()),
+            (None, None) => None,
+        };
+        crate::bind::check_shapes(declared.as_deref(), numels, grad_lengths)?;
+        if self.layout.is_none() {
+            // Not declared: named by index.
+            let names: Vec<String> = (0..numels.len()).map(|i| i.to_string()).collect();
+            self.bind(&names, numels)?;
+        }
+        Ok(())
+    }
+
+    fn check_element<P: Element>(&self) -> Result<(), Error> {
+        if P::STORAGE == self.precision.params {
+            Ok(())
+        } else {
+            Err(Error::Dtype {
+                expected: self.precision.params,
+                found: P::STORAGE,
+            })
+        }
+    }
+
+    fn owned_numels(&self) -> Result<Vec<usize>, Error> {
+        match (&self.layout, self.owned) {
+            (Some(layout), true) => Ok(layout.numels()),
+            _ => Err(Error::Unsupported(
+                "the executor holds no parameters: upload them first (Optimizer::upload)".into(),
+            )),
+        }
+    }
+
+    fn group_index(&self, name: &str) -> Result<usize, Error> {
+        self.groups
+            .iter()
+            .position(|g| g.name == name)
+            .ok_or_else(|| {
+                Error::Groups(format!(
+                    "no group `{name}` (groups: {})",
+                    self.group_names().join(", ")
+                ))
+            })
+    }
+
+    /// Runs a checked step on the executor.
+    fn run(
+        &mut self,
+        params: Params<'_, '_>,
+        grads: HostTensors<'_, '_>,
+    ) -> Result<Outcome, Error> {
+        let Some(layout) = &self.layout else {
+            return Err(Error::Internal("no layout after the checks".into()));
+        };
+        let active: Vec<usize> = (0..self.groups.len())
+            .filter(|&g| !self.groups[g].frozen && layout.tensors.iter().any(|t| t.group == g))
+            .collect();
+        if self.non_finite == NonFinite::Skip {
+            for (tensor, info) in layout.tensors.iter().enumerate() {
+                if !active.contains(&info.group) {
+                    continue;
+                }
+                let values = grads.widened(tensor);
+                if let Some(index) = values.iter().position(|g| !g.is_finite()) {
+                    return Ok(Outcome::Skipped { tensor, index });
+                }
+            }
+        }
+        let request = StepRequest {
+            groups: active
+                .iter()
+                .map(|&g| {
+                    let group = &self.groups[g];
+                    GroupStep {
+                        group: g,
+                        step: group.steps + 1,
+                        hypers: group.bindings.values(group.steps + 1),
+                    }
+                })
+                .collect(),
+            across_groups: self.reductions == GroupReductions::AcrossGroups,
+        };
+        self.executor.step(&request, params, grads)?;
+        for &g in &active {
+            self.groups[g].steps += 1;
+        }
+        Ok(Outcome::Applied)
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of characters
+/// (the empty one too) and `?` any one character.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (pattern, name): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), name.chars().collect());
+    // Backtracking over the last `*`: linear in practice, quadratic at worst.
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, n));
+            p += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
