@@ -302,3 +302,132 @@ fn check_covers_functions_no_optimizer_calls() {
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown name `learnin_rate`"), "{stderr}");
 }
+
+#[test]
+fn train_runs_on_the_compiled_kernels_by_default_and_on_any_backend() {
+    let (code, help, _) = optc(&["train", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        help.contains("--backend <NAME>")
+            && help.contains("`cranelift` (compiled kernels; the default"),
+        "{help}"
+    );
+    let losses = |backend: Option<&str>| {
+        let mut args = vec!["train", "--steps", "40"];
+        if let Some(backend) = backend {
+            args.extend(["--backend", backend]);
+        }
+        let (code, stdout, stderr) = optc(&args);
+        assert_eq!(code, 0, "{stderr}");
+        let header = stdout.lines().next().unwrap().to_string();
+        let rows: Vec<String> = stdout.lines().skip(2).map(String::from).collect();
+        (header, rows)
+    };
+    let (default, rows) = losses(None);
+    assert!(
+        default.ends_with("full batch, cranelift backend"),
+        "{default}"
+    );
+    for backend in ["reference", "interp"] {
+        let (header, other) = losses(Some(backend));
+        assert!(header.ends_with(&format!("{backend} backend")), "{header}");
+        assert_eq!(other, rows, "the same losses on {backend}");
+    }
+    let (code, _, stderr) = optc(&["train", "--backend", "gpu"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("unknown backend `gpu` (this build has: cranelift, reference, interp)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn groups_on_the_command_line() {
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "train", "adamw", "--hidden", "4", "--steps", "20", "--every", "20",
+        ];
+        all.extend_from_slice(args);
+        optc(&all)
+    };
+    let (code, stdout, stderr) = run(&["--group", "*.bias:weight_decay=0,learning_rate=0.01"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("parameter groups:\n  default: hidden.weight, output.weight\n  *.bias: hidden.bias, output.bias\n"),
+        "{stdout}"
+    );
+    let (_, plain, _) = run(&[]);
+    let last = |s: &str| s.lines().last().unwrap().to_string();
+    assert_ne!(
+        last(&stdout),
+        last(&plain),
+        "the group's values change the run"
+    );
+    let (code, frozen, stderr) = run(&["--group", "hidden.*|output.*:frozen"]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Vec<&str> = frozen
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(
+        rows[0].split_whitespace().nth(1),
+        rows[1].split_whitespace().nth(1),
+        "frozen: {frozen}"
+    );
+    for (group, message) in [
+        ("bias", "expected PATTERNS:SETTINGS"),
+        ("*.bias:weight_decay", "`weight_decay` is not NAME=VALUE or `frozen`"),
+        ("nothing.*:weight_decay=0", "group `nothing.*` (nothing.*) selects none of the tensors (hidden.weight, hidden.bias, output.weight, output.bias)"),
+        ("*.bias:weight_decy=0", "unknown hyperparameter `weight_decy`"),
+        ("|x:frozen", "an empty pattern"),
+    ] {
+        let (code, _, stderr) = run(&["--group", group]);
+        assert_eq!(code, 1, "{group}");
+        assert!(stderr.contains(message), "{group}: {stderr}");
+    }
+}
+
+#[test]
+fn commands_refuse_backends_that_cannot_do_what_they_ask() {
+    let (code, _, stderr) = optc(&[
+        "replay",
+        "adam",
+        "--trace",
+        "tests/golden/adam.json",
+        "--f64",
+        "--backend",
+        "cranelift",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--f64 runs the interpreter in f64"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = optc(&["bench", "adam", "--numel", "1000", "--backend", "interp"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("the interpreter runs none"), "{stderr}");
+    let (code, _, stderr) = optc(&[
+        "bench",
+        "adam",
+        "--numel",
+        "1000",
+        "--backend",
+        "interp",
+        "--dtype",
+        "bf16",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    let (code, stdout, stderr) = optc(&[
+        "bench",
+        "adam",
+        "--numel",
+        "10000",
+        "--steps",
+        "2",
+        "--backend",
+        "reference",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"backend\":\"reference\""), "{stdout}");
+}

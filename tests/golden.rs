@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use optc_compiler::interpret;
 use optc_runtime::trace::{self, Trace};
-use optc_runtime::{Backend, Optimizer, BACKENDS};
+use optc_runtime::{Backend, Group, Optimizer, BACKENDS};
 
 /// Largest accepted |ours - peer| / max(|peer|, 1) over all steps and elements.
 const TOLERANCE: f64 = 1e-5;
@@ -21,6 +21,8 @@ struct Case {
     name: String,
     rule: String,
     sets: Vec<(String, String)>,
+    /// Parameter groups: tensor patterns (`|`-separated) and their own values.
+    groups: Vec<(String, Vec<(String, String)>)>,
 }
 
 fn cases() -> (Vec<Case>, Vec<(String, String)>) {
@@ -38,16 +40,29 @@ fn cases() -> (Vec<Case>, Vec<(String, String)>) {
             schedules.push((name.to_string(), call.to_string()));
             continue;
         }
+        // NAME RULE name=value... [group:PATTERNS name=value...]...
         let mut words = line.split_whitespace();
         let name = words.next().unwrap().to_string();
         let rule = words.next().expect("a rule name").to_string();
-        let sets = words
-            .map(|w| {
-                let (k, v) = w.split_once('=').expect("name=value");
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        cases.push(Case { name, rule, sets });
+        let (mut sets, mut groups) = (Vec::new(), Vec::<(String, Vec<_>)>::new());
+        for word in words {
+            if let Some(patterns) = word.strip_prefix("group:") {
+                groups.push((patterns.to_string(), Vec::new()));
+                continue;
+            }
+            let (k, v) = word.split_once('=').expect("name=value");
+            let set = (k.to_string(), v.to_string());
+            match groups.last_mut() {
+                Some((_, group_sets)) => group_sets.push(set),
+                None => sets.push(set),
+            }
+        }
+        cases.push(Case {
+            name,
+            rule,
+            sets,
+            groups,
+        });
     }
     (cases, schedules)
 }
@@ -60,9 +75,7 @@ fn golden(case: &Case) -> Trace {
 
 /// Replays one case on `backend`; returns our trace.
 fn replay_on(case: &Case, backend: &Backend, threads: usize) -> Result<Trace, String> {
-    let (rule, overrides) = compiled(case);
-    let mut optimizer = Optimizer::builder(rule)
-        .overrides(overrides)
+    let mut optimizer = builder(case)
         .backend(backend.clone())
         .threads(threads)
         .build()
@@ -110,7 +123,11 @@ fn every_elementwise_golden_case_has_a_rule() {
     );
     let distinct: std::collections::BTreeSet<&str> =
         cases.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(distinct.len(), 42, "the 42 eligible cases are all mapped");
+    assert_eq!(
+        distinct.len(),
+        44,
+        "the 42 eligible cases and the 2 with groups are all mapped"
+    );
 }
 
 #[test]
@@ -121,7 +138,17 @@ fn stdlib_rules_match_torch_and_optax() {
         match replay_case(case) {
             // One markdown row per case: the table of docs/stdlib.md.
             Ok((c, peer)) if c.max_err <= TOLERANCE => {
-                let sets: Vec<String> = case.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut sets: Vec<String> =
+                    case.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                for (patterns, group) in &case.groups {
+                    let group: Vec<String> =
+                        group.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    sets.push(format!(
+                        "group {}: {}",
+                        patterns.replace('|', "\\|"),
+                        group.join(" ")
+                    ));
+                }
                 println!(
                     "| {} | `{}` {} | {peer} | {:.1e} |",
                     case.name,
@@ -182,6 +209,14 @@ fn every_golden_case_replays_through_the_cli() {
     for case in &cases {
         let trace = format!("tests/golden/{}.json", case.name);
         let sets: Vec<String> = case.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let groups: Vec<String> = case
+            .groups
+            .iter()
+            .map(|(patterns, sets)| {
+                let sets: Vec<String> = sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{patterns}:{}", sets.join(","))
+            })
+            .collect();
         let mut args = vec![
             "replay",
             case.rule.as_str(),
@@ -192,6 +227,9 @@ fn every_golden_case_replays_through_the_cli() {
         for set in &sets {
             args.extend(["--set", set.as_str()]);
         }
+        for group in &groups {
+            args.extend(["--group", group.as_str()]);
+        }
         let (code, stdout, stderr) = common::optc(&args);
         assert_eq!(code, 0, "{}: {stderr}", case.name);
         let error = common::max_error(&stdout)
@@ -200,21 +238,69 @@ fn every_golden_case_replays_through_the_cli() {
     }
 }
 
-/// The case's rule, compiled, and its hyperparameter overrides.
-fn compiled(
-    case: &Case,
-) -> (
-    Arc<optc_compiler::ir::Rule>,
-    Vec<(String, optc_compiler::ir::ScalarExpr)>,
-) {
+/// An optimizer builder for the case's rule, hyperparameters and groups.
+fn builder(case: &Case) -> optc_runtime::OptimizerBuilder {
     let mut program = optc_stdlib::prelude();
     let rule = Arc::new(program.compile(&case.rule).unwrap());
-    let overrides = case
-        .sets
-        .iter()
-        .map(|(k, v)| (k.clone(), program.compile_scalar(k, v).unwrap()))
-        .collect();
-    (rule, overrides)
+    let mut compile = |sets: &[(String, String)]| -> Vec<(String, optc_compiler::ir::ScalarExpr)> {
+        sets.iter()
+            .map(|(k, v)| (k.clone(), program.compile_scalar(k, v).unwrap()))
+            .collect()
+    };
+    let mut builder = Optimizer::builder(rule).overrides(compile(&case.sets));
+    for (patterns, sets) in &case.groups {
+        let mut group = Group::new(patterns.clone()).tensors(patterns.split('|'));
+        for (name, value) in compile(sets) {
+            group = group.set(name, value);
+        }
+        builder = builder.group(group);
+    }
+    builder
+}
+
+/// The golden cases with parameter groups: torch.optim stepping two
+/// `param_groups` of their own values (tests/golden/generate_groups.py).
+/// cases.txt gives each group's tensors as the trace records them, and the
+/// same trace replayed without the groups is far off.
+#[test]
+fn parameter_groups_match_torch_param_groups() {
+    let (cases, _) = cases();
+    let grouped: Vec<&Case> = cases.iter().filter(|c| !c.groups.is_empty()).collect();
+    assert_eq!(grouped.len(), 2, "adamw_groups and sgd_groups");
+    let interp = Backend::named("interp").unwrap();
+    for case in grouped {
+        let trace = golden(case);
+        let recorded = trace.extra["groups"].as_array().unwrap();
+        for ((patterns, _), group) in case.groups.iter().zip(&recorded[1..]) {
+            let tensors: Vec<String> = group["params"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            assert_eq!(
+                patterns,
+                &tensors.join("|"),
+                "{}: cases.txt names the recorded group",
+                case.name
+            );
+        }
+        let ours = replay_on(case, &interp, 1).unwrap();
+        let comparison = trace::compare(&ours, &trace).unwrap();
+        assert!(comparison.max_err <= 1e-6, "{}: {comparison:?}", case.name);
+        let ungrouped = Case {
+            groups: Vec::new(),
+            name: case.name.clone(),
+            rule: case.rule.clone(),
+            sets: case.sets.clone(),
+        };
+        let off = trace::compare(&replay_on(&ungrouped, &interp, 1).unwrap(), &trace).unwrap();
+        assert!(
+            off.max_err > 1e-3,
+            "{}: the groups matter ({off:?})",
+            case.name
+        );
+    }
 }
 
 /// Every registered backend replays every case within the tolerance, and

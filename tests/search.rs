@@ -103,6 +103,10 @@ fn bad_commands_are_clear_errors() {
             "`population` takes a whole number of at least 1",
         ),
         ("set colour blue", "unknown setting `colour`"),
+        (
+            "set backend gpu",
+            "unknown backend `gpu` (this build has: cranelift, reference, interp)",
+        ),
         ("tasks nonsense", "unknown task `nonsense`"),
         ("tasks digits", "choose at least one cheap task"),
         ("load no/such/file.opt", "cannot read no/such/file.opt"),
@@ -151,4 +155,23 @@ fn the_raw_lion_program_simplifies_and_prunes_to_lion() {
     assert!(!rule.contains("sqrt("), "{rule}");
     assert!(simplified.contains("pruning (tolerance"), "{simplified}");
     assert!(simplified.contains("optimizer pruned("), "{simplified}");
+}
+
+#[test]
+fn the_search_trains_candidates_on_the_backend_it_is_given() {
+    let dir = scratch("backend");
+    let mut lines = prologue();
+    lines.extend(["set backend reference", "set", "load sgd", "run 8"].map(String::from));
+    let (code, stdout, stderr) = script(&dir, &lines);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    assert!(
+        stdout.contains("backend = reference (applies at the next `load`)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nbackend reference\n"), "{stdout}");
+    assert!(stdout.contains("done: 8 cycles"), "{stdout}");
+    let (code, _, stderr) = optc(&["search", "--backend", "nope", "--script", "x"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unknown backend `nope`"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

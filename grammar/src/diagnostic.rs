@@ -55,3 +55,17 @@ impl Diagnostic {
         self.labels.first().map(|l| l.span)
     }
 }
+
+/// The message and hint alone (without the source context that
+/// `optc_compiler::diagnostics::render` draws around the spans).
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostic {}
