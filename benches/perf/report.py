@@ -5,6 +5,12 @@
                                              # tensors, 1 and 2 threads, against the
                                              # same-run floor and the C programs
     python3 benches/perf/report.py stdlib    # every standard-library optimizer, once
+    python3 benches/perf/report.py compare OLD_OPTC
+                                             # this tree's optc against another build
+                                             # (OLD_OPTC: a path to its binary), row by
+                                             # row in the same run (alternating, medians
+                                             # of 3): the targets' rows, then every
+                                             # stdlib rule
 
 Each row is one `optc bench RULE ... --json` run (the command is printed with
 the table). `targets` also compiles benches/perf/opt_c.c (hand-fused C steps
@@ -29,8 +35,8 @@ def build():
     subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
 
 
-def bench(rule, threads=1, tensors=1, steps=STEPS):
-    args = [OPTC, "bench", rule, "--numel", str(NUMEL), "--threads", str(threads),
+def bench(rule, threads=1, tensors=1, steps=STEPS, optc=OPTC, numel=NUMEL):
+    args = [optc, "bench", rule, "--numel", str(numel), "--threads", str(threads),
             "--tensors", str(tensors), "--steps", str(steps), "--json"]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     return json.loads(out)
@@ -84,9 +90,46 @@ def stdlib():
               f"| {r['compile_ms']:.2f} / {r['compile_cached_ms']:.3f} |")
 
 
+def compare(old, repeats=3):
+    """Each row runs the old binary and this tree's alternately, `repeats`
+    times each, and reports the median over the runs of each binary's
+    median-of-steps ns/param, and their ratio (alternating runs see the same
+    machine conditions on a shared machine whose speed drifts)."""
+    rules = subprocess.run([OPTC, "list"], capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    rules = [line.split()[0] for line in rules if line.strip()]
+    # Small tensors (200 of 1024 elements) show the per-step host work.
+    small = 200 * 1024
+    rows = [(rule, 1, 200, 500, small) for rule in ("adam", "lion", "lamb")]
+    rows += [(rule, threads, tensors, STEPS, NUMEL) for threads in (1, 2)
+             for tensors in (1, 200) for rule in ("adam", "adamw", "lion", "sgd_momentum")]
+    rows += [(rule, 1, 1, 10, NUMEL) for rule in rules]
+    print(f"`optc bench RULE --numel N --threads T --tensors K --steps S --json` (N = {NUMEL}, "
+          f"or {small} in the first rows), before (`{old}`) and after (this tree), "
+          f"alternating, {repeats} runs each per row; medians.\n")
+    print("| rule | numel | threads | tensors | before ns/param | after ns/param | after / before "
+          "| before / its floor | after / its floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    for rule, threads, tensors, steps, numel in rows:
+        olds, news = [], []
+        for _ in range(repeats):
+            olds.append(bench(rule, threads, tensors, steps, optc=old, numel=numel))
+            news.append(bench(rule, threads, tensors, steps, numel=numel))
+        before = median([r["ns_per_param"] for r in olds])
+        after = median([r["ns_per_param"] for r in news])
+        old_ratio = median([r["ratio_to_floor"] for r in olds])
+        ratio = median([r["ratio_to_floor"] for r in news])
+        print(f"| {rule} | {numel} | {threads} | {tensors} | {before:.3f} | {after:.3f} "
+              f"| {after / before:.2f} | {old_ratio:.2f} | {ratio:.2f} |", flush=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    if what not in ("targets", "stdlib"):
+    if what not in ("targets", "stdlib", "compare") or (what == "compare") != (len(sys.argv) == 3):
         sys.exit(__doc__)
     build()
-    {"targets": targets, "stdlib": stdlib}[what]()
+    if what == "compare":
+        compare(sys.argv[2])
+    else:
+        {"targets": targets, "stdlib": stdlib}[what]()

@@ -233,6 +233,7 @@ impl OptimizerBuilder {
             groups,
             declared: self.tensors,
             layout: None,
+            numels: Vec::new(),
             owned: false,
         };
         if let Some(declared) = optimizer.declared.clone() {
@@ -268,6 +269,8 @@ pub struct Optimizer {
     declared: Option<Vec<(String, usize)>>,
     /// Fixed by the first step, upload or checkpoint load.
     layout: Option<Layout>,
+    /// The layout's tensor sizes (every step checks against them).
+    numels: Vec<usize>,
     /// Whether the executor holds the parameters ([`Optimizer::upload`]).
     owned: bool,
 }
@@ -567,6 +570,7 @@ impl Optimizer {
         let layout = self.resolve(names, numels)?;
         self.executor.bind(&layout)?;
         self.layout = Some(layout);
+        self.numels = numels.to_vec();
         Ok(())
     }
 
@@ -613,12 +617,9 @@ impl Optimizer {
         numels: &[usize],
         grad_lengths: impl ExactSizeIterator<Item = usize>,
     ) -> Result<(), Error> {
-        let declared: Option<Vec<usize>> = match (&self.layout, &self.declared) {
-            (Some(layout), _) => Some(layout.numels()),
-            (None, Some(declared)) => Some(declared.iter().map(|(_, n)| *n).collect()),
-            (None, None) => None,
-        };
-        crate::bind::check_shapes(declared.as_deref(), numels, grad_lengths)?;
+        // Declared tensors are bound when the optimizer is built.
+        let fixed = self.layout.is_some().then_some(self.numels.as_slice());
+        crate::bind::check_shapes(fixed, numels, grad_lengths)?;
         if self.layout.is_none() {
             // Not declared: named by index.
             let names: Vec<String> = (0..numels.len()).map(|i| i.to_string()).collect();
@@ -640,7 +641,7 @@ impl Optimizer {
 
     fn owned_numels(&self) -> Result<Vec<usize>, Error> {
         match (&self.layout, self.owned) {
-            (Some(layout), true) => Ok(layout.numels()),
+            (Some(_), true) => Ok(self.numels.clone()),
             _ => Err(Error::Unsupported(
                 "the executor holds no parameters: upload them first (Optimizer::upload)".into(),
             )),

@@ -310,9 +310,17 @@ fn identity(kernel: &Kernel) -> Vec<f64> {
         .collect()
 }
 
-/// A buffer pointer that may cross threads: the chunks threads work on are disjoint.
+/// A buffer pointer that may cross threads: the chunks threads work on are
+/// disjoint. Transparent, so a slice of them is a slice of pointers.
 #[derive(Clone, Copy)]
+#[repr(transparent)]
 struct SendPtr(*mut f32);
+
+/// A tensor's buffer pointers as kernels take them.
+fn raw(pointers: &[SendPtr]) -> &[*mut f32] {
+    // SAFETY: `SendPtr` is a transparent wrapper of `*mut f32`.
+    unsafe { std::slice::from_raw_parts(pointers.as_ptr().cast::<*mut f32>(), pointers.len()) }
+}
 // SAFETY: threads only touch disjoint element ranges of the buffers.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -339,11 +347,11 @@ fn run_pass(
         .collect();
     let mut partials: Vec<Vec<f64>> = vec![identity.to_vec(); items.len()];
     let run_item = |(i, range): &(usize, Range<usize>), partial: &mut Vec<f64>| {
-        let buffers: Vec<*mut f32> = pointers[tensors[*i]].iter().map(|p| p.0).collect();
+        let buffers = raw(&pointers[tensors[*i]]);
         // SAFETY: the pointers come from live slices (or arenas) of the
         // tensor's length; the plan never stores to g; ranges of different
         // items are disjoint.
-        unsafe { compiled.call(&buffers, &scalars[*i], partial, range.clone()) };
+        unsafe { compiled.call(buffers, &scalars[*i], partial, range.clone()) };
     };
     let total: usize = tensors.iter().map(|&t| layout.tensors[t].numel).sum();
     let threads = pool.threads();
@@ -380,6 +388,10 @@ fn run_pass(
         });
     }
     let mut by_tensor: Partials = vec![Vec::new(); tensors.len()];
+    if identity.is_empty() {
+        // Nothing accumulated: no partials to hand back.
+        return by_tensor;
+    }
     for ((i, _), partial) in items.iter().zip(partials) {
         by_tensor[*i].push(partial);
     }

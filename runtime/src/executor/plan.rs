@@ -173,6 +173,9 @@ impl PlanState {
             if tensors.is_empty() {
                 continue;
             }
+            let first: Vec<usize> = (0..members.len())
+                .map(|m| member_of.iter().position(|&x| x == m).unwrap_or(0))
+                .collect();
             let launch = Stages {
                 rule: &self.rule,
                 plan: self.plan(phase),
@@ -182,38 +185,27 @@ impl PlanState {
                 members: &members,
                 tensors: &tensors,
                 member_of: &member_of,
+                first: &first,
                 across_groups: request.across_groups,
                 precision: &self.precision,
             };
             let values = launch.run(&self.slots, run_pass);
-            for (slot, (info, out)) in self
-                .rule
-                .states
-                .iter()
-                .zip(&self.rule.state_out)
-                .enumerate()
-            {
+            for (slot, out) in self.rule.state_out.iter().enumerate() {
                 let value = values[out.index()].as_ref();
-                let at = |i: usize| value.map_or(f64::NAN, |v| v[i]);
                 match &mut self.slots[slot] {
                     HostSlot::Elem => {}
                     HostSlot::Tensor(per_tensor) => {
                         for (i, &t) in tensors.iter().enumerate() {
-                            per_tensor[t] = at(i);
+                            per_tensor[t] = value.map_or(f64::NAN, |v| v.at(i, &member_of));
                         }
                     }
                     HostSlot::Group(per_group) => {
                         for (m, &k) in members.iter().enumerate() {
-                            if let Some(i) = member_of.iter().position(|&x| x == m) {
-                                per_group[request.groups[k].group] = at(i);
-                            }
+                            per_group[request.groups[k].group] =
+                                value.map_or(f64::NAN, |v| v.of_group(m, first[m]));
                         }
                     }
                 }
-                debug_assert_eq!(
-                    info.shape == Shape::Elem,
-                    self.slots[slot] == HostSlot::Elem
-                );
             }
         }
         Ok(())
@@ -278,13 +270,38 @@ struct Stages<'a> {
     /// The launched tensors, and for each the member group it belongs to.
     tensors: &'a [usize],
     member_of: &'a [usize],
+    /// Each member group's first launched tensor.
+    first: &'a [usize],
     across_groups: bool,
     precision: &'a Precision,
 }
 
-/// A host value: one f64 per launched tensor (a group value repeated over
-/// the group's tensors).
-type HostValue = Vec<f64>;
+/// A host value of a launch: one f64 per member group (group values, which
+/// are computed once per group, not per tensor) or per launched tensor.
+#[derive(Clone, Debug)]
+enum HostValue {
+    Groups(Vec<f64>),
+    Tensors(Vec<f64>),
+}
+
+impl HostValue {
+    /// Its value for launched tensor `i` (`member_of[i]` is the tensor's group).
+    fn at(&self, i: usize, member_of: &[usize]) -> f64 {
+        match self {
+            HostValue::Groups(x) => x[member_of[i]],
+            HostValue::Tensors(x) => x[i],
+        }
+    }
+
+    /// Its value for member group `m`, whose first launched tensor is `first`
+    /// (a group node's operands are group values; lowering guarantees it).
+    fn of_group(&self, m: usize, first: usize) -> f64 {
+        match self {
+            HostValue::Groups(x) => x[m],
+            HostValue::Tensors(x) => x[first],
+        }
+    }
+}
 
 impl Stages<'_> {
     /// Runs every stage; returns the host value of every host node.
@@ -301,7 +318,7 @@ impl Stages<'_> {
                 let is_host = graph.ty(h).shape != Shape::Elem
                     && !matches!(node, Node::Reduce(_, _, arg) if graph.ty(*arg).shape == Shape::Elem);
                 if is_host && self.plan.stage[h.index()] == stage && values[h.index()].is_none() {
-                    values[h.index()] = Some(self.host_value(node, &values, slots));
+                    values[h.index()] = Some(self.host_value(h, node, &values, slots));
                 }
             }
             if stage == passes {
@@ -314,7 +331,10 @@ impl Stages<'_> {
                     let mut args: Vec<f32> = pass
                         .scalar_args
                         .iter()
-                        .map(|&h| values[h.index()].as_ref().map_or(f32::NAN, |v| v[i] as f32))
+                        .map(|&h| {
+                            let value = values[h.index()].as_ref();
+                            value.map_or(f32::NAN, |v| v.at(i, self.member_of) as f32)
+                        })
                         .collect();
                     if seeded {
                         let seed = self.precision.step_seed(self.step_of(i), self.tensors[i]);
@@ -356,7 +376,7 @@ impl Stages<'_> {
     /// tensor, or folded in tensor order per group (or over every group).
     fn combine(&self, op: ReduceOp, scope: Scope, per_tensor: Vec<f64>) -> HostValue {
         if scope == Scope::Tensor {
-            return per_tensor;
+            return HostValue::Tensors(per_tensor);
         }
         let fold = |keep: &dyn Fn(usize) -> bool| {
             (0..per_tensor.len())
@@ -365,86 +385,97 @@ impl Stages<'_> {
                     Kernel::combine(op, a, per_tensor[i])
                 })
         };
-        if self.across_groups {
-            let total = fold(&|_| true);
-            return vec![total; per_tensor.len()];
-        }
-        let per_member: Vec<f64> = (0..self.members.len())
-            .map(|m| fold(&|i| self.member_of[i] == m))
-            .collect();
-        self.member_of.iter().map(|&m| per_member[m]).collect()
+        HostValue::Groups(if self.across_groups {
+            vec![fold(&|_| true); self.members.len()]
+        } else {
+            (0..self.members.len())
+                .map(|m| fold(&|i| self.member_of[i] == m))
+                .collect()
+        })
     }
 
     /// The value of a host (group or tensor) node, as the interpreter
-    /// defines it, for every launched tensor.
+    /// defines it: once per member group for a group node, once per launched
+    /// tensor for a tensor node.
     fn host_value(
         &self,
+        h: optc_compiler::ir::Handle,
         node: &Node,
         values: &[Option<HostValue>],
         slots: &[HostSlot],
     ) -> HostValue {
+        let members = self.members.len();
         let n = self.tensors.len();
-        let get = |c: optc_compiler::ir::Handle| -> HostValue {
-            values[c.index()]
-                .clone()
-                .unwrap_or_else(|| vec![f64::NAN; n])
-        };
-        let member = |i: usize| &self.request.groups[self.members[self.member_of[i]]];
+        let missing = HostValue::Groups(vec![f64::NAN; members]);
+        let get = |c: optc_compiler::ir::Handle| values[c.index()].as_ref().unwrap_or(&missing);
+        let first = self.first;
+        let group = |m: usize| &self.request.groups[self.members[m]];
         let numel = |i: usize| self.layout.tensors[self.tensors[i]].numel;
-        let per = |f: &dyn Fn(usize) -> f64| -> HostValue { (0..n).map(f).collect() };
+        let per_group = |f: &dyn Fn(usize) -> f64| HostValue::Groups((0..members).map(f).collect());
+        let per_tensor = |f: &dyn Fn(usize) -> f64| HostValue::Tensors((0..n).map(f).collect());
+        // Elementwise arithmetic on host values: per group for a group node.
+        let map = |f: &dyn Fn(&dyn Fn(&HostValue) -> f64) -> f64| {
+            if self.rule.graph.ty(h).shape == Shape::Group {
+                per_group(&|m| f(&|v: &HostValue| v.of_group(m, first[m])))
+            } else {
+                per_tensor(&|i| f(&|v: &HostValue| v.at(i, self.member_of)))
+            }
+        };
         match *node {
-            Node::Const(bits) => vec![f64::from_bits(bits); n],
-            Node::Bool(b) => vec![if b { 1.0 } else { 0.0 }; n],
+            Node::Const(bits) => HostValue::Groups(vec![f64::from_bits(bits); members]),
+            Node::Bool(b) => HostValue::Groups(vec![if b { 1.0 } else { 0.0 }; members]),
             Node::Input(input, _) => match input {
-                Input::Step => per(&|i| member(i).step as f64),
-                Input::Numel => per(&|i| numel(i) as f64),
-                Input::Hyper(k) => per(&|i| member(i).hypers[k as usize]),
+                Input::Step => per_group(&|m| group(m).step as f64),
+                Input::Numel => per_tensor(&|i| numel(i) as f64),
+                Input::Hyper(k) => per_group(&|m| group(m).hypers[k as usize]),
                 Input::State(k) => {
                     if self.phase == Phase::First {
-                        get(self.rule.states[k as usize].init)
+                        get(self.rule.states[k as usize].init).clone()
                     } else {
                         match &slots[k as usize] {
-                            HostSlot::Tensor(x) => per(&|i| x[self.tensors[i]]),
-                            HostSlot::Group(x) => per(&|i| x[member(i).group]),
-                            HostSlot::Elem => vec![f64::NAN; n],
+                            HostSlot::Tensor(x) => per_tensor(&|i| x[self.tensors[i]]),
+                            HostSlot::Group(x) => per_group(&|m| x[group(m).group]),
+                            HostSlot::Elem => missing.clone(),
                         }
                     }
                 }
-                Input::Param | Input::Grad => vec![f64::NAN; n],
+                Input::Param | Input::Grad => missing.clone(),
             },
             Node::Reduce(op, scope, arg) => {
                 // A reduction of a broadcast scalar: `n` copies of its f32 rounding.
                 let value = get(arg);
-                let per_tensor = per(&|i| {
-                    let w = f64::from(value[i] as f32);
-                    match op {
-                        _ if numel(i) == 0 => Kernel::identity(op),
-                        // Exact: n copies of an f32 sum exactly in f64 (n < 2^29);
-                        // adding to the identity +0 turns a -0 sum into +0, as the fold does.
-                        ReduceOp::Sum => {
-                            Kernel::combine(op, Kernel::identity(op), numel(i) as f64 * w)
+                let per_tensor = (0..n)
+                    .map(|i| {
+                        let w = f64::from(value.at(i, self.member_of) as f32);
+                        match op {
+                            _ if numel(i) == 0 => Kernel::identity(op),
+                            // Exact: n copies of an f32 sum exactly in f64 (n < 2^29);
+                            // adding to the identity +0 turns a -0 sum into +0, as the fold does.
+                            ReduceOp::Sum => {
+                                Kernel::combine(op, Kernel::identity(op), numel(i) as f64 * w)
+                            }
+                            // The fold of one value into the identity (NaN is ignored, as by f64::max).
+                            _ => Kernel::combine(op, Kernel::identity(op), w),
                         }
-                        // The fold of one value into the identity (NaN is ignored, as by f64::max).
-                        _ => Kernel::combine(op, Kernel::identity(op), w),
-                    }
-                });
+                    })
+                    .collect();
                 self.combine(op, scope, per_tensor)
             }
             Node::Unary(op, a) => {
                 let a = get(a);
-                per(&|i| unary(op, a[i]))
+                map(&|at| unary(op, at(a)))
             }
             Node::Binary(op, a, b) => {
                 let (a, b) = (get(a), get(b));
-                per(&|i| binary(op, a[i], b[i]))
+                map(&|at| binary(op, at(a), at(b)))
             }
             Node::Select(c, a, b) => {
                 let (c, a, b) = (get(c), get(a), get(b));
-                per(&|i| select(c[i], a[i], b[i]))
+                map(&|at| select(at(c), at(a), at(b)))
             }
             Node::Lerp(a, b, w) => {
                 let (a, b, w) = (get(a), get(b), get(w));
-                per(&|i| lerp(a[i], b[i], w[i]))
+                map(&|at| lerp(at(a), at(b), at(w)))
             }
         }
     }
