@@ -284,6 +284,9 @@ enum HostValue {
     Tensors(Vec<f64>),
 }
 
+/// Reads an operand's value where a host node is being computed.
+type Operand<'v> = dyn Fn(&HostValue) -> f64 + 'v;
+
 impl HostValue {
     /// Its value for launched tensor `i` (`member_of[i]` is the tensor's group).
     fn at(&self, i: usize, member_of: &[usize]) -> f64 {
@@ -414,7 +417,7 @@ impl Stages<'_> {
         let per_group = |f: &dyn Fn(usize) -> f64| HostValue::Groups((0..members).map(f).collect());
         let per_tensor = |f: &dyn Fn(usize) -> f64| HostValue::Tensors((0..n).map(f).collect());
         // Elementwise arithmetic on host values: per group for a group node.
-        let map = |f: &dyn Fn(&dyn Fn(&HostValue) -> f64) -> f64| {
+        let map = |f: &dyn Fn(&Operand) -> f64| {
             if self.rule.graph.ty(h).shape == Shape::Group {
                 per_group(&|m| f(&|v: &HostValue| v.of_group(m, first[m])))
             } else {
