@@ -417,7 +417,8 @@ impl Optimizer {
         self.check_element::<P>()?;
         let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
         self.check_tensors(&numels, numels.iter().copied())?;
-        self.executor.upload(P::tensors(params))?;
+        let layout = bound(&self.layout)?;
+        self.executor.upload(layout, P::tensors(params))?;
         self.owned = true;
         Ok(())
     }
@@ -435,7 +436,7 @@ impl Optimizer {
         self.owned_numels()?;
         Ok(self
             .executor
-            .download()?
+            .download(bound(&self.layout)?)?
             .iter()
             .map(Stored::to_f32)
             .collect())
@@ -447,7 +448,10 @@ impl Optimizer {
         self.check_element::<P>()?;
         let lengths: Vec<usize> = out.iter().map(|p| p.len()).collect();
         crate::bind::check_shapes(Some(&numels), &lengths, lengths.iter().copied())?;
-        for (target, stored) in out.iter_mut().zip(self.executor.download()?) {
+        for (target, stored) in out
+            .iter_mut()
+            .zip(self.executor.download(bound(&self.layout)?)?)
+        {
             target.copy_from_slice(&P::from_stored(&stored));
         }
         Ok(())
@@ -461,7 +465,9 @@ impl Optimizer {
         self.check_element::<P>()?;
         let numels = self.owned_numels()?;
         self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
-        self.executor.run_floor(Params::Owned, P::tensors(grads))
+        let layout = bound(&self.layout)?;
+        self.executor
+            .run_floor(layout, Params::Owned, P::tensors(grads))
     }
 
     /// The value of a state slot after the last step: per-element slots as
@@ -472,7 +478,7 @@ impl Optimizer {
         let Some(layout) = &self.layout else {
             return Some(Vec::new());
         };
-        Some(match &self.executor.state()[slot] {
+        Some(match &self.executor.state(layout)[slot] {
             SlotValues::Elem(tensors) => tensors.iter().map(Stored::to_f32).collect(),
             SlotValues::Tensor(xs) => xs.iter().map(|&x| vec![x as f32]).collect(),
             SlotValues::Group(xs) => layout
@@ -490,7 +496,9 @@ impl Optimizer {
 
     /// Every state slot's values, in the rule's order (for checkpoints).
     pub(crate) fn state_values(&self) -> Vec<SlotValues> {
-        self.executor.state()
+        self.layout
+            .as_ref()
+            .map_or_else(Vec::new, |layout| self.executor.state(layout))
     }
 
     /// Replaces the state, as if every group had taken `steps_taken` steps on
@@ -546,7 +554,8 @@ impl Optimizer {
     /// Replaces the state and every group's step count (shapes checked by
     /// the caller). On error nothing changes.
     pub(crate) fn restore(&mut self, state: &[SlotValues], steps: &[u64]) -> Result<(), Error> {
-        self.executor.set_state(state)?;
+        let layout = bound(&self.layout)?;
+        self.executor.set_state(layout, state)?;
         for (group, &steps) in self.groups.iter_mut().zip(steps) {
             group.steps = steps;
         }
@@ -697,12 +706,19 @@ impl Optimizer {
                 .collect(),
             across_groups: self.reductions == GroupReductions::AcrossGroups,
         };
-        self.executor.step(&request, params, grads)?;
+        self.executor.step(layout, &request, params, grads)?;
         for &g in &active {
             self.groups[g].steps += 1;
         }
         Ok(Outcome::Applied)
     }
+}
+
+/// The layout, which the checks before every executor call have fixed.
+fn bound(layout: &Option<Layout>) -> Result<&Layout, Error> {
+    layout
+        .as_ref()
+        .ok_or_else(|| Error::Internal("no tensors are bound yet".into()))
 }
 
 /// Whether `name` matches `pattern`, where `*` matches any run of characters

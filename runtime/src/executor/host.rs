@@ -36,7 +36,6 @@ pub struct HostExecutor {
     floor: Option<Vec<(Kernel, Arc<dyn HostKernel>)>>,
     pool: Pool,
     precision: Precision,
-    layout: Option<Layout>,
     /// Per-element state: one arena per slot, in buffer order.
     elem_state: Vec<TypedArena>,
     /// Parameters the caller uploaded.
@@ -68,26 +67,20 @@ impl HostExecutor {
             steady,
             floor: None,
             precision,
-            layout: None,
             elem_state: Vec::new(),
             params: None,
         })
-    }
-
-    fn layout(&self) -> Result<&Layout, Error> {
-        self.layout
-            .as_ref()
-            .ok_or_else(|| Error::Internal("the executor has no tensors yet".into()))
     }
 
     /// Buffer pointers of every tensor in the plans' numbering: p, g, then
     /// per-element state slots.
     fn pointers(
         &mut self,
+        layout: &Layout,
         params: &mut Params<'_, '_>,
         grads: HostTensors<'_, '_>,
     ) -> Result<Vec<Vec<SendPtr>>, Error> {
-        let tensors = self.layout()?.tensors.len();
+        let tensors = layout.tensors.len();
         let owned = match (&*params, &mut self.params) {
             (Params::Owned, Some(arena)) => Some(arena.pointers()),
             (Params::Owned, None) => {
@@ -133,22 +126,18 @@ impl Executor for HostExecutor {
             .map(|slot| TypedArena::zeroed(self.precision.state, &numels, slot))
             .collect();
         self.plans.bind(layout);
-        self.layout = Some(layout.clone());
         Ok(())
     }
 
     fn step(
         &mut self,
+        layout: &Layout,
         request: &StepRequest,
         mut params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
     ) -> Result<(), Error> {
         self.plans.check(request)?;
-        let pointers = self.pointers(&mut params, grads)?;
-        let layout = self
-            .layout
-            .take()
-            .ok_or_else(|| Error::Internal("unbound".into()))?;
+        let pointers = self.pointers(layout, &mut params, grads)?;
         // A group's first step reads constant-initialised state from buffers
         // filled with the constant.
         let fills = self.plans.first_step_fills();
@@ -167,7 +156,7 @@ impl Executor for HostExecutor {
                 .collect::<Vec<_>>()
         });
         let (first, steady, pool) = (&self.first, &self.steady, &self.pool);
-        let result = self.plans.step(&layout, request, &mut |launch: &Launch| {
+        self.plans.step(layout, request, &mut |launch: &Launch| {
             let (kernels, identities) = match launch.phase {
                 Phase::First => (first, &identities[0]),
                 Phase::Steady => (steady, &identities[1]),
@@ -175,19 +164,17 @@ impl Executor for HostExecutor {
             run_pass(
                 &*kernels[launch.pass],
                 &identities[launch.pass],
-                &layout,
+                layout,
                 launch.tensors,
                 &pointers,
                 launch.scalars,
                 pool,
             )
-        });
-        self.layout = Some(layout);
-        result
+        })
     }
 
-    fn upload(&mut self, params: HostTensors<'_, '_>) -> Result<(), Error> {
-        let tensors = self.layout()?.tensors.len();
+    fn upload(&mut self, layout: &Layout, params: HostTensors<'_, '_>) -> Result<(), Error> {
+        let tensors = layout.tensors.len();
         let stored: Vec<Stored> = (0..tensors)
             .map(|t| match params {
                 HostTensors::F32(x) => Stored::F32(x[t].to_vec()),
@@ -200,18 +187,16 @@ impl Executor for HostExecutor {
         Ok(())
     }
 
-    fn download(&self) -> Result<Vec<Stored>, Error> {
+    fn download(&self, layout: &Layout) -> Result<Vec<Stored>, Error> {
         let arena = self
             .params
             .as_ref()
             .ok_or_else(|| Error::Internal("no parameters were uploaded".into()))?;
-        Ok((0..self.layout()?.tensors.len())
-            .map(|t| arena.stored(t))
-            .collect())
+        Ok((0..layout.tensors.len()).map(|t| arena.stored(t)).collect())
     }
 
-    fn state(&self) -> Vec<SlotValues> {
-        let tensors = self.layout.as_ref().map_or(0, |l| l.tensors.len());
+    fn state(&self, layout: &Layout) -> Vec<SlotValues> {
+        let tensors = layout.tensors.len();
         let buffers = &self.plans.plan(Phase::Steady).state_buffers;
         self.plans
             .host_state()
@@ -239,7 +224,7 @@ impl Executor for HostExecutor {
         }
     }
 
-    fn set_state(&mut self, state: &[SlotValues]) -> Result<(), Error> {
+    fn set_state(&mut self, _layout: &Layout, state: &[SlotValues]) -> Result<(), Error> {
         let mut arenas = Vec::new();
         for value in state {
             if let SlotValues::Elem(tensors) = value {
@@ -264,6 +249,7 @@ impl Executor for HostExecutor {
 
     fn run_floor(
         &mut self,
+        layout: &Layout,
         mut params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
     ) -> Result<(), Error> {
@@ -281,8 +267,7 @@ impl Executor for HostExecutor {
                 .collect::<Result<_, Error>>()?;
             self.floor = Some(kernels);
         }
-        let pointers = self.pointers(&mut params, grads)?;
-        let layout = self.layout()?;
+        let pointers = self.pointers(layout, &mut params, grads)?;
         let tensors: Vec<usize> = (0..layout.tensors.len()).collect();
         let no_scalars = vec![Vec::new(); tensors.len()];
         for (kernel, compiled) in self.floor.iter().flatten() {

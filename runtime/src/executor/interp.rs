@@ -44,7 +44,6 @@ impl InterpElement for f64 {
 pub struct InterpExecutor<F> {
     rule: Arc<Rule>,
     name: String,
-    layout: Option<Layout>,
     /// Per group: the state after its last step (`None` before its first).
     state: Vec<Option<Vec<Value<F>>>>,
     /// Parameters the caller uploaded.
@@ -61,17 +60,10 @@ impl<F: InterpElement> InterpExecutor<F> {
         InterpExecutor {
             rule,
             name: name.to_string(),
-            layout: None,
             state: Vec::new(),
             params: None,
             group_reductions,
         }
-    }
-
-    fn layout(&self) -> Result<&Layout, Error> {
-        self.layout
-            .as_ref()
-            .ok_or_else(|| Error::Internal("the executor has no tensors yet".into()))
     }
 }
 
@@ -89,12 +81,12 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
 
     fn bind(&mut self, layout: &Layout) -> Result<(), Error> {
         self.state = vec![None; layout.groups.len()];
-        self.layout = Some(layout.clone());
         Ok(())
     }
 
     fn step(
         &mut self,
+        layout: &Layout,
         request: &StepRequest,
         mut params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
@@ -106,7 +98,6 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
                     .into(),
             ));
         }
-        let layout = self.layout()?;
         // Every group's results first, then the commit: a failed step changes nothing.
         let mut results = Vec::new();
         for group in &request.groups {
@@ -155,13 +146,13 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
         Ok(())
     }
 
-    fn upload(&mut self, params: HostTensors<'_, '_>) -> Result<(), Error> {
-        let tensors = self.layout()?.tensors.len();
+    fn upload(&mut self, layout: &Layout, params: HostTensors<'_, '_>) -> Result<(), Error> {
+        let tensors = layout.tensors.len();
         self.params = Some((0..tensors).map(|t| widen(params.widened(t))).collect());
         Ok(())
     }
 
-    fn download(&self) -> Result<Vec<Stored>, Error> {
+    fn download(&self, _layout: &Layout) -> Result<Vec<Stored>, Error> {
         let params = self
             .params
             .as_ref()
@@ -169,10 +160,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
         Ok(params.iter().map(|p| F::stored(p)).collect())
     }
 
-    fn state(&self) -> Vec<SlotValues> {
-        let Some(layout) = &self.layout else {
-            return vec![SlotValues::Elem(Vec::new()); self.rule.states.len()];
-        };
+    fn state(&self, layout: &Layout) -> Vec<SlotValues> {
         // Where each tensor sits within its group.
         let position: Vec<usize> = layout
             .tensors
@@ -224,8 +212,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
         F::stored(&[]).dtype()
     }
 
-    fn set_state(&mut self, state: &[SlotValues]) -> Result<(), Error> {
-        let layout = self.layout()?;
+    fn set_state(&mut self, layout: &Layout, state: &[SlotValues]) -> Result<(), Error> {
         let mut groups = Vec::with_capacity(layout.groups.len());
         for group in 0..layout.groups.len() {
             let tensors: Vec<usize> = layout.tensors_of(group).collect();

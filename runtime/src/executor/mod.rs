@@ -203,20 +203,22 @@ pub enum SlotValues {
 }
 
 /// What runs the steps of one optimizer. Every method that fails leaves the
-/// executor as it was. The optimizer has checked the tensors against the
-/// layout (counts, lengths, element type) before calling.
+/// executor as it was. The optimizer owns the [`Layout`] and passes it to
+/// every call; it has checked the tensors against it (counts, lengths,
+/// element type) before calling.
 pub trait Executor: Send {
     /// The backend it runs, as `--backend` names it.
     fn backend(&self) -> &str;
 
-    /// Fixes the tensors it runs on (once, before anything else is called
-    /// with tensors) and allocates state for them.
+    /// Allocates state for the tensors of `layout` (once, before anything
+    /// else is called with tensors).
     fn bind(&mut self, layout: &Layout) -> Result<(), Error>;
 
     /// Runs one step of every group in `request`. Groups at step 1 start
     /// from the rule's state initialisers.
     fn step(
         &mut self,
+        layout: &Layout,
         request: &StepRequest,
         params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
@@ -224,13 +226,13 @@ pub trait Executor: Send {
 
     /// Takes copies of `params` as the executor's own, for [`Params::Owned`]
     /// steps.
-    fn upload(&mut self, params: HostTensors<'_, '_>) -> Result<(), Error>;
+    fn upload(&mut self, layout: &Layout, params: HostTensors<'_, '_>) -> Result<(), Error>;
 
     /// The executor's own parameters (after [`Executor::upload`]).
-    fn download(&self) -> Result<Vec<Stored>, Error>;
+    fn download(&self, layout: &Layout) -> Result<Vec<Stored>, Error>;
 
     /// Every state slot, in the rule's order.
-    fn state(&self) -> Vec<SlotValues>;
+    fn state(&self, layout: &Layout) -> Vec<SlotValues>;
 
     /// The element type per-element state is stored in ([`Stored::dtype`]).
     fn state_dtype(&self) -> &'static str;
@@ -238,7 +240,7 @@ pub trait Executor: Send {
     /// Replaces every state slot (as [`Executor::state`] returns them; the
     /// optimizer checked the shapes). Elements of another type than the
     /// executor stores are converted exactly or refused.
-    fn set_state(&mut self, state: &[SlotValues]) -> Result<(), Error>;
+    fn set_state(&mut self, layout: &Layout, state: &[SlotValues]) -> Result<(), Error>;
 
     /// The pass plan of steps after the first, for executors that run one.
     fn plan(&self) -> Option<&optc_compiler::plan::Plan> {
@@ -249,10 +251,11 @@ pub trait Executor: Send {
     /// same bytes and do no arithmetic) over the same memory as a step.
     fn run_floor(
         &mut self,
+        layout: &Layout,
         params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
     ) -> Result<(), Error> {
-        let _ = (params, grads);
+        let _ = (layout, params, grads);
         Err(Error::Unsupported(format!(
             "the `{}` backend runs no kernels, so it has no data-movement floor",
             self.backend()
