@@ -7,6 +7,9 @@ use optc_tasks::{Dataset, Mlp, SoftmaxRegression, Task};
 
 use crate::load::{self, Execution, Failure};
 
+/// Diagnostics `optc check` prints per file; the rest are counted.
+const MAX_DIAGNOSTICS: usize = 20;
+
 pub fn check(files: &[String]) -> Result<String, Failure> {
     let mut failures = String::new();
     let mut checked = 0;
@@ -19,8 +22,14 @@ pub fn check(files: &[String]) -> Result<String, Failure> {
                     None => loaded.program.check(&names),
                 };
                 checked += 1;
-                for diagnostic in &errors {
+                for diagnostic in errors.iter().take(MAX_DIAGNOSTICS) {
                     failures.push_str(&load::render(&loaded.program, diagnostic));
+                }
+                if errors.len() > MAX_DIAGNOSTICS {
+                    failures.push_str(&format!(
+                        "error: {file}: {} more errors not shown (the first {MAX_DIAGNOSTICS} are above)\n",
+                        errors.len() - MAX_DIAGNOSTICS
+                    ));
                 }
             }
             Err(failure) => failures.push_str(&failure),

@@ -37,7 +37,22 @@ pub fn render(diagnostic: &Diagnostic, files: &[SourceFile], color: bool) -> Str
     if let Some(hint) = &diagnostic.hint {
         report = report.with_help(hint);
     }
-    let cache = ariadne::sources(files.iter().map(|f| (f.name.clone(), f.text.clone())));
+    // Only the files the labels point into: indexing every file of the
+    // program (the whole standard library) per diagnostic made many
+    // diagnostics cost quadratic time.
+    let mut cited: Vec<usize> = diagnostic
+        .labels
+        .iter()
+        .map(|l| l.span.file.0 as usize)
+        .collect();
+    cited.sort_unstable();
+    cited.dedup();
+    let cache = ariadne::sources(
+        cited
+            .into_iter()
+            .filter_map(|i| files.get(i))
+            .map(|f| (f.name.clone(), f.text.clone())),
+    );
     let mut out = Vec::new();
     match report.finish().write(cache, &mut out) {
         Ok(()) => String::from_utf8_lossy(&out).into_owned(),

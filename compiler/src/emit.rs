@@ -112,7 +112,9 @@ fn hyper_param(rule: &Rule, index: usize, scratch: &mut Program) -> String {
 
 /// Whether the default of hyperparameter `index`, as written, compiles where
 /// the emitted file will be read: in `scratch` (a copy of the context), after
-/// the hyperparameters before it, to a value of the same kind.
+/// the hyperparameters before it that it reads, to a value of the same kind.
+/// (Only those: probing with every earlier one made emitting N
+/// hyperparameters quadratic.)
 fn default_text_compiles(rule: &Rule, index: usize, scratch: &mut Program) -> bool {
     let hyper = &rule.hypers[index];
     let Some(default) = &hyper.default else {
@@ -121,8 +123,19 @@ fn default_text_compiles(rule: &Rule, index: usize, scratch: &mut Program) -> bo
     if default.text.trim().is_empty() {
         return false;
     }
-    let mut params: Vec<String> = rule.hypers[..index]
+    let mut read: Vec<usize> = default
+        .graph
         .iter()
+        .filter_map(|(_, node)| match node {
+            Node::Input(Input::Hyper(i), _) if (*i as usize) < index => Some(*i as usize),
+            _ => None,
+        })
+        .collect();
+    read.sort_unstable();
+    read.dedup();
+    let mut params: Vec<String> = read
+        .iter()
+        .map(|&i| &rule.hypers[i])
         .map(|h| match h.kind {
             Kind::Bool => format!("{} = false", h.name),
             Kind::Float => h.name.clone(),
@@ -139,7 +152,7 @@ fn default_text_compiles(rule: &Rule, index: usize, scratch: &mut Program) -> bo
     }
     scratch
         .compile(&probe)
-        .is_ok_and(|compiled| compiled.hypers.get(index).map(|h| h.kind) == Some(hyper.kind))
+        .is_ok_and(|compiled| compiled.hypers.get(read.len()).map(|h| h.kind) == Some(hyper.kind))
 }
 
 /// Where an output goes: `p` or a state slot.

@@ -18,5 +18,6 @@ pub mod plan;
 pub mod program;
 pub mod simplify;
 
+pub use lower::{MAX_INLINE_DEPTH, MAX_STATE_SLOTS, MAX_WORK};
 pub use optc_grammar::{Diagnostic, FileId, Span};
 pub use program::{Origin, Program, SourceFile};

@@ -3,7 +3,7 @@
 //! (shape and kind) on the way, so every error carries the span of the source
 //! that caused it and the IR it produces is well typed by construction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use optc_grammar::ast::{self, AssignOp, ExprKind, ItemBody, StateShape, Stmt};
 use optc_grammar::{Diagnostic, Span};
@@ -18,9 +18,13 @@ use crate::program::Program;
 
 /// Upper bound on expressions lowered for one rule, inlining included: a
 /// chain of functions that each call the next twice must not hang the compiler.
-const MAX_WORK: usize = 1 << 22;
+pub const MAX_WORK: usize = 1 << 22;
 /// Deepest chain of nested `fn` calls and `use`s.
-const MAX_INLINE_DEPTH: usize = 64;
+pub const MAX_INLINE_DEPTH: usize = 64;
+/// Most state slots a rule may declare (its `use`d rules' included): each
+/// per-element slot is a buffer every kernel of the rule streams, and code
+/// generation time grows faster than linearly past a few hundred.
+pub const MAX_STATE_SLOTS: usize = 256;
 
 type Lowered<T> = Result<T, Diagnostic>;
 
@@ -49,7 +53,11 @@ struct Lowerer<'p> {
     program: &'p Program,
     graph: Graph,
     hypers: Vec<Hyper>,
+    /// Each hyperparameter's index and kind, by name (for later defaults).
+    hyper_index: Earlier,
     states: Vec<(StateSlot, Span)>,
+    /// Each state slot's index, by name.
+    state_index: HashMap<String, usize>,
     state_now: Vec<Handle>,
     p: Handle,
     g: Handle,
@@ -237,7 +245,7 @@ fn objective_size(program: &Program, param: &ast::Param) -> Lowered<usize> {
     let Some(default) = &param.default else {
         return Err(invalid(param.name.span));
     };
-    let value = scalar(program, default, "", &[])?;
+    let value = scalar(program, default, "", &Earlier::new())?;
     match *value.graph.node(value.output) {
         Node::Const(bits) => {
             let n = f64::from_bits(bits);
@@ -303,26 +311,34 @@ pub(crate) fn function(program: &Program, item: &ast::Item) -> Lowered<()> {
     }
 }
 
+/// Hyperparameters declared so far: index and kind, by name.
+pub(crate) type Earlier = HashMap<String, (u32, Kind)>;
+
 /// Compiles a scalar expression of `t` (hyperparameter defaults and values).
 /// It may also read the hyperparameters in `earlier` (a default may depend on
-/// those declared before it), as inputs `Hyper(i)` with their index in it.
+/// those declared before it), as inputs `Hyper(i)` with their index. Only
+/// the names the expression mentions are looked up, so the work is linear
+/// in the expression, however many hyperparameters came before.
 pub(crate) fn scalar(
     program: &Program,
     expr: &ast::Expr,
     text: &str,
-    earlier: &[Hyper],
+    earlier: &Earlier,
 ) -> Lowered<ScalarExpr> {
     let mut lowerer = Lowerer::new(program);
     let mut frame = Frame::default();
-    for (index, hyper) in earlier.iter().enumerate() {
+    let mut names = BTreeSet::new();
+    names_in(expr, &mut names);
+    for name in names {
+        let Some(&(index, kind)) = earlier.get(name) else {
+            continue;
+        };
         let ty = Type {
             shape: Shape::Group,
-            kind: hyper.kind,
+            kind,
         };
-        let input = lowerer
-            .graph
-            .add(Node::Input(Input::Hyper(index as u32), ty));
-        frame.params.insert(hyper.name.clone(), input);
+        let input = lowerer.graph.add(Node::Input(Input::Hyper(index), ty));
+        frame.params.insert(name.to_string(), input);
     }
     let output = lowerer.expr(expr, &frame)?;
     let ty = lowerer.graph.ty(output);
@@ -391,7 +407,9 @@ impl<'p> Lowerer<'p> {
             program,
             graph,
             hypers: Vec::new(),
+            hyper_index: Earlier::new(),
             states: Vec::new(),
+            state_index: HashMap::new(),
             state_now: Vec::new(),
             p,
             g,
@@ -438,12 +456,13 @@ impl<'p> Lowerer<'p> {
                 self.program,
                 expr,
                 &source_text(self.program, expr.span),
-                &self.hypers,
+                &self.hyper_index,
             )?),
             None => None,
         };
         let kind = default.as_ref().map_or(Kind::Float, ScalarExpr::kind);
         let index = self.hypers.len() as u32;
+        self.hyper_index.insert(name.to_string(), (index, kind));
         self.hypers.push(Hyper {
             name: name.to_string(),
             kind,
@@ -465,6 +484,7 @@ impl<'p> Lowerer<'p> {
             Input::State(self.states.len() as u32),
             Type::ELEM,
         ));
+        self.state_index.insert(name.to_string(), self.states.len());
         self.states.push((
             StateSlot {
                 name: name.to_string(),
@@ -591,7 +611,7 @@ impl<'p> Lowerer<'p> {
     }
 
     fn state_index(&self, name: &str) -> Option<usize> {
-        self.states.iter().position(|(slot, _)| slot.name == name)
+        self.state_index.get(name).copied()
     }
 
     fn state(
@@ -611,6 +631,14 @@ impl<'p> Lowerer<'p> {
             .with_hint("a rule pulled in with `use` brings its state along; rename one of them"));
         }
         self.check_new_name(name, frame, "a state")?;
+        if self.states.len() >= MAX_STATE_SLOTS {
+            return Err(Diagnostic::error(
+                format!("more than {MAX_STATE_SLOTS} state slots in one rule"),
+                name.span,
+                "one too many",
+            )
+            .with_hint("the limit counts the state of `use`d rules too; see \"Limits\" in docs/language.md"));
+        }
         if frame.lets.contains_key(&name.name) {
             return Err(Diagnostic::error(
                 format!("a state cannot be named `{}`", name.name),
@@ -627,6 +655,7 @@ impl<'p> Lowerer<'p> {
         self.expect_kind(init_value, Kind::Float, init.span)?;
         self.expect_fits(init_value, shape, &name.name, init.span)?;
         let index = self.states.len() as u32;
+        self.state_index.insert(name.name.clone(), index as usize);
         self.states.push((
             StateSlot {
                 name: name.name.clone(),
@@ -766,15 +795,16 @@ impl<'p> Lowerer<'p> {
         // Parameters bound to something other than the outer rule's
         // hyperparameter of the same name: a later default that reads one of
         // them is computed from the bound value, not declared as a hyperparameter.
-        let mut rebound: Vec<&str> = Vec::new();
+        let mut rebound: HashSet<&str> = HashSet::new();
         for (param, arg) in item.params.iter().zip(bound) {
             let hyper = &param.name.name;
-            let reads_rebound = param
-                .default
-                .as_ref()
-                .is_some_and(|default| rebound.iter().any(|name| mentions(default, name)));
+            let reads_rebound = param.default.as_ref().is_some_and(|default| {
+                let mut names = BTreeSet::new();
+                names_in(default, &mut names);
+                names.iter().any(|name| rebound.contains(name))
+            });
             if arg.is_some() || frame.params.contains_key(hyper) {
-                rebound.push(hyper);
+                rebound.insert(hyper);
             }
             let value = match arg {
                 Some(arg) => {
@@ -1201,24 +1231,33 @@ fn reads_any(graph: &Graph, value: Handle, inputs: &[Handle]) -> bool {
     false
 }
 
-/// The candidate nearest to `name` by edit distance, if it is near enough to be a typo.
-/// Whether `expr` reads the name `name` (an unshadowed read: expressions
-/// have no binders). Parsing bounded the nesting, so the recursion is safe.
-fn mentions(expr: &ast::Expr, name: &str) -> bool {
+/// The names `expr` reads, in order (expressions have no binders, so every
+/// name is a read). Parsing bounded the nesting, so the recursion is safe.
+fn names_in<'e>(expr: &'e ast::Expr, out: &mut BTreeSet<&'e str>) {
     match &expr.kind {
-        ExprKind::Number(_) | ExprKind::Bool(_) => false,
-        ExprKind::Name(n) => n == name,
-        ExprKind::Call { args, .. } => args.iter().any(|arg| mentions(&arg.value, name)),
-        ExprKind::Unary(_, a) => mentions(a, name),
-        ExprKind::Binary(_, a, b) => mentions(a, name) || mentions(b, name),
+        ExprKind::Number(_) | ExprKind::Bool(_) => {}
+        ExprKind::Name(n) => {
+            out.insert(n);
+        }
+        ExprKind::Call { args, .. } => args.iter().for_each(|arg| names_in(&arg.value, out)),
+        ExprKind::Unary(_, a) => names_in(a, out),
+        ExprKind::Binary(_, a, b) => {
+            names_in(a, out);
+            names_in(b, out);
+        }
         ExprKind::If {
             cond,
             then,
             otherwise,
-        } => mentions(cond, name) || mentions(then, name) || mentions(otherwise, name),
+        } => {
+            names_in(cond, out);
+            names_in(then, out);
+            names_in(otherwise, out);
+        }
     }
 }
 
+/// The candidate nearest to `name` by edit distance, if it is near enough to be a typo.
 fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(name, c), c))

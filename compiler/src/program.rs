@@ -220,6 +220,6 @@ impl Program {
         self.asts.push(ast::File { items: Vec::new() });
         self.origins.push(Origin::User);
         let expr = optc_grammar::parse_expr(text, id)?;
-        lower::scalar(self, &expr, text, &[])
+        lower::scalar(self, &expr, text, &lower::Earlier::new())
     }
 }
