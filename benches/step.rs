@@ -36,7 +36,8 @@ fn steps(c: &mut Criterion) {
             let params = optc_tasks::random_tensors(numel, tensors, 1);
             let params: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
             optimizer.upload(&params).unwrap();
-            let mut grads = Arena::from_tensors(&optc_tasks::random_tensors(numel, tensors, 2), 41);
+            let mut grads =
+                Arena::from_tensors(&optc_tasks::random_tensors(numel, tensors, 2), 41).unwrap();
             let grads: Vec<&[f32]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
             optimizer.step_owned(&grads).unwrap();
             group.bench_function(format!("{rule}/{tensors}-tensors"), |b| {

@@ -57,6 +57,16 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
     }
     let (mut program, rule) = load::rule(settings.file, settings.rule)?;
     let name = rule.name.clone();
+    // Before allocating: the generated f32 tensors (parameters and
+    // gradients, and their staging copies), the arenas they are placed in,
+    // and the state.
+    let storage = settings.dtype.storage().bytes();
+    let per_element = 4 * 4 + 3 * storage + rule.elem_state_slots() * storage;
+    optc_runtime::memory::ensure(
+        optc_runtime::memory::bytes_of(settings.numel, per_element),
+        &format!("benchmarking {} parameters", settings.numel),
+    )
+    .map_err(|e| format!("error: {e} (use a smaller --numel)"))?;
     let precision = Precision {
         params: settings.dtype.storage(),
         state: settings.dtype.storage(),
@@ -175,11 +185,11 @@ fn time_steps<P: Element>(
         Arena::from_tensors(&tensors, stagger)
     };
     {
-        let mut params = arena(1, 40);
+        let mut params = arena(1, 40)?;
         let views: Vec<&[P]> = params.tensors_mut().into_iter().map(|p| &*p).collect();
         optimizer.upload(&views)?;
     }
-    let mut grads = arena(2, 41);
+    let mut grads = arena(2, 41)?;
     let grads: Vec<&[P]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
     for _ in 0..2 {
         optimizer.step_owned(&grads)?;

@@ -199,6 +199,23 @@ pub fn train(settings: &TrainSettings<'_>) -> Result<String, Failure> {
     let data = Dataset::builtin(settings.task).map_err(|e| format!("error: {e}"))?;
     let (mut program, rule) = load::rule(settings.file, settings.rule)?;
     let name = rule.name.clone();
+    // The model's parameters, before they are allocated: with their
+    // gradients (f32, and f64 while summed), the hidden activations of an
+    // example, and the rule's state.
+    let width = data.features.first().map_or(0, Vec::len);
+    let parameters = if settings.hidden == 0 {
+        (width + 1).checked_mul(data.classes)
+    } else {
+        let first = settings.hidden.checked_mul(width + 1);
+        let second = data.classes.checked_mul(settings.hidden.saturating_add(1));
+        first.zip(second).and_then(|(a, b)| a.checked_add(b))
+    };
+    let per_parameter = 16 + 4 * rule.elem_state_slots();
+    optc_runtime::memory::ensure(
+        parameters.and_then(|n| optc_runtime::memory::bytes_of(n, per_parameter)),
+        &format!("a model with {} hidden units", settings.hidden),
+    )
+    .map_err(|e| format!("error: {e} (use a smaller --hidden)"))?;
     let task: Box<dyn Task> = if settings.hidden == 0 {
         Box::new(SoftmaxRegression::new(data))
     } else {

@@ -38,7 +38,7 @@ pub fn hypergrad(
     }
     match out {
         Some(path) => {
-            std::fs::write(path, &source)
+            optc_runtime::files::write_atomically(std::path::Path::new(path), source.as_bytes())
                 .map_err(|e| format!("error: cannot write {path}: {e}"))?;
             Ok(format!(
                 "wrote {} ({wrt} adapted by hypergradient descent) to {path}\n",

@@ -35,7 +35,10 @@ pub fn loss_curves(title: &str, series: &[(String, Vec<f64>)], path: &str) -> Re
         .max()
         .unwrap_or(1) as f64;
     let failed = |e: &dyn std::fmt::Display| format!("error: cannot write the plot {path}: {e}");
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    // Drawn into memory, then written atomically: a failed write leaves an
+    // earlier plot of that name intact.
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| failed(&e))?;
     let mut chart = ChartBuilder::on(&root);
     chart
@@ -90,5 +93,9 @@ pub fn loss_curves(title: &str, series: &[(String, Vec<f64>)], path: &str) -> Re
             "loss"
         );
     }
-    root.present().map_err(|e| failed(&e))
+    root.present().map_err(|e| failed(&e))?;
+    drop(chart);
+    drop(root);
+    optc_runtime::files::write_atomically(std::path::Path::new(path), svg.as_bytes())
+        .map_err(|e| failed(&e))
 }

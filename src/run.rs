@@ -45,6 +45,14 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
     if numel == 0 {
         return Err("error: --numel must be at least 1".into());
     }
+    // The interpreter keeps every node of the objective's graph (loss and
+    // gradients) per element while it evaluates: that, before it allocates.
+    let per_element = 8 * objective.graph.len().max(1);
+    optc_runtime::memory::ensure(
+        optc_runtime::memory::bytes_of(numel, per_element),
+        &format!("{} on tensors of {numel} elements", objective.name),
+    )
+    .map_err(|e| format!("error: {e} (use a smaller --numel)"))?;
     let rule_name = rule.name.clone();
     let tensors = objective.params.iter().map(|p| (p.name.clone(), numel));
     let builder = load::builder(&mut program, rule, settings.sets, settings.execution, false)?

@@ -431,3 +431,80 @@ fn commands_refuse_backends_that_cannot_do_what_they_ask() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("\"backend\":\"reference\""), "{stdout}");
 }
+
+/// Runs `optc` with writes limited to 1 KiB per file (`ulimit -f 2`, its
+/// signal ignored, so a write past it fails with EFBIG as on a full disk),
+/// in `dir`.
+fn optc_with_a_full_disk(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 2; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_optc"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("sh runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_write_that_fails_leaves_the_old_file_and_no_temporary() {
+    let dir = std::env::temp_dir().join(format!("optc-full-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let golden = common::repo_path("tests/golden/adam.json");
+    let golden = golden.to_str().unwrap();
+    let script = dir.join("search.txt");
+    std::fs::write(
+        &script,
+        "set population 4\nset threads 1\ntasks quadratic\nload adam\nrun 8\ncheckpoint run.ckpt\n",
+    )
+    .unwrap();
+    for (output, args) in [
+        (
+            "out.json",
+            vec!["replay", "adam", "--trace", golden, "--out", "out.json"],
+        ),
+        (
+            "hd.opt",
+            vec!["derive", "hypergrad", "adam", "-o", "hd.opt"],
+        ),
+        (
+            "loss.svg",
+            vec![
+                "run",
+                "adam",
+                "--objective",
+                "rosenbrock",
+                "--steps",
+                "50",
+                "--plot",
+                "loss.svg",
+            ],
+        ),
+        ("run.ckpt", vec!["search", "--script", "search.txt"]),
+    ] {
+        std::fs::write(dir.join(output), b"the previous contents").unwrap();
+        let (code, stderr) = optc_with_a_full_disk(&dir, &args);
+        assert_eq!(code, 1, "{output}: {stderr}");
+        assert!(
+            stderr.contains("cannot write") && stderr.contains(output),
+            "{output}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join(output)).unwrap(),
+            b"the previous contents",
+            "{output}"
+        );
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{output}: temporary files left: {left:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,6 +8,8 @@
 
 use std::ops::{Deref, DerefMut};
 
+use crate::Error;
+
 const HUGE_PAGE: usize = 2 << 20;
 const CACHE_LINE: usize = 64;
 
@@ -28,34 +30,48 @@ pub struct Buffer<T: Word = f32> {
 
 impl<T: Word> Buffer<T> {
     /// `len` zeros; `stagger` picks the buffer's offset within a 4 KiB page
-    /// (buffers used together should get different staggers).
-    pub fn zeroed(len: usize, stagger: usize) -> Buffer<T> {
+    /// (buffers used together should get different staggers). An
+    /// allocation the system refuses is an error, not an abort.
+    pub fn zeroed(len: usize, stagger: usize) -> Result<Buffer<T>, Error> {
         let size = std::mem::size_of::<T>();
-        if len * size < HUGE_PAGE {
-            return Buffer {
-                storage: vec![T::default(); len],
+        let shift = (stagger * 17 % 64) * CACHE_LINE;
+        let huge = len.saturating_mul(size) >= HUGE_PAGE;
+        let padding = if huge { (HUGE_PAGE + shift) / size } else { 0 };
+        let total = len.checked_add(padding);
+        let mut storage = Vec::new();
+        total
+            .ok_or(())
+            .and_then(|total| storage.try_reserve_exact(total).map_err(|_| ()))
+            .map_err(|()| {
+                Error::Memory(format!(
+                    "cannot allocate {} for {len} elements",
+                    crate::memory::show(crate::memory::bytes_of(len, size).unwrap_or(u128::MAX))
+                ))
+            })?;
+        storage.resize(len + padding, T::default());
+        if !huge {
+            return Ok(Buffer {
+                storage,
                 offset: 0,
                 len,
-            };
+            });
         }
-        let shift = (stagger * 17 % 64) * CACHE_LINE;
-        let storage = vec![T::default(); len + (HUGE_PAGE + shift) / size];
         let address = storage.as_ptr() as usize;
         let aligned = address.next_multiple_of(HUGE_PAGE);
         let offset = (aligned + shift - address) / size;
         advise_huge_pages(aligned, (len * size + shift) / HUGE_PAGE * HUGE_PAGE);
-        Buffer {
+        Ok(Buffer {
             storage,
             offset,
             len,
-        }
+        })
     }
 
     /// A buffer holding `values`, placed like [`Buffer::zeroed`].
-    pub fn from_slice(values: &[T], stagger: usize) -> Buffer<T> {
-        let mut buffer = Buffer::zeroed(values.len(), stagger);
+    pub fn from_slice(values: &[T], stagger: usize) -> Result<Buffer<T>, Error> {
+        let mut buffer = Buffer::zeroed(values.len(), stagger)?;
         buffer.copy_from_slice(values);
-        buffer
+        Ok(buffer)
     }
 }
 
@@ -87,28 +103,34 @@ pub struct Arena<T: Word = f32> {
 
 impl<T: Word> Arena<T> {
     /// Zeroed tensors of lengths `numels`, placed like [`Buffer::zeroed`].
-    pub fn zeroed(numels: &[usize], stagger: usize) -> Arena<T> {
+    pub fn zeroed(numels: &[usize], stagger: usize) -> Result<Arena<T>, Error> {
         let mut starts = Vec::with_capacity(numels.len());
-        let mut end = 0;
+        let mut end: usize = 0;
+        let line = CACHE_LINE / std::mem::size_of::<T>();
         for &n in numels {
             starts.push(end);
-            end = (end + n).next_multiple_of(CACHE_LINE / std::mem::size_of::<T>());
+            end = end
+                .checked_add(n)
+                .and_then(|e| e.checked_next_multiple_of(line))
+                .ok_or_else(|| {
+                    Error::Memory("the tensors hold more elements than can be counted".into())
+                })?;
         }
-        Arena {
-            buffer: Buffer::zeroed(end, stagger),
+        Ok(Arena {
+            buffer: Buffer::zeroed(end, stagger)?,
             starts,
             lens: numels.to_vec(),
-        }
+        })
     }
 
     /// An arena holding copies of `tensors`.
-    pub fn from_tensors<S: AsRef<[T]>>(tensors: &[S], stagger: usize) -> Arena<T> {
+    pub fn from_tensors<S: AsRef<[T]>>(tensors: &[S], stagger: usize) -> Result<Arena<T>, Error> {
         let numels: Vec<usize> = tensors.iter().map(|t| t.as_ref().len()).collect();
-        let mut arena = Arena::zeroed(&numels, stagger);
+        let mut arena = Arena::zeroed(&numels, stagger)?;
         for (view, tensor) in arena.tensors_mut().into_iter().zip(tensors) {
             view.copy_from_slice(tensor.as_ref());
         }
-        arena
+        Ok(arena)
     }
 
     /// Tensor `index`.
@@ -156,24 +178,24 @@ mod tests {
     #[test]
     fn large_buffers_are_zeroed_aligned_and_staggered() {
         let n = 3 << 20;
-        let a = Buffer::<f32>::zeroed(n, 0);
-        let b = Buffer::<f32>::zeroed(n, 1);
+        let a = Buffer::<f32>::zeroed(n, 0).unwrap();
+        let b = Buffer::<f32>::zeroed(n, 1).unwrap();
         assert_eq!((a.len(), b.len()), (n, n));
         assert!(a.iter().chain(b.iter()).all(|&x| x == 0.0));
         let offset = |s: &Buffer| s.as_ptr() as usize % HUGE_PAGE;
         assert_eq!(offset(&a), 0);
         assert_eq!(offset(&b), 17 * CACHE_LINE);
-        let halves = Buffer::<u16>::zeroed(2 * n, 1);
+        let halves = Buffer::<u16>::zeroed(2 * n, 1).unwrap();
         assert_eq!(halves.as_ptr() as usize % HUGE_PAGE, 17 * CACHE_LINE);
         assert!(halves.iter().all(|&x| x == 0));
-        let small = Buffer::from_slice(&[1.0, 2.0, 3.0], 5);
+        let small = Buffer::from_slice(&[1.0, 2.0, 3.0], 5).unwrap();
         assert_eq!(&*small, &[1.0, 2.0, 3.0]);
     }
 
     #[test]
     fn arena_tensors_are_separate_and_start_on_cache_lines() {
         let tensors = [vec![1.0; 5], vec![], vec![2.0; 17], vec![3.0; 1]];
-        let mut arena = Arena::from_tensors(&tensors, 3);
+        let mut arena = Arena::from_tensors(&tensors, 3).unwrap();
         for (i, tensor) in tensors.iter().enumerate() {
             assert_eq!(arena.tensor(i), &tensor[..]);
         }
@@ -183,6 +205,10 @@ mod tests {
             [5, 0, 17, 1]
         );
         let base = views[0].as_ptr() as usize;
+        assert!(
+            Buffer::<f32>::zeroed(usize::MAX / 2, 0).is_err(),
+            "refused, not an abort"
+        );
         assert!(views
             .iter()
             .all(|v| (v.as_ptr() as usize - base).is_multiple_of(CACHE_LINE)));

@@ -38,13 +38,10 @@ pub const MAX_STEPS: u64 = 1 << 53;
 
 /// A stable fingerprint of a rule: FNV-1a over its IR text.
 pub fn rule_hash(rule: &optc_compiler::ir::Rule) -> String {
-    format!("{:016x}", fnv1a(rule.to_string().as_bytes()))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
+    format!(
+        "{:016x}",
+        crate::files::checksum(rule.to_string().as_bytes())
+    )
 }
 
 fn fail(message: impl Into<String>) -> Error {
@@ -212,7 +209,7 @@ impl Optimizer {
         let mut bytes =
             safetensors::serialize(views, Some(metadata)).map_err(|e| fail(e.to_string()))?;
         let at = checksum_position(&bytes).ok_or_else(|| fail("no checksum field written"))?;
-        let sum = format!("{:016x}", fnv1a(&bytes));
+        let sum = format!("{:016x}", crate::files::checksum(&bytes));
         bytes[at..at + 16].copy_from_slice(sum.as_bytes());
         crate::files::write_atomically(path, &bytes)
             .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))
@@ -247,7 +244,7 @@ impl Optimizer {
         let at = checksum_position(&zeroed).ok_or_else(|| fail(format!("{shown}: no checksum")))?;
         let recorded = String::from_utf8_lossy(&zeroed[at..at + 16]).into_owned();
         zeroed[at..at + 16].copy_from_slice(UNSET_CHECKSUM.as_bytes());
-        if recorded != format!("{:016x}", fnv1a(&zeroed)) {
+        if recorded != format!("{:016x}", crate::files::checksum(&zeroed)) {
             return Err(fail(format!(
                 "{shown} is damaged: its checksum does not match its contents"
             )));

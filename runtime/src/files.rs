@@ -10,6 +10,15 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The 64-bit FNV-1a hash of `bytes`, which the project's file formats
+/// carry to detect damage: changing any one byte always changes it (each
+/// step is a bijection of the running hash).
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
 /// Writes `bytes` to `path` atomically (see the module documentation).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let (temporary, mut file) = create_temporary(path)?;

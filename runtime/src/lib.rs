@@ -15,6 +15,7 @@ pub mod buffer;
 pub mod checkpoint;
 pub mod executor;
 pub mod files;
+pub mod memory;
 mod optimizer;
 mod pool;
 pub mod precision;
@@ -25,7 +26,7 @@ pub use bind::Bindings;
 pub use executor::Layout;
 pub use optimizer::{
     glob_match, Group, GroupReductions, NonFinite, Optimizer, OptimizerBuilder, Outcome,
-    DEFAULT_GROUP,
+    DEFAULT_GROUP, MAX_THREADS,
 };
 pub use precision::Precision;
 
@@ -70,6 +71,8 @@ pub enum Error {
     Unsupported(String),
     /// A backend failed to compile a kernel.
     Backend(String),
+    /// More memory (or threads) than the machine can give.
+    Memory(String),
     Checkpoint(String),
     Internal(String),
 }
@@ -116,7 +119,9 @@ impl fmt::Display for Error {
                 "parameters and gradients are {expected:?} in this optimizer, got {found:?}"
             ),
             Error::Groups(message) => write!(f, "parameter groups: {message}"),
-            Error::Unsupported(message) | Error::Backend(message) => write!(f, "{message}"),
+            Error::Unsupported(message) | Error::Backend(message) | Error::Memory(message) => {
+                write!(f, "{message}")
+            }
             Error::Checkpoint(message) => write!(f, "checkpoint: {message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }

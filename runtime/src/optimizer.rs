@@ -28,6 +28,9 @@ use crate::Error;
 /// The name of the group of every tensor no other group selects.
 pub const DEFAULT_GROUP: &str = "default";
 
+/// The most threads a step may run on.
+pub const MAX_THREADS: usize = 1024;
+
 /// What a step does with gradients that hold a NaN or an infinity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum NonFinite {
@@ -183,8 +186,11 @@ impl OptimizerBuilder {
 
     /// Binds every group's hyperparameters and compiles the rule's kernels.
     pub fn build(self) -> Result<Optimizer, Error> {
-        if self.threads == 0 {
-            return Err(Error::Unsupported("a step needs at least 1 thread".into()));
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(Error::Unsupported(format!(
+                "a step runs on 1 to {MAX_THREADS} threads, not {}",
+                self.threads
+            )));
         }
         let mut groups = vec![GroupState {
             name: DEFAULT_GROUP.to_string(),
@@ -577,6 +583,14 @@ impl Optimizer {
     /// executor. On error nothing changes.
     pub(crate) fn bind(&mut self, names: &[String], numels: &[usize]) -> Result<(), Error> {
         let layout = self.resolve(names, numels)?;
+        // Per-element state, in its storage type, before it is allocated.
+        let elements = numels
+            .iter()
+            .try_fold(0u128, |sum, &n| sum.checked_add(n as u128));
+        let bytes_per_element =
+            (self.rule.elem_state_slots() * self.precision.state.bytes()) as u128;
+        let bytes = elements.and_then(|e| e.checked_mul(bytes_per_element));
+        crate::memory::ensure(bytes, "the optimizer's state")?;
         self.executor.bind(&layout)?;
         self.layout = Some(layout);
         self.numels = numels.to_vec();

@@ -8,6 +8,7 @@ use optc_compiler::kernel::{bf16 as rounding, Storage};
 
 use crate::buffer::Arena;
 use crate::executor::{HostTensors, HostTensorsMut, Stored};
+use crate::Error;
 
 /// How an [`crate::Optimizer`] stores its numbers (kernel backends only; the
 /// interpreter stores f32 or f64).
@@ -113,22 +114,27 @@ pub(crate) enum TypedArena {
 }
 
 impl TypedArena {
-    pub(crate) fn zeroed(storage: Storage, numels: &[usize], stagger: usize) -> TypedArena {
-        match storage {
-            Storage::F32 => TypedArena::F32(Arena::zeroed(numels, stagger)),
-            Storage::Bf16 => TypedArena::Bf16(Arena::zeroed(numels, stagger)),
-        }
+    pub(crate) fn zeroed(
+        storage: Storage,
+        numels: &[usize],
+        stagger: usize,
+    ) -> Result<TypedArena, Error> {
+        Ok(match storage {
+            Storage::F32 => TypedArena::F32(Arena::zeroed(numels, stagger)?),
+            Storage::Bf16 => TypedArena::Bf16(Arena::zeroed(numels, stagger)?),
+        })
     }
 
     /// An arena of `storage` holding `tensors`: f32 values are rounded to
     /// nearest even for bf16, bf16 values widen exactly for f32, and f64
-    /// values are refused (`None`).
+    /// values are refused.
     pub(crate) fn from_stored(
         storage: Storage,
         tensors: &[Stored],
         stagger: usize,
-    ) -> Option<TypedArena> {
-        Some(match storage {
+    ) -> Result<TypedArena, Error> {
+        let refused = || Error::Checkpoint(format!("f64 values cannot be stored as {storage:?}"));
+        Ok(match storage {
             Storage::F32 => {
                 let values = tensors
                     .iter()
@@ -136,8 +142,9 @@ impl TypedArena {
                         Stored::F64(_) => None,
                         other => Some(other.to_f32()),
                     })
-                    .collect::<Option<Vec<_>>>()?;
-                TypedArena::F32(Arena::from_tensors(&values, stagger))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(refused)?;
+                TypedArena::F32(Arena::from_tensors(&values, stagger)?)
             }
             Storage::Bf16 => {
                 let bits = tensors
@@ -149,8 +156,9 @@ impl TypedArena {
                         }
                         Stored::F64(_) => None,
                     })
-                    .collect::<Option<Vec<_>>>()?;
-                TypedArena::Bf16(Arena::from_tensors(&bits, stagger))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(refused)?;
+                TypedArena::Bf16(Arena::from_tensors(&bits, stagger)?)
             }
         })
     }

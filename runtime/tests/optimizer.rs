@@ -145,7 +145,7 @@ fn group_mistakes_are_clear_errors() {
     );
     assert_eq!(
         error(Optimizer::builder(rule("adamw")).threads(0)),
-        "a step needs at least 1 thread"
+        "a step runs on 1 to 1024 threads, not 0"
     );
     // Anonymous tensors are named by index, and a step that fits no group is refused.
     let mut late = Optimizer::builder(rule("adamw"))
@@ -220,4 +220,31 @@ fn glob_patterns_match_as_documented() {
     ] {
         assert_eq!(glob_match(pattern, name), matches, "{pattern} vs {name}");
     }
+}
+
+#[test]
+fn optimizers_saved_from_many_threads_at_once_keep_their_own_state() {
+    let dir = std::env::temp_dir().join(format!("optc-save-race-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::thread::scope(|scope| {
+        for writer in 0..8u64 {
+            let dir = &dir;
+            scope.spawn(move || {
+                let mut optimizer = Optimizer::builder(rule("adam")).build().unwrap();
+                let mut params = vec![common::values(50, writer)];
+                for round in 0..25 {
+                    common::steps(&mut optimizer, &mut params, round, round + 1);
+                    let path = dir.join(format!("opt.g{writer}"));
+                    optimizer.save(&path).unwrap();
+                    let mut loaded = Optimizer::builder(rule("adam")).build().unwrap();
+                    loaded.load(&path).unwrap();
+                    assert_eq!(loaded.state("mu"), optimizer.state("mu"), "writer {writer}");
+                    assert_eq!(loaded.steps_taken(), round + 1);
+                }
+            });
+        }
+    });
+    let left = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(left, 8, "one file per writer, no temporary left");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

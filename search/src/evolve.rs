@@ -155,6 +155,58 @@ pub struct SearchState {
     next_id: u64,
 }
 
+/// The largest population, tournament and batch a search takes: each
+/// individual and each child of a batch is kept in memory with its scores.
+pub const MAX_POPULATION: usize = 100_000;
+
+impl SearchState {
+    /// Checks a state read from a file before a search runs on it: the
+    /// configuration within bounds, a population, every kept individual's
+    /// candidate well formed ([`Candidate::validate`]), every id below the
+    /// next one, and every parent older than its child (so lineages end).
+    pub fn validate(&self) -> Result<(), String> {
+        let config = &self.config;
+        let bounded = |n: usize| (1..=MAX_POPULATION).contains(&n);
+        if !bounded(config.population_size)
+            || !bounded(config.batch_size)
+            || !(1..=config.population_size).contains(&config.tournament_size)
+        {
+            return Err(format!(
+                "population {}, tournament {} and batch {} are out of bounds (1 to {MAX_POPULATION}, tournament at most the population)",
+                config.population_size, config.tournament_size, config.batch_size
+            ));
+        }
+        if self.population.is_empty() {
+            return Err("the population is empty".into());
+        }
+        let kept = self
+            .population
+            .iter()
+            .chain(&self.hall_of_fame)
+            .chain([&self.origin, &self.best]);
+        for individual in kept {
+            let id = individual.id;
+            if id >= self.next_id || individual.parent.is_some_and(|p| p >= id) {
+                return Err(format!("program {id} has an id or parent out of order"));
+            }
+            individual
+                .candidate
+                .validate()
+                .map_err(|why| format!("program {id}: {why}"))?;
+        }
+        let ordered = self.history.iter().all(|event| {
+            event.parent < self.next_id
+                && event
+                    .child
+                    .is_none_or(|c| c > event.parent && c < self.next_id)
+        });
+        if !ordered {
+            return Err("the history has a child older than its parent".into());
+        }
+        Ok(())
+    }
+}
+
 /// A running search.
 pub struct Evolution<F: Fitness> {
     mutator: Mutator,

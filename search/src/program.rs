@@ -296,6 +296,55 @@ impl Candidate {
         })
     }
 
+    /// Checks what mutations guarantee, for a candidate read from a file:
+    /// at most [`MAX_STATE_SLOTS`] slots and [`MAX_STATEMENTS`] statements,
+    /// every operand a variable its statement can see (or a constant), each
+    /// `let` written once with an id below `next_let`, state initialisers
+    /// reading inputs and hyperparameters only.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.states.len() > MAX_STATE_SLOTS || self.statements.len() > MAX_STATEMENTS {
+            return Err(format!(
+                "a candidate with {} state slots and {} statements (at most {MAX_STATE_SLOTS} and {MAX_STATEMENTS})",
+                self.states.len(),
+                self.statements.len()
+            ));
+        }
+        let initial = |operand: &Operand| match operand {
+            Operand::Var(Var::Hyper(i)) => *i < self.hypers.len(),
+            Operand::Var(Var::State(_) | Var::Let(_)) => false,
+            _ => true,
+        };
+        if let Some(state) = self.states.iter().find(|s| !initial(&s.init)) {
+            return Err(format!(
+                "state `{}` starts from a value it cannot read",
+                state.name
+            ));
+        }
+        let mut lets = std::collections::HashSet::new();
+        for (index, statement) in self.statements.iter().enumerate() {
+            let visible: Vec<Var> = self.visible(index).into_iter().map(|(v, _)| v).collect();
+            let unseen = statement
+                .expr
+                .operands()
+                .into_iter()
+                .find(|operand| matches!(operand, Operand::Var(v) if !visible.contains(v)));
+            if let Some(operand) = unseen {
+                return Err(format!(
+                    "statement {index} reads {operand:?}, which it cannot see"
+                ));
+            }
+            let fits = match statement.target {
+                Target::Let(id) => id < self.next_let && lets.insert(id),
+                Target::State(slot) => slot < self.states.len(),
+                Target::Param | Target::Grad => true,
+            };
+            if !fits {
+                return Err(format!("statement {index} writes {:?}", statement.target));
+            }
+        }
+        Ok(())
+    }
+
     /// The `.opt` source of the candidate (an optimizer named [`CANDIDATE_NAME`]).
     pub fn source(&self) -> String {
         self.to_string()

@@ -223,3 +223,131 @@ fn bad_starts_are_refused() {
         Err(StartError::WarmStartRejected(Rejection::IgnoresGradient))
     ));
 }
+
+/// A saved search, rewritten by `change` (on the decoded CBOR of its state)
+/// with a correct checksum: damage a checksum cannot see.
+fn rewritten(change: impl FnOnce(&mut ciborium::Value)) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("optc-evolve-rewrite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!(
+        "{}.ckpt",
+        COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    let mut evolution = start("sgd", 3, 1);
+    evolution.run(16);
+    let saved = Checkpoint {
+        format: checkpoint::FORMAT,
+        tasks: Vec::new(),
+        sources: Vec::new(),
+        warm_start: "sgd".into(),
+        state: evolution.state().clone(),
+    };
+    checkpoint::save(&path, &saved).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let magic = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let mut value: ciborium::Value = ciborium::from_reader(&bytes[magic + 17..]).unwrap();
+    change(field(&mut value, "state"));
+    let mut body = Vec::new();
+    ciborium::into_writer(&value, &mut body).unwrap();
+    let mut out = bytes[..magic].to_vec();
+    out.extend(format!("{:016x}\n", optc_runtime::files::checksum(&body)).bytes());
+    out.extend(body);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The value of map field `name`.
+fn field<'v>(value: &'v mut ciborium::Value, name: &str) -> &'v mut ciborium::Value {
+    let ciborium::Value::Map(entries) = value else {
+        panic!("not a map: {value:?}")
+    };
+    let entry = entries
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some(name))
+        .unwrap_or_else(|| panic!("no field {name}"));
+    &mut entry.1
+}
+
+#[test]
+fn every_changed_byte_of_a_search_checkpoint_is_refused() {
+    let dir = std::env::temp_dir().join(format!("optc-evolve-flips-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("search.ckpt");
+    let mut evolution = start("sgd", 2, 1);
+    evolution.run(8);
+    let saved = Checkpoint {
+        format: checkpoint::FORMAT,
+        tasks: Vec::new(),
+        sources: Vec::new(),
+        warm_start: "sgd".into(),
+        state: evolution.state().clone(),
+    };
+    checkpoint::save(&path, &saved).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let flipped = dir.join("flipped.ckpt");
+    for at in 0..good.len() {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x01;
+        std::fs::write(&flipped, &bytes).unwrap();
+        assert!(
+            checkpoint::load(&flipped).is_err(),
+            "byte {at} of {}",
+            good.len()
+        );
+    }
+    assert!(checkpoint::load(&path).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn checkpoints_the_search_could_not_run_are_refused() {
+    type Change = Box<dyn FnOnce(&mut ciborium::Value)>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "batch 0",
+            Box::new(|s| {
+                *field(field(s, "config"), "batch_size") = 0.into();
+            }),
+        ),
+        (
+            "empty population",
+            Box::new(|s| {
+                *field(s, "population") = ciborium::Value::Array(Vec::new());
+            }),
+        ),
+        (
+            "a lineage cycle",
+            Box::new(|s| {
+                let ciborium::Value::Array(events) = field(s, "history") else {
+                    panic!("a history")
+                };
+                let event = events
+                    .iter_mut()
+                    .find(|e| !field(&mut (*e).clone(), "child").is_null())
+                    .expect("a child joined");
+                *field(event, "parent") = 1_000_000.into();
+            }),
+        ),
+        (
+            "an operand out of range",
+            Box::new(|s| {
+                let candidate = field(field(s, "best"), "candidate");
+                *field(candidate, "hypers") = ciborium::Value::Array(Vec::new());
+            }),
+        ),
+        (
+            "a huge population",
+            Box::new(|s| {
+                *field(field(s, "config"), "population_size") = 100_000_000_000u64.into();
+            }),
+        ),
+    ];
+    for (what, change) in cases {
+        let path = rewritten(change);
+        let error = checkpoint::load(&path).unwrap_err();
+        assert!(error.contains("is damaged"), "{what}: {error}");
+        let _ = std::fs::remove_file(&path);
+    }
+}

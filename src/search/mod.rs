@@ -101,6 +101,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("quit", "quit", "leave (also `exit`, Ctrl-D)"),
 ];
 
+/// The longest `run --minutes` (a year).
+const MAX_MINUTES: f64 = 525_600.0;
 /// Settings a user may change with `set`.
 #[derive(Clone, Copy, Debug)]
 struct Settings {
@@ -217,23 +219,29 @@ impl Session {
         if let Some(fitness) = &self.fitness {
             return Ok(fitness.clone());
         }
-        let tasks: Vec<ProxyTask> = proxy::builtin(&self.context)?
+        let fitness = self.tune(&self.context, &self.chosen)?;
+        self.fitness = Some(fitness.clone());
+        Ok(fitness)
+    }
+
+    /// The fitness of the tasks `chosen` among those `context` has (tunes
+    /// the baselines; changes nothing in the session).
+    fn tune(&self, context: &Program, chosen: &[String]) -> Result<Arc<ProxyFitness>, String> {
+        let tasks: Vec<ProxyTask> = proxy::builtin(context)?
             .into_iter()
-            .filter(|t| self.chosen.contains(&t.name))
+            .filter(|t| chosen.contains(&t.name))
             .collect();
         eprintln!(
             "tuning SGD with momentum and Adam on {} task(s) ({} learning-rate scales each)...",
             tasks.len(),
             proxy::COARSE_EXPONENTS.count() + 2
         );
-        let fitness = Arc::new(ProxyFitness::new(
+        Ok(Arc::new(ProxyFitness::new(
             tasks,
             &optc_stdlib::prelude(),
             self.settings.threads,
             self.settings.backend,
-        )?);
-        self.fitness = Some(fitness.clone());
-        Ok(fitness)
+        )?))
     }
 
     fn load(&mut self, args: &[&str]) -> Reply {
@@ -355,12 +363,23 @@ impl Session {
                 settings.backend
             )),
             [key, value] => {
+                let at_most = match *key {
+                    "threads" => optc_runtime::MAX_THREADS,
+                    "population" | "tournament" | "batch" => optc_search::evolve::MAX_POPULATION,
+                    _ => usize::MAX,
+                };
                 let count = || -> Result<usize, String> {
                     value
                         .parse::<usize>()
                         .ok()
-                        .filter(|&n| n >= 1)
-                        .ok_or_else(|| format!("`{key}` takes a whole number of at least 1, not `{value}`"))
+                        .filter(|&n| (1..=at_most).contains(&n))
+                        .ok_or_else(|| {
+                            if at_most == usize::MAX {
+                                format!("`{key}` takes a whole number of at least 1, not `{value}`")
+                            } else {
+                                format!("`{key}` takes a whole number from 1 to {at_most}, not `{value}`")
+                            }
+                        })
                 };
                 let at_next_load = " (applies at the next `load`)";
                 let note = match *key {
@@ -423,15 +442,15 @@ impl Session {
         let (cycles, deadline) = match args {
             [] => (self.settings.cycles, None),
             ["--minutes", minutes] => {
-                let minutes: f64 = minutes
-                    .parse()
+                let deadline = minutes
+                    .parse::<f64>()
                     .ok()
-                    .filter(|m: &f64| m.is_finite() && *m > 0.0)
-                    .ok_or_else(|| format!("--minutes takes a positive number, not `{minutes}`"))?;
-                (
-                    u64::MAX,
-                    Some(Instant::now() + Duration::from_secs_f64(60.0 * minutes)),
-                )
+                    .filter(|&m| m > 0.0 && m <= MAX_MINUTES)
+                    .and_then(|m| Instant::now().checked_add(Duration::from_secs_f64(60.0 * m)))
+                    .ok_or_else(|| {
+                        format!("--minutes takes a number above 0 and at most {MAX_MINUTES} (a year), not `{minutes}`")
+                    })?;
+                (u64::MAX, Some(deadline))
             }
             [n] => (
                 n.parse::<u64>()
@@ -789,7 +808,8 @@ impl Session {
                     d.message
                 )
             })?;
-        std::fs::write(file, &text).map_err(|e| format!("cannot write {file}: {e}"))?;
+        optc_runtime::files::write_atomically(std::path::Path::new(file), text.as_bytes())
+            .map_err(|e| format!("cannot write {file}: {e}"))?;
         Ok(format!("wrote `{name}` to {file}:\n{text}"))
     }
 
@@ -886,18 +906,21 @@ impl Session {
                 "{file} was scored on task `{unknown}`, which this optc does not have"
             ));
         }
-        if saved.tasks != self.chosen {
-            self.chosen = saved.tasks.clone();
-            self.fitness = None;
-        }
-        self.context = context;
-        let fitness = self.fitness()?;
+        // Nothing of the session changes until everything has worked: a
+        // failed resume leaves its tasks, fitness and search as they were.
+        let fitness = match &self.fitness {
+            Some(fitness) if saved.tasks == self.chosen => fitness.clone(),
+            _ => self.tune(&context, &saved.tasks)?,
+        };
         let evolution = Evolution::resume(
-            Arc::new(self.context.clone()),
-            fitness,
+            Arc::new(context.clone()),
+            fitness.clone(),
             saved.state,
             self.settings.threads,
         );
+        self.chosen = saved.tasks.clone();
+        self.fitness = Some(fitness);
+        self.context = context;
         self.settings.config = *evolution.config();
         self.sources = saved.sources;
         let out = format!(

@@ -124,7 +124,7 @@ impl Executor for HostExecutor {
             .count();
         self.elem_state = (0..slots)
             .map(|slot| TypedArena::zeroed(self.precision.state, &numels, slot))
-            .collect();
+            .collect::<Result<_, _>>()?;
         self.plans.bind(layout);
         Ok(())
     }
@@ -183,7 +183,11 @@ impl Executor for HostExecutor {
             .collect();
         // Away from the state slots' arenas (staggered 0, 1, ...).
         let stagger = 40;
-        self.params = TypedArena::from_stored(self.precision.params, &stored, stagger);
+        self.params = Some(TypedArena::from_stored(
+            self.precision.params,
+            &stored,
+            stagger,
+        )?);
         Ok(())
     }
 
@@ -228,13 +232,7 @@ impl Executor for HostExecutor {
         let mut arenas = Vec::new();
         for value in state {
             if let SlotValues::Elem(tensors) = value {
-                let arena = TypedArena::from_stored(self.precision.state, tensors, arenas.len())
-                    .ok_or_else(|| {
-                        Error::Checkpoint(format!(
-                            "f64 state cannot be stored as {:?}",
-                            self.precision.state
-                        ))
-                    })?;
+                let arena = TypedArena::from_stored(self.precision.state, tensors, arenas.len())?;
                 arenas.push(arena);
             }
         }
