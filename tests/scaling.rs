@@ -58,8 +58,12 @@ fn cost(work: impl FnOnce()) -> (u64, i64) {
     )
 }
 
-/// Generated sources, by construct, of `n` of it.
-const CONSTRUCTS: &[(&str, fn(usize) -> String, bool)] = &[
+/// A construct: its name, the source of `n` of it, and whether the source
+/// is one rule to run through the simplifier, planner and emitter too.
+type Construct = (&'static str, fn(usize) -> String, bool);
+
+/// Generated sources, by construct.
+const CONSTRUCTS: &[Construct] = &[
     ("hyperparameters", hypers, true),
     (
         "hyperparameter defaults reading the one before",
