@@ -30,12 +30,34 @@ pub struct Loaded {
     pub names: Vec<String>,
 }
 
-/// The stdlib plus `file` (a path, or the name of a stdlib optimizer).
+/// The stdlib plus `file`: the name of a stdlib optimizer (or objective),
+/// or a path. A bare name of a stdlib item is the stdlib's, even where a
+/// file of that name exists (write `./adam` for the file; a note says so).
+/// Replacing a stdlib item in a user file is allowed and noted on stderr.
 pub fn program(file: &str) -> Result<Loaded, Failure> {
     let mut program = optc_stdlib::prelude();
+    let bare = !file.contains(['/', '.']);
+    let stdlib_item = bare && program.item(file).is_some();
+    if stdlib_item {
+        if std::path::Path::new(file).exists() {
+            eprintln!(
+                "note: `{file}` is the standard library's; the file named {file} here is not read (write ./{file} for it)"
+            );
+        }
+        return Ok(Loaded {
+            program,
+            file: None,
+            names: vec![file.to_string()],
+        });
+    }
     match std::fs::read(file) {
         Ok(bytes) => match program.add_source(file, &bytes, Origin::User) {
             Ok(id) => {
+                for replaced in program.replaced_in(id) {
+                    eprintln!(
+                        "note: {file} defines `{replaced}`, which replaces the standard library's `{replaced}` where {file} and the command line name it (the standard library's own rules keep theirs)"
+                    );
+                }
                 let names = program
                     .optimizers_in(id)
                     .into_iter()
@@ -49,19 +71,40 @@ pub fn program(file: &str) -> Result<Loaded, Failure> {
             }
             Err(diagnostic) => Err(render(&program, &diagnostic)),
         },
-        Err(error) => {
-            let is_stdlib_name = program.optimizers().contains(&file);
-            if is_stdlib_name && !file.contains(['/', '.']) {
-                Ok(Loaded {
-                    program,
-                    file: None,
-                    names: vec![file.to_string()],
-                })
-            } else {
-                Err(format!("error: cannot read {file}: {error}"))
-            }
-        }
+        Err(error) if bare => Err(unknown_name(&program, file, &error)),
+        Err(error) => Err(format!("error: cannot read {file}: {error}")),
     }
+}
+
+/// A bare name that is neither a stdlib item nor a readable file: the
+/// nearest stdlib optimizers, or what the stdlib file of that name holds.
+fn unknown_name(program: &Program, name: &str, error: &std::io::Error) -> Failure {
+    let file_name = format!("{name}.opt");
+    if let Some((_, text)) = optc_stdlib::FILES.iter().find(|(f, _)| *f == file_name) {
+        let mut scratch = Program::new();
+        let items: Vec<String> = scratch
+            .add_source(&file_name, text.as_bytes(), Origin::Prelude)
+            .map(|id| scratch.items_in(id).into_iter().map(String::from).collect())
+            .unwrap_or_default();
+        return format!(
+            "error: `{name}` is a standard-library file of functions, not an optimizer; use its functions in a rule or a --set value ({})",
+            items.join(", ")
+        );
+    }
+    let mut near: Vec<(usize, &str)> = program
+        .optimizers()
+        .into_iter()
+        .map(|candidate| (diagnostics::edit_distance(name, candidate), candidate))
+        .filter(|&(d, candidate)| d <= (name.len().max(candidate.len()) / 3).max(1))
+        .collect();
+    near.sort();
+    let suggestions: Vec<&str> = near.iter().take(3).map(|(_, n)| *n).collect();
+    let hint = if suggestions.is_empty() {
+        "`optc list` shows them".to_string()
+    } else {
+        format!("did you mean {}? (`optc list` shows them all)", suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
+    };
+    format!("error: no standard-library optimizer or file named `{name}` ({error}); {hint}")
 }
 
 pub fn rule(file: &str, rule: Option<&str>) -> Result<(Program, Rule), Failure> {

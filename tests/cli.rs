@@ -508,3 +508,83 @@ fn a_write_that_fails_leaves_the_old_file_and_no_temporary() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn non_finite_numbers_round_trip_through_traces() {
+    let dir = std::env::temp_dir().join(format!("optc-nonfinite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("trace.json");
+    std::fs::write(
+        &trace,
+        r#"{"tensors": [{"p0": [1.0, "NaN", "-inf", 0.5], "grads": [[1.0, 1.0, 1.0, null]]}]}"#,
+    )
+    .unwrap();
+    let out = dir.join("out.json");
+    let (code, _, stderr) = optc(&[
+        "replay", "sgd", "--trace", trace.to_str().unwrap(), "--set", "learning_rate=1e39",
+        "--out", out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let params = &json["tensors"][0]["params"][0];
+    assert_eq!(params, &serde_json::json!(["-inf", "NaN", "-inf", "NaN"]), "{text}");
+    // optc reads its own output back.
+    let (code, stdout, stderr) = optc(&[
+        "replay", "sgd", "--trace", out.to_str().unwrap(), "--set", "learning_rate=1e39", "--compare",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("max error"), "{stdout}");
+    std::fs::write(&trace, r#"{"tensors": [{"p0": ["many"], "grads": [[1.0]]}]}"#).unwrap();
+    let (code, _, stderr) = optc(&["replay", "sgd", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("`many` is not a number"), "{stderr}");
+    std::fs::write(
+        &trace,
+        r#"{"tensors": [{"shape": [9223372036854775809, 2], "p0": [1.0, 2.0], "grads": [[1.0, 1.0]]}]}"#,
+    )
+    .unwrap();
+    let (code, _, stderr) = optc(&["replay", "sgd", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("does not hold 2 elements"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn names_resolve_explicitly() {
+    let dir = std::env::temp_dir().join(format!("optc-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A user's `adam` replaces the stdlib's for the user, with a note, but the
+    // stdlib's `adamw` (which uses `adam`) keeps the stdlib's.
+    let mine = dir.join("mine.opt");
+    std::fs::write(&mine, "optimizer adam(learning_rate = 1.0) { p -= learning_rate * sign(g); }\noptimizer wrapped() { use adamw; }\n").unwrap();
+    let mut program = optc_stdlib::prelude();
+    program
+        .add_source("mine.opt", &std::fs::read(&mine).unwrap(), optc_compiler::Origin::User)
+        .unwrap();
+    let stdlib = optc_stdlib::prelude().compile("adamw").unwrap();
+    assert_eq!(program.compile("adamw").unwrap().to_string(), stdlib.to_string());
+    assert_eq!(program.compile("adam").unwrap().hypers.len(), 1, "the user's adam");
+    let (code, _, stderr) = optc(&["check", mine.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("defines `adam`, which replaces the standard library's `adam`"), "{stderr}");
+    // A bare stdlib name is the stdlib's even beside a file of that name.
+    std::fs::write(dir.join("lion"), "optimizer not_lion() { p -= g; }\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_optc"))
+        .args(["show", "lion"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("optimizer lion\n"), "{stdout}");
+    assert!(stderr.contains("write ./lion for it"), "{stderr}");
+    // Unknown names get the nearest stdlib optimizers; stdlib function files say what they are.
+    let (code, _, stderr) = optc(&["show", "adamz"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("did you mean `adam`, `adamw`, `adamax`?"), "{stderr}");
+    let (code, _, stderr) = optc(&["show", "schedules"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("`schedules` is a standard-library file of functions, not an optimizer"), "{stderr}");
+    assert!(stderr.contains("warmup_cosine_decay"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

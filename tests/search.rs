@@ -175,3 +175,29 @@ fn the_search_trains_candidates_on_the_backend_it_is_given() {
     assert!(stderr.contains("unknown backend `nope`"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_line_that_is_not_utf8_is_skipped_and_the_session_goes_on() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_optc"))
+        .arg("search")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"set seed 3\n\xff\xfe not text\nset\nquit\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("a line that is not UTF-8 text was skipped"), "{stderr}");
+    assert!(stdout.contains("\nseed 3\n"), "the commands after it ran: {stdout}");
+}

@@ -1,5 +1,6 @@
 //! Renders [`Diagnostic`]s for people, with ariadne: the message, the source
-//! lines with labelled spans, and the hint.
+//! lines with labelled spans, and the hint; and the nearest-name suggestions
+//! ("did you mean") that hints give.
 
 use ariadne::{Config, IndexType, Label, Report, ReportKind};
 use optc_grammar::Diagnostic;
@@ -91,4 +92,31 @@ fn render_plain(diagnostic: &Diagnostic, files: &[SourceFile]) -> String {
         out.push_str(&format!("   │ Help: {hint}\n"));
     }
     out
+}
+
+/// The candidate nearest to `name` by edit distance, if it is near enough to be a typo.
+pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|&(d, c)| d <= (name.len().max(c.len()) / 3).max(1))
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// The Levenshtein distance between `a` and `b`, in characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }

@@ -9,6 +9,7 @@ use optc_grammar::ast::{self, AssignOp, ExprKind, ItemBody, StateShape, Stmt};
 use optc_grammar::{Diagnostic, Span};
 
 use crate::builtins::{self, Builtin, RESERVED_NAMES};
+use crate::diagnostics::closest;
 use crate::ir::{
     BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, ReduceOp, Rule, ScalarExpr, Shape,
     StateSlot, Type, UnaryOp,
@@ -851,7 +852,7 @@ impl<'p> Lowerer<'p> {
     }
 
     fn item(&self, name: &ast::Ident) -> Lowered<&'p ast::Item> {
-        self.program.item(&name.name).ok_or_else(|| {
+        self.program.item_from(&name.name, name.span.file).ok_or_else(|| {
             let builtin_names = builtins::BUILTINS.iter().map(|(n, _, _)| *n);
             let candidates: Vec<&str> = self.program.item_names().chain(builtin_names).collect();
             let diagnostic = Diagnostic::error(
@@ -1257,28 +1258,3 @@ fn names_in<'e>(expr: &'e ast::Expr, out: &mut BTreeSet<&'e str>) {
     }
 }
 
-/// The candidate nearest to `name` by edit distance, if it is near enough to be a typo.
-fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .map(|c| (edit_distance(name, c), c))
-        .filter(|&(d, c)| d <= (name.len().max(c.len()) / 3).max(1))
-        .min()
-        .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
-}

@@ -1,6 +1,13 @@
 //! A program is the set of source files a compilation sees: the standard
-//! library as a prelude, then the user's files, whose items shadow the
-//! prelude's. It owns the sources (for diagnostics) and the parsed items.
+//! library as a prelude, then the user's files. A user's item may replace a
+//! prelude item of the same name, explicitly and only for the user: names in
+//! user files (and names the command line asks for) find the user's item,
+//! while the prelude's own references keep finding the prelude's, so a user
+//! file defining `adam` never changes the standard library's `adamw`
+//! (which uses `adam`). [`Program::replaced_in`] lists such replacements so
+//! tools can say so. A user item may not take a built-in's name (`sqrt`):
+//! calls would never reach it. The program owns the sources (for
+//! diagnostics) and the parsed items.
 
 use std::collections::HashMap;
 
@@ -31,6 +38,8 @@ pub struct Program {
     origins: Vec<Origin>,
     /// Visible items by name: (file index, item index).
     items: HashMap<String, (usize, usize)>,
+    /// The prelude's items by name, which prelude files see.
+    prelude: HashMap<String, (usize, usize)>,
 }
 
 /// Largest source the compiler reads; larger input is refused up front.
@@ -91,6 +100,20 @@ impl Program {
                 .with_label(first.name.span, "first definition"));
             }
         }
+        if origin == Origin::User {
+            if let Some(item) = file
+                .items
+                .iter()
+                .find(|item| !crate::builtins::arities(&item.name.name).is_empty())
+            {
+                return Err(Diagnostic::error(
+                    format!("`{}` is a built-in function", item.name.name),
+                    item.name.span,
+                    "calls to this name reach the built-in",
+                )
+                .with_hint("choose another name"));
+            }
+        }
         for (index, item) in file.items.iter().enumerate() {
             let shadowed = self
                 .items
@@ -107,6 +130,10 @@ impl Program {
             }
             self.items
                 .insert(item.name.name.clone(), (id.0 as usize, index));
+            if origin == Origin::Prelude {
+                self.prelude
+                    .insert(item.name.name.clone(), (id.0 as usize, index));
+            }
         }
         self.asts[id.0 as usize] = file;
         Ok(id)
@@ -120,9 +147,32 @@ impl Program {
         &self.files
     }
 
-    /// The visible item of that name.
+    /// The visible item of that name (the user's, where it replaces the
+    /// prelude's).
     pub fn item(&self, name: &str) -> Option<&ast::Item> {
         self.items.get(name).map(|&(f, i)| &self.asts[f].items[i])
+    }
+
+    /// The item that the name `name`, written in file `from`, refers to:
+    /// the prelude's own item for a reference inside the prelude.
+    pub fn item_from(&self, name: &str, from: FileId) -> Option<&ast::Item> {
+        let in_prelude = self.origins.get(from.0 as usize) == Some(&Origin::Prelude);
+        let found = if in_prelude {
+            self.prelude.get(name).or_else(|| self.items.get(name))
+        } else {
+            self.items.get(name)
+        };
+        found.map(|&(f, i)| &self.asts[f].items[i])
+    }
+
+    /// The prelude items that items of `file` replace, in source order.
+    pub fn replaced_in(&self, file: FileId) -> Vec<&str> {
+        self.asts[file.0 as usize]
+            .items
+            .iter()
+            .map(|item| item.name.name.as_str())
+            .filter(|name| self.prelude.contains_key(*name))
+            .collect()
     }
 
     /// Names of the optimizers defined in one file, in source order.
@@ -131,6 +181,15 @@ impl Program {
             .items
             .iter()
             .filter(|item| matches!(item.body, ItemBody::Optimizer(_)))
+            .map(|item| item.name.name.as_str())
+            .collect()
+    }
+
+    /// Names of every item defined in one file, in source order.
+    pub fn items_in(&self, file: FileId) -> Vec<&str> {
+        self.asts[file.0 as usize]
+            .items
+            .iter()
             .map(|item| item.name.name.as_str())
             .collect()
     }

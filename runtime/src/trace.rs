@@ -1,7 +1,14 @@
 //! Traces: recorded gradients (and, for reference runs, parameters) in the
 //! schema of the golden files: `tensors[i].p0`, `tensors[i].grads[step]`,
-//! `tensors[i].params[step]`. Replaying a rule over a trace fills `params`;
-//! comparing against a reference trace measures how far two runs differ.
+//! `tensors[i].params[step]`, optional `tensors[i].shape` and
+//! `tensors[i].name`, and any other fields, kept as they are. Replaying a
+//! rule over a trace fills `params`; comparing against a reference trace
+//! measures how far two runs differ.
+//!
+//! JSON has no NaN or infinities, so the numbers of a trace are JSON numbers
+//! when finite and the strings `"NaN"`, `"inf"` and `"-inf"` otherwise (a
+//! diverged replay reads back exactly); `null`, which older versions wrote
+//! for all three, reads as NaN.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -20,14 +27,88 @@ pub struct Trace {
 pub struct TraceTensor {
     #[serde(default)]
     pub shape: Vec<usize>,
+    #[serde(with = "numbers")]
     pub p0: Vec<f32>,
     /// One gradient per step.
+    #[serde(with = "rows")]
     pub grads: Vec<Vec<f32>>,
     /// Parameters after each step.
-    #[serde(default)]
+    #[serde(default, with = "rows")]
     pub params: Vec<Vec<f32>>,
     #[serde(flatten)]
     pub extra: Map<String, Json>,
+}
+
+/// One number of a trace: a JSON number, or `"NaN"`, `"inf"`, `"-inf"`.
+#[derive(Clone, Copy)]
+struct Number(f32);
+
+impl Serialize for Number {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            x if x.is_finite() => serializer.serialize_f32(x),
+            x if x.is_nan() => serializer.serialize_str("NaN"),
+            x if x > 0.0 => serializer.serialize_str("inf"),
+            _ => serializer.serialize_str("-inf"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Number, D::Error> {
+        match Json::deserialize(deserializer)? {
+            Json::Number(n) => Ok(Number(n.as_f64().unwrap_or(f64::NAN) as f32)),
+            Json::Null => Ok(Number(f32::NAN)),
+            Json::String(text) => match text.as_str() {
+                "NaN" => Ok(Number(f32::NAN)),
+                "inf" => Ok(Number(f32::INFINITY)),
+                "-inf" => Ok(Number(f32::NEG_INFINITY)),
+                other => Err(serde::de::Error::custom(format!(
+                    "`{other}` is not a number (non-finite values are \"NaN\", \"inf\", \"-inf\")"
+                ))),
+            },
+            other => Err(serde::de::Error::custom(format!("{other} is not a number"))),
+        }
+    }
+}
+
+/// A list of trace numbers.
+mod numbers {
+    use super::Number;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let numbers: Vec<Number> = values.iter().map(|&x| Number(x)).collect();
+        numbers.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        Ok(Vec::<Number>::deserialize(deserializer)?.into_iter().map(|n| n.0).collect())
+    }
+}
+
+/// A list of lists of trace numbers (one per step).
+mod rows {
+    use super::Number;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(rows: &[Vec<f32>], serializer: S) -> Result<S::Ok, S::Error> {
+        let rows: Vec<Vec<Number>> = rows
+            .iter()
+            .map(|row| row.iter().map(|&x| Number(x)).collect())
+            .collect();
+        rows.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<f32>>, D::Error> {
+        let rows = Vec::<Vec<Number>>::deserialize(deserializer)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| row.into_iter().map(|n| n.0).collect())
+            .collect())
+    }
 }
 
 impl TraceTensor {
@@ -67,7 +148,11 @@ impl Trace {
         let steps = trace.steps();
         for (i, tensor) in trace.tensors.iter().enumerate() {
             let n = tensor.p0.len();
-            if !tensor.shape.is_empty() && tensor.shape.iter().product::<usize>() != n {
+            let holds = tensor
+                .shape
+                .iter()
+                .try_fold(1usize, |product, &d| product.checked_mul(d));
+            if !tensor.shape.is_empty() && holds != Some(n) {
                 return Err(TraceError::Invalid(format!(
                     "tensor {i}: shape {:?} does not hold {n} elements",
                     tensor.shape

@@ -95,6 +95,10 @@ pub fn interactive(backend: &'static str) -> Result<String, String> {
             }
             Err(ReadlineError::Interrupted) => println!("(Ctrl-C: `quit` or Ctrl-D leaves)"),
             Err(ReadlineError::Eof) => break,
+            // A line that is not UTF-8 (piped input) is skipped; the session goes on.
+            Err(ReadlineError::Io(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                eprintln!("error: a line that is not UTF-8 text was skipped")
+            }
             Err(error) => return Err(format!("error: {error}")),
         }
     }
