@@ -124,11 +124,19 @@ pub struct ReplaySettings<'a> {
     pub execution: &'a Execution,
     pub out: Option<&'a str>,
     pub compare: bool,
+    /// With `compare`: fail (exit 1) when the error exceeds this.
+    pub tolerance: Option<f64>,
     pub f64_elements: bool,
 }
 
 pub fn replay(settings: &ReplaySettings<'_>) -> Result<String, Failure> {
     let trace_path = settings.trace;
+    if settings.tolerance.is_some() && !settings.compare {
+        return Err("error: --tolerance applies to --compare".into());
+    }
+    if let Some(tolerance) = settings.tolerance.filter(|t| !(*t >= 0.0)) {
+        return Err(format!("error: --tolerance takes a number >= 0, not {tolerance}"));
+    }
     let (mut program, rule) = load::rule(settings.file, settings.rule)?;
     let name = rule.name.clone();
     let text = std::fs::read_to_string(trace_path)
@@ -168,6 +176,14 @@ pub fn replay(settings: &ReplaySettings<'_>) -> Result<String, Failure> {
             comparison.max_abs,
             step + 1,
         );
+        if let Some(tolerance) = settings.tolerance {
+            if !(comparison.max_err <= tolerance) {
+                return Err(format!(
+                    "{report}error: the max error {:.3e} exceeds the tolerance {tolerance:e}",
+                    comparison.max_err
+                ));
+            }
+        }
     }
     match out {
         Some(path) => {

@@ -181,15 +181,27 @@ pub fn builder(
             ))
         }
     };
+    let mut pairs = Vec::new();
+    for set in sets {
+        let (name, value) = set
+            .split_once('=')
+            .ok_or_else(|| format!("error: --set expects NAME=VALUE, got `{set}`"))?;
+        pairs.push((name.trim(), value));
+    }
+    let overrides = assignments(program, &rule, &pairs, "--set")?;
+    let mut groups = Vec::new();
+    for text in &execution.groups {
+        groups.push(group(program, &rule, text)?);
+    }
     let mut builder = Optimizer::builder(Arc::new(rule))
-        .overrides(overrides(program, sets)?)
+        .overrides(overrides)
         .backend(backend)
         .group_reductions(match execution.group_reductions {
             Reductions::PerGroup => GroupReductions::PerGroup,
             Reductions::Across => GroupReductions::AcrossGroups,
         });
-    for text in &execution.groups {
-        builder = builder.group(group(program, text)?);
+    for group in groups {
+        builder = builder.group(group);
     }
     Ok(builder)
 }
@@ -200,7 +212,7 @@ pub fn build(builder: OptimizerBuilder) -> Result<Optimizer, Failure> {
 }
 
 /// One `--group PATTERNS:SETTINGS`; the group is named by its patterns.
-fn group(program: &mut Program, text: &str) -> Result<Group, Failure> {
+fn group(program: &mut Program, rule: &Rule, text: &str) -> Result<Group, Failure> {
     let bad = |why: &str| {
         format!(
             "error: --group `{text}`: {why} (expected PATTERNS:SETTINGS, e.g. '*.bias:weight_decay=0' or 'embed.*:frozen')"
@@ -212,6 +224,7 @@ fn group(program: &mut Program, text: &str) -> Result<Group, Failure> {
         return Err(bad("an empty pattern"));
     }
     let mut group = Group::new(patterns.join("|")).tensors(patterns.iter().copied());
+    let mut pairs = Vec::new();
     for item in split_top_level(settings) {
         let item = item.trim();
         if item == "frozen" {
@@ -221,10 +234,9 @@ fn group(program: &mut Program, text: &str) -> Result<Group, Failure> {
         let (name, value) = item
             .split_once('=')
             .ok_or_else(|| bad(&format!("`{item}` is not NAME=VALUE or `frozen`")))?;
-        let name = name.trim();
-        let value = program
-            .compile_scalar(&format!("--group {name}"), value)
-            .map_err(|d| render(program, &d))?;
+        pairs.push((name.trim(), value));
+    }
+    for (name, value) in assignments(program, rule, &pairs, "--group")? {
         group = group.set(name, value);
     }
     Ok(group)
@@ -275,21 +287,87 @@ pub fn describe_groups(optimizer: &Optimizer) -> String {
     out
 }
 
-/// The `--set name=value` arguments, compiled.
-pub fn overrides(
+/// Hyperparameter names other libraries use, and the rule's own names they
+/// stand for (the first that the rule has): torch's `lr`, optax's and
+/// torch's `beta1`/`beta2` against the stdlib's `b1`/`b2`, and the other way.
+const ALIASES: &[(&str, &[&str])] = &[
+    ("lr", &["learning_rate"]),
+    ("beta1", &["b1"]),
+    ("beta2", &["b2"]),
+    ("b1", &["beta1"]),
+    ("b2", &["beta2"]),
+];
+
+/// `name=value` settings (`--set`, a `--group`'s) compiled for `rule`: other
+/// libraries' names map to the rule's (`lr`, and `betas=(b1, b2)` as torch
+/// writes it), a name given twice is an error, and Python's `True`/`False`
+/// get a hint.
+fn assignments(
     program: &mut Program,
-    sets: &[String],
+    rule: &Rule,
+    pairs: &[(&str, &str)],
+    origin: &str,
 ) -> Result<Vec<(String, ScalarExpr)>, Failure> {
-    let mut overrides = Vec::new();
-    for set in sets {
-        let Some((name, value)) = set.split_once('=') else {
-            return Err(format!("error: --set expects NAME=VALUE, got `{set}`"));
+    let has = |name: &str| rule.hyper_index(name).is_some();
+    let mut expanded: Vec<(String, String)> = Vec::new();
+    for &(name, value) in pairs {
+        if name == "betas" && !has("betas") {
+            let pair = value
+                .trim()
+                .strip_prefix('(')
+                .and_then(|v| v.strip_suffix(')'))
+                .and_then(|v| v.split_once(','));
+            let names = ["b1", "b2"]
+                .iter()
+                .zip(["beta1", "beta2"])
+                .map(|(&short, long)| [short, long].into_iter().find(|n| has(n)))
+                .collect::<Option<Vec<_>>>();
+            match (pair, names) {
+                (Some((first, second)), Some(names)) => {
+                    expanded.push((names[0].to_string(), first.trim().to_string()));
+                    expanded.push((names[1].to_string(), second.trim().to_string()));
+                }
+                _ => {
+                    return Err(format!(
+                        "error: {origin} betas: write `betas=(B1, B2)` for a rule with b1 and b2 (`{}` has: {})",
+                        rule.name,
+                        hyper_names(rule)
+                    ))
+                }
+            }
+            continue;
+        }
+        let name = match ALIASES.iter().find(|(alias, _)| *alias == name && !has(name)) {
+            Some((_, targets)) => targets.iter().find(|t| has(t)).copied().unwrap_or(name),
+            None => name,
         };
-        let name = name.trim();
-        let value = program
-            .compile_scalar(&format!("--set {name}"), value)
-            .map_err(|d| render(program, &d))?;
-        overrides.push((name.to_string(), value));
+        expanded.push((name.to_string(), value.to_string()));
     }
-    Ok(overrides)
+    let mut compiled = Vec::new();
+    for (index, (name, value)) in expanded.iter().enumerate() {
+        if let Some((_, earlier)) = expanded[..index].iter().find(|(n, _)| n == name) {
+            return Err(format!(
+                "error: {origin} sets `{name}` twice (to {} and to {}); give it once",
+                earlier.trim(),
+                value.trim()
+            ));
+        }
+        if let Some(python) = ["True", "False"].iter().find(|b| value.trim() == **b) {
+            return Err(format!(
+                "error: {origin} {name}={python}: booleans are `true` and `false` (write `{name}={}`)",
+                python.to_lowercase()
+            ));
+        }
+        let value = program
+            .compile_scalar(&format!("{origin} {name}"), value)
+            .map_err(|d| render(program, &d))?;
+        compiled.push((name.clone(), value));
+    }
+    Ok(compiled)
+}
+
+/// The rule's hyperparameter names, for messages.
+fn hyper_names(rule: &Rule) -> String {
+    let names: Vec<&str> = rule.hypers.iter().map(|h| h.name.as_str()).collect();
+    names.join(", ")
 }

@@ -97,6 +97,10 @@ enum Command {
         /// Compare the result with the params recorded in the trace and print the error.
         #[arg(long)]
         compare: bool,
+        /// With --compare: exit with status 1 when the max error exceeds this
+        /// (`|ours - ref| / max(|ref|, 1)`; the golden tests use 1e-5).
+        #[arg(long, value_name = "ERROR")]
+        tolerance: Option<f64>,
         /// Run the interpreter with elementwise values in f64 instead of f32
         /// (checking mode: shows how much of a difference from the trace is f32
         /// rounding). Implies `--backend interp`.
@@ -357,6 +361,7 @@ fn main() -> ExitCode {
             set,
             out,
             compare,
+            tolerance,
             f64_elements,
             execution,
         } => commands::replay(&commands::ReplaySettings {
@@ -367,6 +372,7 @@ fn main() -> ExitCode {
             execution: &execution,
             out: out.as_deref(),
             compare,
+            tolerance,
             f64_elements,
         }),
         Command::Train {

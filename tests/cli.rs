@@ -588,3 +588,43 @@ fn names_resolve_explicitly() {
     assert!(stderr.contains("warmup_cosine_decay"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn set_values_take_other_libraries_names_and_refuse_mistakes() {
+    let train = |sets: &[&str]| {
+        let mut args = vec!["train", "adam", "--steps", "5", "--every", "5"];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        optc(&args)
+    };
+    let last = |s: &str| s.lines().last().unwrap_or("").to_string();
+    let (_, own, _) = train(&["learning_rate=0.01", "b1=0.8", "b2=0.99"]);
+    let (code, aliased, stderr) = train(&["lr=0.01", "betas=(0.8, 0.99)"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(last(&aliased), last(&own), "lr and betas are learning_rate, b1 and b2");
+    for (sets, message) in [
+        (vec!["learning_rate=1", "learning_rate=2"], "sets `learning_rate` twice (to 1 and to 2)"),
+        (vec!["b1=True"], "booleans are `true` and `false` (write `b1=true`)"),
+        (vec!["betas=0.9"], "write `betas=(B1, B2)`"),
+        (vec!["momentum=0.9"], "unknown hyperparameter `momentum` (this rule has: learning_rate, b1, b2, eps, eps_root)"),
+    ] {
+        let (code, _, stderr) = train(&sets);
+        assert_eq!(code, 1, "{sets:?}");
+        assert!(stderr.contains(message), "{sets:?}: {stderr}");
+    }
+}
+
+#[test]
+fn replay_compare_fails_above_a_tolerance() {
+    let (code, stdout, _) = common::replay_adam(&["--tolerance", "1e-5"]);
+    assert_eq!(code, 0, "{stdout}");
+    let (code, _, stderr) = optc(&[
+        "replay", "adam", "--trace", "tests/golden/adamw.json", "--compare", "--tolerance", "1e-5",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("exceeds the tolerance 1e-5"), "{stderr}");
+    let (code, _, stderr) = optc(&["replay", "adam", "--trace", "tests/golden/adam.json", "--tolerance", "1"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--tolerance applies to --compare"), "{stderr}");
+}
