@@ -135,7 +135,9 @@ pub fn replay(settings: &ReplaySettings<'_>) -> Result<String, Failure> {
         return Err("error: --tolerance applies to --compare".into());
     }
     if let Some(tolerance) = settings.tolerance.filter(|t| !(*t >= 0.0)) {
-        return Err(format!("error: --tolerance takes a number >= 0, not {tolerance}"));
+        return Err(format!(
+            "error: --tolerance takes a number >= 0, not {tolerance}"
+        ));
     }
     let (mut program, rule) = load::rule(settings.file, settings.rule)?;
     let name = rule.name.clone();

@@ -10,7 +10,9 @@ use optc_compiler::diagnostics;
 use optc_compiler::ir::{Rule, ScalarExpr};
 use optc_compiler::simplify::{simplify_keeping_state, Tier};
 use optc_compiler::{Diagnostic, FileId, Origin, Program};
-use optc_runtime::{Backend, Elements, Group, GroupReductions, Optimizer, OptimizerBuilder};
+use optc_runtime::{
+    Backend, Elements, Group, GroupReductions, Optimizer, OptimizerBuilder, Scalars,
+};
 
 /// A user error, already rendered.
 pub type Failure = String;
@@ -102,7 +104,14 @@ fn unknown_name(program: &Program, name: &str, error: &std::io::Error) -> Failur
     let hint = if suggestions.is_empty() {
         "`optc list` shows them".to_string()
     } else {
-        format!("did you mean {}? (`optc list` shows them all)", suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
+        format!(
+            "did you mean {}? (`optc list` shows them all)",
+            suggestions
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
     format!("error: no standard-library optimizer or file named `{name}` ({error}); {hint}")
 }
@@ -144,6 +153,19 @@ pub struct Execution {
     /// torch.optim applies a rule per param group) or every group's.
     #[arg(long, value_enum, default_value_t = Reductions::PerGroup)]
     pub group_reductions: Reductions,
+    /// What group and tensor values (hyperparameter arithmetic, bias
+    /// corrections, reduction results) are computed in: f64, as torch does,
+    /// or f32, as optax does (to match optax's trajectories more closely).
+    #[arg(long, value_enum, default_value_t = ScalarMode::F64)]
+    pub scalars: ScalarMode,
+}
+
+/// `--scalars`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScalarMode {
+    #[default]
+    F64,
+    F32,
 }
 
 /// `--group-reductions`.
@@ -196,6 +218,10 @@ pub fn builder(
     let mut builder = Optimizer::builder(Arc::new(rule))
         .overrides(overrides)
         .backend(backend)
+        .scalars(match execution.scalars {
+            ScalarMode::F64 => Scalars::F64,
+            ScalarMode::F32 => Scalars::F32,
+        })
         .group_reductions(match execution.group_reductions {
             Reductions::PerGroup => GroupReductions::PerGroup,
             Reductions::Across => GroupReductions::AcrossGroups,
@@ -337,7 +363,10 @@ fn assignments(
             }
             continue;
         }
-        let name = match ALIASES.iter().find(|(alias, _)| *alias == name && !has(name)) {
+        let name = match ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == name && !has(name))
+        {
             Some((_, targets)) => targets.iter().find(|t| has(t)).copied().unwrap_or(name),
             None => name,
         };

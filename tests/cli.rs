@@ -521,21 +521,41 @@ fn non_finite_numbers_round_trip_through_traces() {
     .unwrap();
     let out = dir.join("out.json");
     let (code, _, stderr) = optc(&[
-        "replay", "sgd", "--trace", trace.to_str().unwrap(), "--set", "learning_rate=1e39",
-        "--out", out.to_str().unwrap(),
+        "replay",
+        "sgd",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--set",
+        "learning_rate=1e39",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
     let text = std::fs::read_to_string(&out).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let params = &json["tensors"][0]["params"][0];
-    assert_eq!(params, &serde_json::json!(["-inf", "NaN", "-inf", "NaN"]), "{text}");
+    assert_eq!(
+        params,
+        &serde_json::json!(["-inf", "NaN", "-inf", "NaN"]),
+        "{text}"
+    );
     // optc reads its own output back.
     let (code, stdout, stderr) = optc(&[
-        "replay", "sgd", "--trace", out.to_str().unwrap(), "--set", "learning_rate=1e39", "--compare",
+        "replay",
+        "sgd",
+        "--trace",
+        out.to_str().unwrap(),
+        "--set",
+        "learning_rate=1e39",
+        "--compare",
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("max error"), "{stdout}");
-    std::fs::write(&trace, r#"{"tensors": [{"p0": ["many"], "grads": [[1.0]]}]}"#).unwrap();
+    std::fs::write(
+        &trace,
+        r#"{"tensors": [{"p0": ["many"], "grads": [[1.0]]}]}"#,
+    )
+    .unwrap();
     let (code, _, stderr) = optc(&["replay", "sgd", "--trace", trace.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(stderr.contains("`many` is not a number"), "{stderr}");
@@ -560,14 +580,28 @@ fn names_resolve_explicitly() {
     std::fs::write(&mine, "optimizer adam(learning_rate = 1.0) { p -= learning_rate * sign(g); }\noptimizer wrapped() { use adamw; }\n").unwrap();
     let mut program = optc_stdlib::prelude();
     program
-        .add_source("mine.opt", &std::fs::read(&mine).unwrap(), optc_compiler::Origin::User)
+        .add_source(
+            "mine.opt",
+            &std::fs::read(&mine).unwrap(),
+            optc_compiler::Origin::User,
+        )
         .unwrap();
     let stdlib = optc_stdlib::prelude().compile("adamw").unwrap();
-    assert_eq!(program.compile("adamw").unwrap().to_string(), stdlib.to_string());
-    assert_eq!(program.compile("adam").unwrap().hypers.len(), 1, "the user's adam");
+    assert_eq!(
+        program.compile("adamw").unwrap().to_string(),
+        stdlib.to_string()
+    );
+    assert_eq!(
+        program.compile("adam").unwrap().hypers.len(),
+        1,
+        "the user's adam"
+    );
     let (code, _, stderr) = optc(&["check", mine.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("defines `adam`, which replaces the standard library's `adam`"), "{stderr}");
+    assert!(
+        stderr.contains("defines `adam`, which replaces the standard library's `adam`"),
+        "{stderr}"
+    );
     // A bare stdlib name is the stdlib's even beside a file of that name.
     std::fs::write(dir.join("lion"), "optimizer not_lion() { p -= g; }\n").unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_optc"))
@@ -575,16 +609,25 @@ fn names_resolve_explicitly() {
         .current_dir(&dir)
         .output()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
     assert!(stdout.contains("optimizer lion\n"), "{stdout}");
     assert!(stderr.contains("write ./lion for it"), "{stderr}");
     // Unknown names get the nearest stdlib optimizers; stdlib function files say what they are.
     let (code, _, stderr) = optc(&["show", "adamz"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("did you mean `adam`, `adamw`, `adamax`?"), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `adam`, `adamw`, `adamax`?"),
+        "{stderr}"
+    );
     let (code, _, stderr) = optc(&["show", "schedules"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("`schedules` is a standard-library file of functions, not an optimizer"), "{stderr}");
+    assert!(
+        stderr.contains("`schedules` is a standard-library file of functions, not an optimizer"),
+        "{stderr}"
+    );
     assert!(stderr.contains("warmup_cosine_decay"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -602,7 +645,11 @@ fn set_values_take_other_libraries_names_and_refuse_mistakes() {
     let (_, own, _) = train(&["learning_rate=0.01", "b1=0.8", "b2=0.99"]);
     let (code, aliased, stderr) = train(&["lr=0.01", "betas=(0.8, 0.99)"]);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(last(&aliased), last(&own), "lr and betas are learning_rate, b1 and b2");
+    assert_eq!(
+        last(&aliased),
+        last(&own),
+        "lr and betas are learning_rate, b1 and b2"
+    );
     for (sets, message) in [
         (vec!["learning_rate=1", "learning_rate=2"], "sets `learning_rate` twice (to 1 and to 2)"),
         (vec!["b1=True"], "booleans are `true` and `false` (write `b1=true`)"),
@@ -620,11 +667,27 @@ fn replay_compare_fails_above_a_tolerance() {
     let (code, stdout, _) = common::replay_adam(&["--tolerance", "1e-5"]);
     assert_eq!(code, 0, "{stdout}");
     let (code, _, stderr) = optc(&[
-        "replay", "adam", "--trace", "tests/golden/adamw.json", "--compare", "--tolerance", "1e-5",
+        "replay",
+        "adam",
+        "--trace",
+        "tests/golden/adamw.json",
+        "--compare",
+        "--tolerance",
+        "1e-5",
     ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("exceeds the tolerance 1e-5"), "{stderr}");
-    let (code, _, stderr) = optc(&["replay", "adam", "--trace", "tests/golden/adam.json", "--tolerance", "1"]);
+    let (code, _, stderr) = optc(&[
+        "replay",
+        "adam",
+        "--trace",
+        "tests/golden/adam.json",
+        "--tolerance",
+        "1",
+    ]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("--tolerance applies to --compare"), "{stderr}");
+    assert!(
+        stderr.contains("--tolerance applies to --compare"),
+        "{stderr}"
+    );
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use optc_compiler::interpret;
 use optc_runtime::trace::{self, Trace};
-use optc_runtime::{Backend, Group, Optimizer, BACKENDS};
+use optc_runtime::{Backend, Group, Optimizer, Scalars, BACKENDS};
 
 /// Largest accepted |ours - peer| / max(|peer|, 1) over all steps and elements.
 const TOLERANCE: f64 = 1e-5;
@@ -18,6 +18,8 @@ const TOLERANCE: f64 = 1e-5;
 const NOT_ELEMENTWISE: &[&str] = &["adafactor", "sm3", "muon"];
 
 struct Case {
+    /// The folder its trace and cases.txt are in.
+    folder: &'static str,
     name: String,
     rule: String,
     sets: Vec<(String, String)>,
@@ -26,7 +28,12 @@ struct Case {
 }
 
 fn cases() -> (Vec<Case>, Vec<(String, String)>) {
-    let text = std::fs::read_to_string(common::repo_path("tests/golden/cases.txt"))
+    cases_in("tests/golden")
+}
+
+/// The cases (and schedules) of `folder`'s cases.txt.
+fn cases_in(folder: &'static str) -> (Vec<Case>, Vec<(String, String)>) {
+    let text = std::fs::read_to_string(common::repo_path(&format!("{folder}/cases.txt")))
         .expect("cases.txt exists");
     let mut cases = Vec::new();
     let mut schedules = Vec::new();
@@ -58,6 +65,7 @@ fn cases() -> (Vec<Case>, Vec<(String, String)>) {
             }
         }
         cases.push(Case {
+            folder,
             name,
             rule,
             sets,
@@ -69,7 +77,7 @@ fn cases() -> (Vec<Case>, Vec<(String, String)>) {
 
 /// The case's recorded trace.
 fn golden(case: &Case) -> Trace {
-    let path = common::repo_path(&format!("tests/golden/{}.json", case.name));
+    let path = common::repo_path(&format!("{}/{}.json", case.folder, case.name));
     Trace::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -289,6 +297,7 @@ fn parameter_groups_match_torch_param_groups() {
         let comparison = trace::compare(&ours, &trace).unwrap();
         assert!(comparison.max_err <= 1e-6, "{}: {comparison:?}", case.name);
         let ungrouped = Case {
+            folder: case.folder,
             groups: Vec::new(),
             name: case.name.clone(),
             rule: case.rule.clone(),
@@ -335,4 +344,67 @@ fn golden_cases_pass_on_every_backend() {
             }
         }
     }
+}
+
+/// Whether optax recorded the case.
+fn from_optax(case: &Case) -> bool {
+    golden(case).extra["peer"]
+        .as_str()
+        .is_some_and(|peer| peer.starts_with("optax"))
+}
+
+/// In optax's scalar arithmetic (`Scalars::F32`: the step count's values,
+/// reductions and group state in f32, hyperparameter-only values in f64, as
+/// optax's jnp scalars and Python floats are), every optax case, and the
+/// 40-step optax cases of tests/golden/long (where f64 bias corrections
+/// drift away step by step), replays within a tenth of the tolerance on
+/// every backend; most are bit-exact. One markdown row per case (the table
+/// of docs/stdlib.md): the error in each scalar mode.
+#[test]
+fn optax_cases_match_in_optax_scalar_arithmetic() {
+    let mut cases: Vec<Case> = cases()
+        .0
+        .into_iter()
+        .filter(|c| c.groups.is_empty() && from_optax(c))
+        .collect();
+    cases.extend(cases_in("tests/golden/long").0);
+    assert!(cases.len() >= 28, "the optax cases of both folders");
+    let interp = Backend::named("interp").unwrap();
+    let error = |case: &Case, backend: &Backend, scalars: Scalars| {
+        let mut optimizer = builder(case)
+            .backend(backend.clone())
+            .scalars(scalars)
+            .build()
+            .unwrap();
+        let ours = trace::replay(&mut optimizer, &golden(case)).unwrap();
+        trace::compare(&ours, &golden(case)).unwrap().max_err
+    };
+    let mut failures = Vec::new();
+    for case in &cases {
+        let (f64_error, f32_error) = (
+            error(case, &interp, Scalars::F64),
+            error(case, &interp, Scalars::F32),
+        );
+        println!(
+            "| {} | {} | {} | {f64_error:.1e} | {f32_error:.1e} |",
+            case.folder.trim_start_matches("tests/"),
+            case.name,
+            golden(case).steps()
+        );
+        for info in BACKENDS {
+            let backend = (info.open)().unwrap();
+            let found = error(case, &backend, Scalars::F32);
+            if !(found <= TOLERANCE / 10.0) {
+                failures.push(format!(
+                    "{}/{} on {}: {found:.3e}",
+                    case.folder, case.name, info.name
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "beyond a tenth of the tolerance:\n{}",
+        failures.join("\n")
+    );
 }

@@ -198,6 +198,12 @@ fn a_line_that_is_not_utf8_is_skipped_and_the_session_goes_on() {
         String::from_utf8_lossy(&output.stderr),
     );
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("a line that is not UTF-8 text was skipped"), "{stderr}");
-    assert!(stdout.contains("\nseed 3\n"), "the commands after it ran: {stdout}");
+    assert!(
+        stderr.contains("a line that is not UTF-8 text was skipped"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("\nseed 3\n"),
+        "the commands after it ran: {stdout}"
+    );
 }

@@ -252,9 +252,85 @@ pub struct StepOutputs<F> {
     pub state: Vec<Value<F>>,
 }
 
-/// Runs one step of `rule`. The caller guarantees matching lengths (the
-/// runtime checks them); a mismatch is reported, never a panic.
+/// How `group` and `tensor` values are computed: hyperparameter arithmetic,
+/// bias corrections and reduction results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scalars {
+    /// All in f64, as torch computes them (in Python floats).
+    #[default]
+    F64,
+    /// As optax computes them: values of hyperparameters and constants alone
+    /// stay f64 (optax's Python floats), while every value that depends on
+    /// the step count, a reduction or tensor or group state is f32 (a jnp
+    /// float32 scalar), and so is every operation that meets one: its f64
+    /// operands are rounded to f32 and it computes in f32 (`1 - b1^t` is an
+    /// f32 power and subtraction, `1 - b1` an f64 one). Reductions still
+    /// accumulate in f64 and are rounded once per tensor (and once per group).
+    F32,
+}
+
+impl Scalars {
+    /// For each node of `graph`, whether its group or tensor value is held
+    /// in f32 under this mode (see [`Scalars::F32`]).
+    pub fn f32_nodes(self, graph: &Graph) -> Vec<bool> {
+        let mut f32 = vec![false; graph.len()];
+        if self == Scalars::F64 {
+            return f32;
+        }
+        for (h, node) in graph.iter() {
+            f32[h.index()] = match node {
+                Node::Input(Input::Step | Input::State(_), _) | Node::Reduce(..) => true,
+                Node::Input(..) | Node::Const(_) | Node::Bool(_) => false,
+                _ => node.children().iter().any(|c| f32[c.index()]),
+            };
+        }
+        f32
+    }
+}
+
+/// `x` as a node holds it: rounded to f32 where `f32` says so.
+pub fn host_keep(f32: bool, x: f64) -> f64 {
+    if f32 {
+        f64::from(x as f32)
+    } else {
+        x
+    }
+}
+
+/// The value of a host arithmetic node (unary, binary, select, lerp), in
+/// f32 or f64 as `f32` says, `get` reading each operand.
+pub fn host_apply(f32: bool, node: &Node, get: impl Fn(Handle) -> f64) -> f64 {
+    if f32 {
+        f64::from(apply(node, |h| get(h) as f32))
+    } else {
+        apply(node, get)
+    }
+}
+
+/// The value of an arithmetic node in `X`, `get` reading each operand.
+fn apply<X: Real>(node: &Node, get: impl Fn(Handle) -> X) -> X {
+    match *node {
+        Node::Unary(op, a) => unary(op, get(a)),
+        Node::Binary(op, a, b) => binary(op, get(a), get(b)),
+        Node::Select(c, a, b) => select(get(c), get(a), get(b)),
+        Node::Lerp(a, b, w) => lerp(get(a), get(b), get(w)),
+        Node::Const(_) | Node::Bool(_) | Node::Input(..) | Node::Reduce(..) => X::ZERO,
+    }
+}
+
+/// Runs one step of `rule`, group and tensor values in f64. The caller
+/// guarantees matching lengths (the runtime checks them); a mismatch is
+/// reported, never a panic.
 pub fn step<F: Real>(rule: &Rule, inputs: &StepInputs<'_, F>) -> Result<StepOutputs<F>, String> {
+    step_with(rule, inputs, Scalars::F64)
+}
+
+/// [`step`] with group and tensor values computed as `scalars` says.
+pub fn step_with<F: Real>(
+    rule: &Rule,
+    inputs: &StepInputs<'_, F>,
+    scalars: Scalars,
+) -> Result<StepOutputs<F>, String> {
     let numels: Vec<usize> = inputs.params.iter().map(|p| p.len()).collect();
     let grads_fit = inputs.grads.len() == numels.len()
         && inputs.grads.iter().zip(&numels).all(|(g, &n)| g.len() == n);
@@ -285,7 +361,7 @@ pub fn step<F: Real>(rule: &Rule, inputs: &StepInputs<'_, F>) -> Result<StepOutp
             return Err("state does not match the rule and parameters".into());
         }
     }
-    let values = evaluate(&rule.graph, &numels, |input, values| match input {
+    let values = evaluate_with(&rule.graph, &numels, scalars, |input, values| match input {
         Input::Param => Value::Elem(inputs.params.iter().map(|p| p.to_vec()).collect()),
         Input::Grad => Value::Elem(inputs.grads.iter().map(|g| g.to_vec()).collect()),
         Input::Step => Value::Group(inputs.step as f64),
@@ -331,17 +407,29 @@ pub fn scalar(expr: &ScalarExpr, step: u64, hypers: &[f64]) -> f64 {
 pub fn evaluate<F: Real>(
     graph: &Graph,
     numels: &[usize],
+    input: impl FnMut(Input, &[Value<F>]) -> Value<F>,
+) -> Vec<Value<F>> {
+    evaluate_with(graph, numels, Scalars::F64, input)
+}
+
+/// [`evaluate`] with group and tensor values computed as `scalars` says.
+pub fn evaluate_with<F: Real>(
+    graph: &Graph,
+    numels: &[usize],
+    scalars: Scalars,
     mut input: impl FnMut(Input, &[Value<F>]) -> Value<F>,
 ) -> Vec<Value<F>> {
+    let f32 = scalars.f32_nodes(graph);
     let mut values: Vec<Value<F>> = Vec::with_capacity(graph.len());
     for (handle, node) in graph.iter() {
         let shape = graph.ty(handle).shape;
+        let in_f32 = f32[handle.index()];
         let value = match *node {
             Node::Const(bits) => Value::Group(f64::from_bits(bits)),
             Node::Bool(b) => Value::Group(truth(b)),
             Node::Input(which, _) => input(which, &values),
-            Node::Reduce(op, scope, a) => reduce(op, scope, &values[a.index()], numels),
-            _ => elementwise(node, shape, &values, numels),
+            Node::Reduce(op, scope, a) => reduce(op, scope, &values[a.index()], numels, in_f32),
+            _ => elementwise(node, shape, &values, numels, in_f32),
         };
         values.push(value);
     }
@@ -355,21 +443,13 @@ fn elementwise<F: Real>(
     shape: Shape,
     values: &[Value<F>],
     numels: &[usize],
+    in_f32: bool,
 ) -> Value<F> {
-    fn apply<X: Real>(node: &Node, get: impl Fn(Handle) -> X) -> X {
-        match *node {
-            Node::Unary(op, a) => unary(op, get(a)),
-            Node::Binary(op, a, b) => binary(op, get(a), get(b)),
-            Node::Select(c, a, b) => select(get(c), get(a), get(b)),
-            Node::Lerp(a, b, w) => lerp(get(a), get(b), get(w)),
-            Node::Const(_) | Node::Bool(_) | Node::Input(..) | Node::Reduce(..) => X::ZERO,
-        }
-    }
     match shape {
-        Shape::Group => Value::Group(apply(node, |h| values[h.index()].scalar(0))),
+        Shape::Group => Value::Group(host_apply(in_f32, node, |h| values[h.index()].scalar(0))),
         Shape::Tensor => Value::Tensor(
             (0..numels.len())
-                .map(|i| apply(node, |h| values[h.index()].scalar(i)))
+                .map(|i| host_apply(in_f32, node, |h| values[h.index()].scalar(i)))
                 .collect(),
         ),
         Shape::Elem => Value::Elem(
@@ -393,8 +473,15 @@ fn elementwise<F: Real>(
 pub const CHUNK: usize = 1 << 15;
 
 /// f64 accumulation by chunks of [`CHUNK`] elements in element order, then
-/// chunk order, then tensor order.
-fn reduce<F: Real>(op: ReduceOp, scope: Scope, arg: &Value<F>, numels: &[usize]) -> Value<F> {
+/// chunk order, then tensor order (each tensor's result, and the group's,
+/// rounded to f32 where `in_f32` says).
+fn reduce<F: Real>(
+    op: ReduceOp,
+    scope: Scope,
+    arg: &Value<F>,
+    numels: &[usize],
+    in_f32: bool,
+) -> Value<F> {
     let (start, combine): (f64, fn(f64, f64) -> f64) = match op {
         ReduceOp::Sum => (0.0, |a, b| a + b),
         ReduceOp::Max => (f64::NEG_INFINITY, f64::max),
@@ -412,9 +499,13 @@ fn reduce<F: Real>(op: ReduceOp, scope: Scope, arg: &Value<F>, numels: &[usize])
                 })
                 .fold(start, combine)
         })
+        .map(|x| host_keep(in_f32, x))
         .collect();
     match scope {
         Scope::Tensor => Value::Tensor(per_tensor),
-        Scope::Group => Value::Group(per_tensor.into_iter().fold(start, combine)),
+        Scope::Group => Value::Group(host_keep(
+            in_f32,
+            per_tensor.into_iter().fold(start, combine),
+        )),
     }
 }

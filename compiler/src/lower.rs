@@ -852,19 +852,22 @@ impl<'p> Lowerer<'p> {
     }
 
     fn item(&self, name: &ast::Ident) -> Lowered<&'p ast::Item> {
-        self.program.item_from(&name.name, name.span.file).ok_or_else(|| {
-            let builtin_names = builtins::BUILTINS.iter().map(|(n, _, _)| *n);
-            let candidates: Vec<&str> = self.program.item_names().chain(builtin_names).collect();
-            let diagnostic = Diagnostic::error(
-                format!("unknown optimizer or function `{}`", name.name),
-                name.span,
-                "not defined",
-            );
-            match closest(&name.name, candidates.iter().copied()) {
-                Some(near) => diagnostic.with_hint(format!("did you mean `{near}`?")),
-                None => diagnostic,
-            }
-        })
+        self.program
+            .item_from(&name.name, name.span.file)
+            .ok_or_else(|| {
+                let builtin_names = builtins::BUILTINS.iter().map(|(n, _, _)| *n);
+                let candidates: Vec<&str> =
+                    self.program.item_names().chain(builtin_names).collect();
+                let diagnostic = Diagnostic::error(
+                    format!("unknown optimizer or function `{}`", name.name),
+                    name.span,
+                    "not defined",
+                );
+                match closest(&name.name, candidates.iter().copied()) {
+                    Some(near) => diagnostic.with_hint(format!("did you mean `{near}`?")),
+                    None => diagnostic,
+                }
+            })
     }
 
     fn expect_kind(&self, value: Handle, kind: Kind, span: Span) -> Lowered<()> {
@@ -1257,4 +1260,3 @@ fn names_in<'e>(expr: &'e ast::Expr, out: &mut BTreeSet<&'e str>) {
         }
     }
 }
-

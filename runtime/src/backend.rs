@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use optc_compiler::backend::{HostBackend, HostKernel, Reference};
+use optc_compiler::interpret::Scalars;
 use optc_compiler::ir::Rule;
 use optc_compiler::kernel::Kernel;
 
@@ -189,6 +190,7 @@ impl Backend {
         &self,
         rule: &Arc<Rule>,
         precision: Precision,
+        scalars: Scalars,
         threads: usize,
     ) -> Result<Box<dyn Executor>, Error> {
         match self.kind {
@@ -201,14 +203,23 @@ impl Backend {
                     ));
                 }
                 Ok(match elements {
-                    Elements::F32 => Box::new(InterpExecutor::<f32>::new(rule.clone(), &self.name)),
-                    Elements::F64 => Box::new(InterpExecutor::<f64>::new(rule.clone(), &self.name)),
+                    Elements::F32 => Box::new(InterpExecutor::<f32>::new(
+                        rule.clone(),
+                        &self.name,
+                        scalars,
+                    )),
+                    Elements::F64 => Box::new(InterpExecutor::<f64>::new(
+                        rule.clone(),
+                        &self.name,
+                        scalars,
+                    )),
                 })
             }
             Kind::Kernels(_) => Ok(Box::new(HostExecutor::new(
                 rule.clone(),
                 self.clone(),
                 precision,
+                scalars,
                 threads,
             )?)),
         }

@@ -24,6 +24,7 @@ pub mod trace;
 pub use backend::{Backend, BackendInfo, Elements, BACKENDS};
 pub use bind::Bindings;
 pub use executor::Layout;
+pub use optc_compiler::interpret::Scalars;
 pub use optimizer::{
     glob_match, Group, GroupReductions, NonFinite, Optimizer, OptimizerBuilder, Outcome,
     DEFAULT_GROUP, MAX_THREADS,

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use optc_compiler::interpret::Value;
+use optc_compiler::interpret::{Scalars, Value};
 use optc_compiler::ir::{Rule, ScalarExpr, Shape};
 use optc_compiler::plan::Plan;
 
@@ -120,6 +120,7 @@ pub struct OptimizerBuilder {
     groups: Vec<Group>,
     tensors: Option<Vec<(String, usize)>>,
     precision: Precision,
+    scalars: Scalars,
     backend: Option<Backend>,
     threads: usize,
     non_finite: NonFinite,
@@ -159,6 +160,13 @@ impl OptimizerBuilder {
     /// How parameters, gradients and state are stored (default: all f32).
     pub fn precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        self
+    }
+
+    /// How group and tensor values are computed: in f64 as torch does
+    /// (the default), or in f32 as optax does ([`Scalars`]).
+    pub fn scalars(mut self, scalars: Scalars) -> Self {
+        self.scalars = scalars;
         self
     }
 
@@ -229,7 +237,7 @@ impl OptimizerBuilder {
             });
         }
         let backend = self.backend.unwrap_or_else(Backend::fastest);
-        let executor = backend.executor(&self.rule, self.precision, self.threads)?;
+        let executor = backend.executor(&self.rule, self.precision, self.scalars, self.threads)?;
         let mut optimizer = Optimizer {
             rule: self.rule,
             executor,
@@ -307,6 +315,7 @@ impl Optimizer {
             groups: Vec::new(),
             tensors: None,
             precision: Precision::default(),
+            scalars: Scalars::default(),
             backend: None,
             threads: 1,
             non_finite: NonFinite::default(),

@@ -83,7 +83,10 @@ mod numbers {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
-        Ok(Vec::<Number>::deserialize(deserializer)?.into_iter().map(|n| n.0).collect())
+        Ok(Vec::<Number>::deserialize(deserializer)?
+            .into_iter()
+            .map(|n| n.0)
+            .collect())
     }
 }
 

@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use optc_compiler::backend::HostKernel;
+use optc_compiler::interpret::Scalars;
 use optc_compiler::ir::Rule;
 use optc_compiler::kernel::Kernel;
 use optc_compiler::plan::{self, Plan};
@@ -48,9 +49,10 @@ impl HostExecutor {
         rule: Arc<Rule>,
         backend: Backend,
         precision: Precision,
+        scalars: Scalars,
         threads: usize,
     ) -> Result<HostExecutor, Error> {
-        let plans = PlanState::new(rule, precision);
+        let plans = PlanState::new(rule, precision, scalars);
         let compile = |plan: &Plan| -> Result<Kernels, Error> {
             plan.passes
                 .iter()

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use optc_compiler::interpret::{self, Real, StepInputs, Value};
+use optc_compiler::interpret::{self, Real, Scalars, StepInputs, Value};
 use optc_compiler::ir::{Node, Rule, Scope, Shape};
 
 use super::{Executor, HostTensors, Layout, Params, SlotValues, StepRequest, Stored};
@@ -49,10 +49,11 @@ pub struct InterpExecutor<F> {
     /// Parameters the caller uploaded.
     params: Option<Vec<Vec<F>>>,
     group_reductions: bool,
+    scalars: Scalars,
 }
 
 impl<F: InterpElement> InterpExecutor<F> {
-    pub fn new(rule: Arc<Rule>, name: &str) -> InterpExecutor<F> {
+    pub fn new(rule: Arc<Rule>, name: &str, scalars: Scalars) -> InterpExecutor<F> {
         let group_reductions = rule
             .graph
             .iter()
@@ -63,6 +64,7 @@ impl<F: InterpElement> InterpExecutor<F> {
             state: Vec::new(),
             params: None,
             group_reductions,
+            scalars,
         }
     }
 }
@@ -120,7 +122,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
             } else {
                 self.state[group.group].as_deref()
             };
-            let outputs = interpret::step(
+            let outputs = interpret::step_with(
                 &self.rule,
                 &StepInputs {
                     params: &views,
@@ -129,6 +131,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
                     hypers: &group.hypers,
                     state,
                 },
+                self.scalars,
             )
             .map_err(Error::Internal)?;
             results.push((group.group, tensors, outputs));

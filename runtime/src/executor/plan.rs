@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use optc_compiler::interpret::{binary, lerp, select, unary};
+use optc_compiler::interpret::{host_apply, host_keep, Scalars};
 use optc_compiler::ir::{Input, Node, ReduceOp, Rule, Scope, Shape};
 use optc_compiler::kernel::{Kernel, Rounding, Storage};
 use optc_compiler::plan::Plan;
@@ -64,6 +64,8 @@ pub struct PlanState {
     first: Plan,
     steady: Plan,
     precision: Precision,
+    /// Which nodes hold their host value in f32 ([`Scalars`]).
+    f32_nodes: Vec<bool>,
     slots: Vec<HostSlot>,
     /// Whether any reduction of the rule is group-wide.
     group_reductions: bool,
@@ -71,8 +73,9 @@ pub struct PlanState {
 
 impl PlanState {
     /// Plans `rule`'s first and later steps, kernels storing parameters,
-    /// gradients and state as `precision` says.
-    pub fn new(rule: Arc<Rule>, precision: Precision) -> PlanState {
+    /// gradients and state as `precision` says, host values computed as
+    /// `scalars` says.
+    pub fn new(rule: Arc<Rule>, precision: Precision, scalars: Scalars) -> PlanState {
         let plan = |first_step: bool| {
             let mut plan = Plan::new(&rule, first_step);
             for pass in &mut plan.passes {
@@ -85,9 +88,11 @@ impl PlanState {
             .graph
             .iter()
             .any(|(_, node)| matches!(node, Node::Reduce(_, Scope::Group, _)));
+        let f32_nodes = scalars.f32_nodes(&rule.graph);
         PlanState {
             slots: vec![HostSlot::Elem; rule.states.len()],
             rule,
+            f32_nodes,
             first,
             steady,
             precision,
@@ -188,6 +193,7 @@ impl PlanState {
                 first: &first,
                 across_groups: request.across_groups,
                 precision: &self.precision,
+                f32_nodes: &self.f32_nodes,
             };
             let values = launch.run(&self.slots, run_pass);
             for (slot, out) in self.rule.state_out.iter().enumerate() {
@@ -274,6 +280,7 @@ struct Stages<'a> {
     first: &'a [usize],
     across_groups: bool,
     precision: &'a Precision,
+    f32_nodes: &'a [bool],
 }
 
 /// A host value of a launch: one f64 per member group (group values, which
@@ -364,7 +371,8 @@ impl Stages<'_> {
                         })
                     })
                     .collect();
-                values[reduction.index()] = Some(self.combine(op, scope, per_tensor));
+                let in_f32 = self.f32_nodes[reduction.index()];
+                values[reduction.index()] = Some(self.combine(op, scope, per_tensor, in_f32));
             }
         }
         values
@@ -377,7 +385,9 @@ impl Stages<'_> {
 
     /// Per-tensor reduction results combined as `scope` says: kept per
     /// tensor, or folded in tensor order per group (or over every group).
-    fn combine(&self, op: ReduceOp, scope: Scope, per_tensor: Vec<f64>) -> HostValue {
+    fn combine(&self, op: ReduceOp, scope: Scope, per_tensor: Vec<f64>, in_f32: bool) -> HostValue {
+        let keep = |x: f64| host_keep(in_f32, x);
+        let per_tensor: Vec<f64> = per_tensor.into_iter().map(keep).collect();
         if scope == Scope::Tensor {
             return HostValue::Tensors(per_tensor);
         }
@@ -389,10 +399,10 @@ impl Stages<'_> {
                 })
         };
         HostValue::Groups(if self.across_groups {
-            vec![fold(&|_| true); self.members.len()]
+            vec![keep(fold(&|_| true)); self.members.len()]
         } else {
             (0..self.members.len())
-                .map(|m| fold(&|i| self.member_of[i] == m))
+                .map(|m| keep(fold(&|i| self.member_of[i] == m)))
                 .collect()
         })
     }
@@ -462,23 +472,11 @@ impl Stages<'_> {
                         }
                     })
                     .collect();
-                self.combine(op, scope, per_tensor)
+                self.combine(op, scope, per_tensor, self.f32_nodes[h.index()])
             }
-            Node::Unary(op, a) => {
-                let a = get(a);
-                map(&|at| unary(op, at(a)))
-            }
-            Node::Binary(op, a, b) => {
-                let (a, b) = (get(a), get(b));
-                map(&|at| binary(op, at(a), at(b)))
-            }
-            Node::Select(c, a, b) => {
-                let (c, a, b) = (get(c), get(a), get(b));
-                map(&|at| select(at(c), at(a), at(b)))
-            }
-            Node::Lerp(a, b, w) => {
-                let (a, b, w) = (get(a), get(b), get(w));
-                map(&|at| lerp(at(a), at(b), at(w)))
+            Node::Unary(..) | Node::Binary(..) | Node::Select(..) | Node::Lerp(..) => {
+                let in_f32 = self.f32_nodes[h.index()];
+                map(&|at| host_apply(in_f32, node, |c| at(get(c))))
             }
         }
     }
