@@ -134,7 +134,7 @@ pub fn replay(settings: &ReplaySettings<'_>) -> Result<String, Failure> {
     if settings.tolerance.is_some() && !settings.compare {
         return Err("error: --tolerance applies to --compare".into());
     }
-    if let Some(tolerance) = settings.tolerance.filter(|t| !(*t >= 0.0)) {
+    if let Some(tolerance) = settings.tolerance.filter(|t| t.is_nan() || *t < 0.0) {
         return Err(format!(
             "error: --tolerance takes a number >= 0, not {tolerance}"
         ));
@@ -179,7 +179,7 @@ pub fn replay(settings: &ReplaySettings<'_>) -> Result<String, Failure> {
             step + 1,
         );
         if let Some(tolerance) = settings.tolerance {
-            if !(comparison.max_err <= tolerance) {
+            if comparison.max_err.is_nan() || comparison.max_err > tolerance {
                 return Err(format!(
                     "{report}error: the max error {:.3e} exceeds the tolerance {tolerance:e}",
                     comparison.max_err
