@@ -100,7 +100,7 @@ fn bad_commands_are_clear_errors() {
         ("run 10", "no search yet: `load FILE|NAME` starts one"),
         (
             "set population zero",
-            "`population` takes a whole number of at least 1",
+            "`population` takes a whole number from 1 to 100000",
         ),
         ("set colour blue", "unknown setting `colour`"),
         (
