@@ -44,10 +44,18 @@ fn scratch() -> std::path::PathBuf {
         r#"{"tensors": [{"shape": [9223372036854775809, 2], "p0": [1.0, 2.0], "grads": [[1.0, 1.0]]}]}"#,
     )
     .unwrap();
-    std::fs::write(dir.join("words.json"), r#"{"tensors": [{"p0": ["many"], "grads": [[1.0]]}]}"#).unwrap();
+    std::fs::write(
+        dir.join("words.json"),
+        r#"{"tensors": [{"p0": ["many"], "grads": [[1.0]]}]}"#,
+    )
+    .unwrap();
     std::fs::write(dir.join("builtin.opt"), "fn sum(x) { x }\n").unwrap();
     let states: String = (0..300).map(|i| format!("state s{i} = 0; ")).collect();
-    std::fs::write(dir.join("states.opt"), format!("optimizer hoard() {{ {states}p -= g; }}\n")).unwrap();
+    std::fs::write(
+        dir.join("states.opt"),
+        format!("optimizer hoard() {{ {states}p -= g; }}\n"),
+    )
+    .unwrap();
     dir
 }
 
@@ -88,8 +96,14 @@ fn every_mistake_gets_a_clear_error() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, _, stderr) = optc(&args);
         assert_eq!(code, 1, "`optc {command}` exits 1: {stderr}");
-        assert!(!stderr.contains("panicked"), "`optc {command}` panicked: {stderr}");
-        snapshot.push_str(&format!("$ optc {command}\n{}\n", normalised(&stderr, &dir_text).trim_end()));
+        assert!(
+            !stderr.contains("panicked"),
+            "`optc {command}` panicked: {stderr}"
+        );
+        snapshot.push_str(&format!(
+            "$ optc {command}\n{}\n",
+            normalised(&stderr, &dir_text).trim_end()
+        ));
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert_snapshot(&repo_path("tests/errors.snap"), &snapshot);

@@ -314,6 +314,7 @@ impl Optimizer {
                 show(&expected)
             )));
         }
+        self.ensure_memory(&layout.numels())?;
         let read = |name: &str, len: usize, dtype: &str| -> Result<Stored, Error> {
             let view = file
                 .tensor(name)

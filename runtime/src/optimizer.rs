@@ -606,6 +606,18 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Checks, before it is allocated, that the per-element state of tensors
+    /// of sizes `numels` fits in the memory available.
+    pub(crate) fn ensure_memory(&self, numels: &[usize]) -> Result<(), Error> {
+        let elements = numels
+            .iter()
+            .try_fold(0u128, |sum, &n| sum.checked_add(n as u128));
+        let bytes_per_element =
+            (self.rule.elem_state_slots() * self.precision.state.bytes().max(8)) as u128;
+        let bytes = elements.and_then(|e| e.checked_mul(bytes_per_element));
+        crate::memory::ensure(bytes, "the optimizer's state")
+    }
+
     /// The layout of tensors `names` of sizes `numels`: each in the first
     /// group that selects it, else the default group.
     pub(crate) fn resolve(&self, names: &[String], numels: &[usize]) -> Result<Layout, Error> {

@@ -248,3 +248,80 @@ fn optimizers_saved_from_many_threads_at_once_keep_their_own_state() {
     assert_eq!(left, 8, "one file per writer, no temporary left");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bytes` (a checkpoint) with `from` replaced by `to` in its JSON header,
+/// and its checksum made right again: damage the checksum cannot see.
+fn rewrite_header(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + len].to_vec()).unwrap();
+    assert!(header.contains(from), "{from} in {header}");
+    let header = header.replace(from, to);
+    let start = header.find("\"checksum\":\"").unwrap() + 12;
+    let zeroed = format!(
+        "{}0000000000000000{}",
+        &header[..start],
+        &header[start + 16..]
+    );
+    let mut out = (zeroed.len() as u64).to_le_bytes().to_vec();
+    out.extend(zeroed.as_bytes());
+    out.extend(&bytes[8 + len..]);
+    let sum = format!("{:016x}", optc_runtime::files::checksum(&out));
+    out[8 + start..8 + start + 16].copy_from_slice(sum.as_bytes());
+    out
+}
+
+#[test]
+fn checkpoints_with_impossible_records_are_refused() {
+    let path = common::temp("impossible");
+    let mut optimizer = Optimizer::builder(rule("adam")).build().unwrap();
+    let mut params = vec![common::values(4, 1)];
+    common::steps(&mut optimizer, &mut params, 0, 2);
+    optimizer.save(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    for (from, to, message) in [
+        // The records are JSON text inside the metadata's strings: quotes escaped.
+        (
+            r#"\"steps\":2"#,
+            r#"\"steps\":18446744073709551615"#,
+            "more than a checkpoint can hold",
+        ),
+        (
+            r#"\"numel\":4"#,
+            r#"\"numel\":1000000000000000"#,
+            "the optimizer's state needs about",
+        ),
+        (
+            r#"\"numel\":4"#,
+            r#"\"numel\":5"#,
+            "has dtype F32 and shape [4], expected F32 [5]",
+        ),
+    ] {
+        std::fs::write(&path, rewrite_header(&good, from, to)).unwrap();
+        let mut fresh = Optimizer::builder(rule("adam")).build().unwrap();
+        let error = fresh.load(&path).unwrap_err().to_string();
+        assert!(error.contains(message), "{to}: {error}");
+        assert!(
+            fresh.layout().is_none() && fresh.steps_taken() == 0,
+            "{to}: nothing changed"
+        );
+    }
+    // A group that has not stepped has no state in the file: its tensors'
+    // state would be allocated as zeros, and is checked against memory first.
+    let unstepped = rewrite_header(&good, r#"\"steps\":2"#, r#"\"steps\":0"#);
+    std::fs::write(
+        &path,
+        rewrite_header(
+            &unstepped,
+            r#"\"numel\":4"#,
+            r#"\"numel\":1000000000000000"#,
+        ),
+    )
+    .unwrap();
+    let mut fresh = Optimizer::builder(rule("adam")).build().unwrap();
+    let error = fresh.load(&path).unwrap_err().to_string();
+    assert!(
+        error.contains("the optimizer's state needs about"),
+        "{error}"
+    );
+    std::fs::remove_file(&path).ok();
+}
