@@ -495,6 +495,18 @@ impl Rule {
         self.hypers.iter().position(|h| h.name == name)
     }
 
+    /// Whether the rule reduces over a whole group (`sum_group`, ...).
+    pub fn reduces_per_group(&self) -> bool {
+        self.graph
+            .iter()
+            .any(|(_, node)| matches!(node, Node::Reduce(_, Scope::Group, _)))
+    }
+
+    /// Whether the rule keeps state per group.
+    pub fn keeps_group_state(&self) -> bool {
+        self.states.iter().any(|slot| slot.shape == Shape::Group)
+    }
+
     /// f32 words of state each parameter element carries.
     pub fn elem_state_slots(&self) -> usize {
         self.states

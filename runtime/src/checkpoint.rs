@@ -1,13 +1,15 @@
-//! Checkpoints: an optimizer's state, its groups' step counts, the rule's
+//! Checkpoints: an optimizer's state, its tensors' step counts, the rule's
 //! identity and the hyperparameters in a safetensors file.
 //!
 //! * Per-element state is stored in its own element type (f32, bf16, or f64
 //!   for the f64 interpreter) as `tensor/SLOT/TENSOR`; tensor state as one
 //!   f64 per tensor under the same name; group state as `group/SLOT/GROUP`.
-//!   Only groups that have stepped have state in the file.
+//!   Only tensors that have stepped have state in the file, and only groups
+//!   with a tensor that has.
 //! * The metadata records the format, the rule (name and a hash of its IR),
-//!   the precision, every group (name, steps, frozen, hyperparameter values
-//!   as source text) and every tensor (name, size, group), and a checksum
+//!   the precision, every group (name, steps of its most advanced tensor,
+//!   frozen, hyperparameter values as source text) and every tensor (name,
+//!   size, group, steps), and a checksum
 //!   (FNV-1a over the whole file with the checksum's own digits zeroed), so
 //!   a changed byte anywhere is detected.
 //! * Saving goes through [`crate::files::write_atomically`]: a failed save
@@ -61,6 +63,7 @@ struct TensorRecord {
     name: String,
     numel: usize,
     group: usize,
+    steps: u64,
 }
 
 fn dtype_of(stored: &Stored) -> Dtype {
@@ -145,7 +148,9 @@ impl Optimizer {
                 }
             })
             .collect();
-        let stepped = |group: usize| groups[group].steps > 0;
+        let steps = self.tensor_steps();
+        let stepped = |tensor: usize| steps.get(tensor).is_some_and(|&s| s > 0);
+        let group_stepped = |group: usize| groups[group].steps > 0;
         let state = if self.layout().is_some() {
             self.state_values()
         } else {
@@ -155,16 +160,16 @@ impl Optimizer {
         for (slot, values) in self.rule().states.iter().zip(&state) {
             match values {
                 SlotValues::Elem(tensors) => {
-                    for (info, stored) in layout.tensors.iter().zip(tensors) {
-                        if stepped(info.group) {
+                    for (t, (info, stored)) in layout.tensors.iter().zip(tensors).enumerate() {
+                        if stepped(t) {
                             let name = format!("tensor/{}/{}", slot.name, info.name);
                             data.push((name, dtype_of(stored), bytes_of(stored)));
                         }
                     }
                 }
                 SlotValues::Tensor(xs) => {
-                    for (info, x) in layout.tensors.iter().zip(xs) {
-                        if stepped(info.group) {
+                    for (t, (info, x)) in layout.tensors.iter().zip(xs).enumerate() {
+                        if stepped(t) {
                             let name = format!("tensor/{}/{}", slot.name, info.name);
                             data.push((name, Dtype::F64, x.to_le_bytes().to_vec()));
                         }
@@ -172,7 +177,7 @@ impl Optimizer {
                 }
                 SlotValues::Group(xs) => {
                     for (group, (name, x)) in layout.groups.iter().zip(xs).enumerate() {
-                        if stepped(group) {
+                        if group_stepped(group) {
                             let name = format!("group/{}/{name}", slot.name);
                             data.push((name, Dtype::F64, x.to_le_bytes().to_vec()));
                         }
@@ -191,10 +196,12 @@ impl Optimizer {
         let tensors: Vec<TensorRecord> = layout
             .tensors
             .iter()
-            .map(|t| TensorRecord {
+            .enumerate()
+            .map(|(i, t)| TensorRecord {
                 name: t.name.clone(),
                 numel: t.numel,
                 group: t.group,
+                steps: steps.get(i).copied().unwrap_or(0),
             })
             .collect();
         let metadata = HashMap::from([
@@ -277,10 +284,10 @@ impl Optimizer {
                 self.group_names()
             )));
         }
-        if let Some(g) = groups.iter().find(|g| g.steps > MAX_STEPS) {
+        if let Some(t) = tensors.iter().find(|t| t.steps > MAX_STEPS) {
             return Err(fail(format!(
-                "group `{}` has taken {} steps, more than a checkpoint can hold ({MAX_STEPS})",
-                g.name, g.steps
+                "tensor `{}` has taken {} steps, more than a checkpoint can hold ({MAX_STEPS})",
+                t.name, t.steps
             )));
         }
         let layout = Layout {
@@ -330,7 +337,8 @@ impl Optimizer {
             stored_from(dtype, view.data()).ok_or_else(|| fail(format!("bad dtype {dtype}")))
         };
         let f64_of = |stored: Stored| stored.to_f64().first().copied().unwrap_or(f64::NAN);
-        let stepped = |group: usize| groups[group].steps > 0;
+        let stepped = |tensor: usize| tensors[tensor].steps > 0;
+        let group_stepped = |group: usize| layout.tensors_of(group).any(stepped);
         let mut state = Vec::new();
         for slot in &self.rule().states {
             let per_tensor = |len: &dyn Fn(usize) -> usize, dtype: &str| {
@@ -340,10 +348,10 @@ impl Optimizer {
                     .enumerate()
                     .map(|(t, info)| {
                         let name = format!("tensor/{}/{}", slot.name, info.name);
-                        if stepped(info.group) {
+                        if stepped(t) {
                             read(&name, len(t), dtype)
                         } else {
-                            // A group that has not stepped: zeros, which its first step replaces.
+                            // A tensor that has not stepped: zeros, which its first step replaces.
                             zeros(dtype, len(t)).ok_or_else(|| fail(format!("bad dtype {dtype}")))
                         }
                     })
@@ -361,7 +369,7 @@ impl Optimizer {
                         .enumerate()
                         .map(|(g, name)| {
                             let key = format!("group/{}/{name}", slot.name);
-                            if stepped(g) {
+                            if group_stepped(g) {
                                 read(&key, 1, "f64").map(f64_of)
                             } else {
                                 Ok(f64::NAN)
@@ -375,7 +383,7 @@ impl Optimizer {
         if self.layout().is_none() {
             self.bind(&file_names, &layout.numels())?;
         }
-        let steps: Vec<u64> = groups.iter().map(|g| g.steps).collect();
+        let steps: Vec<u64> = tensors.iter().map(|t| t.steps).collect();
         self.restore(&state, &steps)
     }
 }

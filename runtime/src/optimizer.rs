@@ -206,7 +206,6 @@ impl OptimizerBuilder {
             bindings: Bindings::new(&self.rule, self.overrides.clone())?,
             overrides: self.overrides.clone(),
             frozen: false,
-            steps: 0,
         }];
         for group in self.groups {
             if groups.iter().any(|g| g.name == group.name) {
@@ -233,7 +232,6 @@ impl OptimizerBuilder {
                 patterns: group.patterns,
                 overrides,
                 frozen: group.frozen,
-                steps: 0,
             });
         }
         let backend = self.backend.unwrap_or_else(Backend::fastest);
@@ -248,6 +246,7 @@ impl OptimizerBuilder {
             declared: self.tensors,
             layout: None,
             numels: Vec::new(),
+            tensor_steps: Vec::new(),
             owned: false,
         };
         if let Some(declared) = optimizer.declared.clone() {
@@ -266,8 +265,6 @@ struct GroupState {
     overrides: Vec<(String, ScalarExpr)>,
     bindings: Bindings,
     frozen: bool,
-    /// Steps the group has taken.
-    steps: u64,
 }
 
 /// A rule with bound hyperparameters and its state, ready to step many
@@ -285,16 +282,16 @@ pub struct Optimizer {
     layout: Option<Layout>,
     /// The layout's tensor sizes (every step checks against them).
     numels: Vec<usize>,
+    /// Steps each tensor has taken (torch's per-parameter `step`).
+    tensor_steps: Vec<u64>,
     /// Whether the executor holds the parameters ([`Optimizer::upload`]).
     owned: bool,
 }
 
 impl std::fmt::Debug for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let groups: Vec<(&str, u64)> = self
-            .groups
-            .iter()
-            .map(|g| (g.name.as_str(), g.steps))
+        let groups: Vec<(&str, u64)> = (0..self.groups.len())
+            .map(|i| (self.groups[i].name.as_str(), self.steps_of_group(i)))
             .collect();
         f.debug_struct("Optimizer")
             .field("rule", &self.rule.name)
@@ -356,22 +353,37 @@ impl Optimizer {
         self.groups.iter().map(|g| g.name.as_str()).collect()
     }
 
-    /// Steps taken by the group that has taken most (with one group, or
-    /// none frozen, every group's count).
+    /// Steps taken by the tensor that has taken most (with every tensor
+    /// stepping every time, every tensor's count).
     pub fn steps_taken(&self) -> u64 {
-        self.groups.iter().map(|g| g.steps).max().unwrap_or(0)
+        self.tensor_steps.iter().copied().max().unwrap_or(0)
     }
 
-    /// Steps taken by group `name`.
+    /// Steps taken by the tensors of group `name` (the most of any of them).
     pub fn group_steps(&self, name: &str) -> Result<u64, Error> {
-        Ok(self.groups[self.group_index(name)?].steps)
+        Ok(self.steps_of_group(self.group_index(name)?))
+    }
+
+    /// Steps taken by each tensor, in the layout's order.
+    pub fn tensor_steps(&self) -> &[u64] {
+        &self.tensor_steps
+    }
+
+    fn steps_of_group(&self, group: usize) -> u64 {
+        let Some(layout) = &self.layout else {
+            return 0;
+        };
+        layout
+            .tensors_of(group)
+            .map(|t| self.tensor_steps[t])
+            .max()
+            .unwrap_or(0)
     }
 
     /// The default group's hyperparameter values at its next step, in the
     /// rule's order.
     pub fn hyper_values(&self) -> Vec<f64> {
-        let group = &self.groups[0];
-        group.bindings.values(group.steps + 1)
+        self.groups[0].bindings.values(self.steps_of_group(0) + 1)
     }
 
     /// The source text of each of group `name`'s hyperparameter values.
@@ -423,7 +435,36 @@ impl Optimizer {
         self.check_element::<P>()?;
         let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
         self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
-        self.run(Params::Borrowed(P::tensors_mut(params)), P::tensors(grads))
+        self.run(
+            Params::Borrowed(P::tensors_mut(params)),
+            P::tensors(grads),
+            None,
+        )
+    }
+
+    /// [`Optimizer::step`] for the tensors that have a gradient: a tensor
+    /// whose gradient is `None` is skipped, as torch skips a parameter whose
+    /// `.grad` is None (its parameters, state and step count stay as they
+    /// are; its step count falls behind its group's).
+    pub fn step_some<P: Element>(
+        &mut self,
+        params: &mut [&mut [P]],
+        grads: &[Option<&[P]>],
+    ) -> Result<Outcome, Error> {
+        self.check_element::<P>()?;
+        let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
+        let lengths = grads
+            .iter()
+            .zip(&numels)
+            .map(|(g, &n)| g.map_or(n, <[P]>::len));
+        self.check_tensors(&numels, lengths)?;
+        let mask: Vec<bool> = grads.iter().map(Option::is_some).collect();
+        let grads: Vec<&[P]> = grads.iter().map(|g| g.unwrap_or(&[])).collect();
+        self.run(
+            Params::Borrowed(P::tensors_mut(params)),
+            P::tensors(&grads),
+            Some(&mask),
+        )
     }
 
     /// Hands copies of `params` to the executor, which keeps them (in its
@@ -443,7 +484,7 @@ impl Optimizer {
         self.check_element::<P>()?;
         let numels = self.owned_numels()?;
         self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
-        self.run(Params::Owned, P::tensors(grads))
+        self.run(Params::Owned, P::tensors(grads), None)
     }
 
     /// The parameters the executor holds, rounded or widened to f32.
@@ -563,17 +604,15 @@ impl Optimizer {
                 Value::Elem(xs) => SlotValues::Elem(xs.iter().cloned().map(Stored::F32).collect()),
             })
             .collect();
-        self.restore(&values, &vec![steps_taken; groups])
+        self.restore(&values, &vec![steps_taken; numels.len()])
     }
 
-    /// Replaces the state and every group's step count (shapes checked by
+    /// Replaces the state and every tensor's step count (shapes checked by
     /// the caller). On error nothing changes.
     pub(crate) fn restore(&mut self, state: &[SlotValues], steps: &[u64]) -> Result<(), Error> {
         let layout = bound(&self.layout)?;
         self.executor.set_state(layout, state)?;
-        for (group, &steps) in self.groups.iter_mut().zip(steps) {
-            group.steps = steps;
-        }
+        self.tensor_steps = steps.to_vec();
         Ok(())
     }
 
@@ -581,7 +620,12 @@ impl Optimizer {
     /// hyperparameter values (for checkpoints).
     pub(crate) fn group_record(&self, i: usize) -> (&str, bool, u64, Vec<&str>) {
         let g = &self.groups[i];
-        (&g.name, g.frozen, g.steps, g.bindings.texts())
+        (
+            &g.name,
+            g.frozen,
+            self.steps_of_group(i),
+            g.bindings.texts(),
+        )
     }
 
     pub(crate) fn group_count(&self) -> usize {
@@ -603,6 +647,7 @@ impl Optimizer {
         self.executor.bind(&layout)?;
         self.layout = Some(layout);
         self.numels = numels.to_vec();
+        self.tensor_steps = vec![0; numels.len()];
         Ok(())
     }
 
@@ -704,46 +749,67 @@ impl Optimizer {
             })
     }
 
-    /// Runs a checked step on the executor.
+    /// Runs a checked step on the executor, of the tensors `mask` keeps
+    /// (every one without a mask) in groups that are not frozen.
     fn run(
         &mut self,
         params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
+        mask: Option<&[bool]>,
     ) -> Result<Outcome, Error> {
         let Some(layout) = &self.layout else {
             return Err(Error::Internal("no layout after the checks".into()));
         };
-        let active: Vec<usize> = (0..self.groups.len())
-            .filter(|&g| !self.groups[g].frozen && layout.tensors.iter().any(|t| t.group == g))
+        let steps: Vec<bool> = (0..layout.tensors.len())
+            .map(|t| !self.groups[layout.tensors[t].group].frozen && mask.is_none_or(|m| m[t]))
             .collect();
         if self.non_finite == NonFinite::Skip {
-            for (tensor, info) in layout.tensors.iter().enumerate() {
-                if !active.contains(&info.group) {
-                    continue;
-                }
+            for tensor in (0..layout.tensors.len()).filter(|&t| steps[t]) {
                 let values = grads.widened(tensor);
                 if let Some(index) = values.iter().position(|g| !g.is_finite()) {
                     return Ok(Outcome::Skipped { tensor, index });
                 }
             }
         }
-        let request = StepRequest {
-            groups: active
+        // One part per group and step number, in order of first appearance.
+        let mut members: Vec<GroupStep> = Vec::new();
+        let mut member_of = vec![None; layout.tensors.len()];
+        for (t, info) in layout.tensors.iter().enumerate() {
+            if !steps[t] {
+                continue;
+            }
+            let step = self.tensor_steps[t] + 1;
+            let found = members
                 .iter()
-                .map(|&g| {
-                    let group = &self.groups[g];
-                    GroupStep {
-                        group: g,
-                        step: group.steps + 1,
-                        hypers: group.bindings.values(group.steps + 1),
-                    }
-                })
-                .collect(),
+                .position(|m| m.group == info.group && m.step == step);
+            member_of[t] = Some(found.unwrap_or_else(|| {
+                members.push(GroupStep {
+                    group: info.group,
+                    step,
+                    hypers: self.groups[info.group].bindings.values(step),
+                });
+                members.len() - 1
+            }));
+        }
+        let request = StepRequest {
+            members,
+            member_of,
             across_groups: self.reductions == GroupReductions::AcrossGroups,
         };
+        let (keeps, reduces) = (self.rule.keeps_group_state(), self.rule.reduces_per_group());
+        if request.splits_a_group() && (keeps || reduces) {
+            let what = if keeps { "keeps state" } else { "reduces" };
+            return Err(Error::Groups(format!(
+                "`{}` {what} per group, so the tensors of a group step together, but some of a \
+                 group's tensors took fewer steps than the others (a step without their gradients)",
+                self.rule.name
+            )));
+        }
         self.executor.step(layout, &request, params, grads)?;
-        for &g in &active {
-            self.groups[g].steps += 1;
+        for (t, &stepped) in steps.iter().enumerate() {
+            if stepped {
+                self.tensor_steps[t] += 1;
+            }
         }
         Ok(Outcome::Applied)
     }

@@ -343,8 +343,8 @@ fn model() -> Vec<Vec<f32>> {
     sized(&TENSORS.map(|(_, n)| n))
 }
 
-/// Steps `params` (in [`TENSORS`] order) with gradients for `tensors` of them.
-fn step_some(optimizer: &mut Optimizer, params: &mut [Vec<f32>], tensors: &[usize], step: u64) {
+/// Steps `params`, which are `tensors` of [`TENSORS`], with their gradients.
+fn step_tensors(optimizer: &mut Optimizer, params: &mut [Vec<f32>], tensors: &[usize], step: u64) {
     let all = grads_for(&model(), step);
     let grads: Vec<&[f32]> = tensors.iter().map(|&t| all[t].as_slice()).collect();
     let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
@@ -382,9 +382,9 @@ fn groups_step_like_separate_optimizers_with_their_own_values() {
                 vec![together[1].clone(), together[3].clone()],
             );
             for step in 0..3 {
-                step_some(&mut grouped, &mut together, &[0, 1, 2, 3], step);
-                step_some(&mut weights, &mut w, &[0, 2], step);
-                step_some(&mut biases, &mut b, &[1, 3], step);
+                step_tensors(&mut grouped, &mut together, &[0, 1, 2, 3], step);
+                step_tensors(&mut weights, &mut w, &[0, 2], step);
+                step_tensors(&mut biases, &mut b, &[1, 3], step);
             }
             let label = format!("{rule_name} on {name}");
             assert!(
@@ -437,7 +437,7 @@ fn reductions_across_groups_see_every_tensor() {
             let mut one = across(false);
             let mut two = across(true);
             let (mut a, mut b) = (model(), model());
-            step_some(&mut one, &mut a, &[0, 1, 2, 3], 0);
+            step_tensors(&mut one, &mut a, &[0, 1, 2, 3], 0);
             let before = b.clone();
             let stepped = two.step(
                 &mut b.iter_mut().map(|p| p.as_mut_slice()).collect::<Vec<_>>(),
@@ -454,8 +454,8 @@ fn reductions_across_groups_see_every_tensor() {
             }
             stepped.unwrap();
             for step in 1..3 {
-                step_some(&mut one, &mut a, &[0, 1, 2, 3], step);
-                step_some(&mut two, &mut b, &[0, 1, 2, 3], step);
+                step_tensors(&mut one, &mut a, &[0, 1, 2, 3], step);
+                step_tensors(&mut two, &mut b, &[0, 1, 2, 3], step);
             }
             assert!(
                 a == b,
@@ -473,7 +473,7 @@ fn reductions_across_groups_see_every_tensor() {
                 .unwrap();
             let mut c = model();
             for step in 0..3 {
-                step_some(&mut per_group, &mut c, &[0, 1, 2, 3], step);
+                step_tensors(&mut per_group, &mut c, &[0, 1, 2, 3], step);
             }
             assert!(a != c, "{label}: per-group reductions differ");
         }
@@ -491,7 +491,7 @@ fn frozen_groups_stay_untouched_and_start_at_their_own_first_step() {
         let mut params = model();
         let start = params.clone();
         for step in 0..3 {
-            step_some(&mut optimizer, &mut params, &[0, 1, 2, 3], step);
+            step_tensors(&mut optimizer, &mut params, &[0, 1, 2, 3], step);
         }
         assert!(
             params[1] == start[1] && params[3] == start[3],
@@ -503,10 +503,10 @@ fn frozen_groups_stay_untouched_and_start_at_their_own_first_step() {
         // Unfrozen, the biases take their first step (t = 1) while the
         // weights take their fourth, in the same call.
         optimizer.freeze("biases", false).unwrap();
-        step_some(&mut optimizer, &mut params, &[0, 1, 2, 3], 3);
+        step_tensors(&mut optimizer, &mut params, &[0, 1, 2, 3], 3);
         let mut fresh = builder("adam", &backend, 1).build().unwrap();
         let mut biases = vec![start[1].clone(), start[3].clone()];
-        step_some(&mut fresh, &mut biases, &[1, 3], 3);
+        step_tensors(&mut fresh, &mut biases, &[1, 3], 3);
         assert!(
             params[1] == biases[0] && params[3] == biases[1],
             "{name}: a first step"
@@ -525,9 +525,114 @@ fn frozen_groups_stay_untouched_and_start_at_their_own_first_step() {
         assert_eq!(resumed.group_steps("biases").unwrap(), 1);
         assert_eq!(resumed.group_steps("default").unwrap(), 4);
         let mut again = params.clone();
-        step_some(&mut optimizer, &mut params, &[0, 1, 2, 3], 4);
-        step_some(&mut resumed, &mut again, &[0, 1, 2, 3], 4);
+        step_tensors(&mut optimizer, &mut params, &[0, 1, 2, 3], 4);
+        step_tensors(&mut resumed, &mut again, &[0, 1, 2, 3], 4);
         assert!(params == again, "{name}: resumed with groups");
+    }
+}
+
+/// Steps all of [`TENSORS`] in `params`, those in `without` with no gradient.
+fn step_without(
+    optimizer: &mut Optimizer,
+    params: &mut [Vec<f32>],
+    without: &[usize],
+    step: u64,
+) -> Result<Outcome, Error> {
+    let all = grads_for(&model(), step);
+    let grads: Vec<Option<&[f32]>> = (0..all.len())
+        .map(|t| (!without.contains(&t)).then_some(all[t].as_slice()))
+        .collect();
+    let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
+    optimizer.step_some(&mut views, &grads)
+}
+
+#[test]
+fn tensors_without_a_gradient_skip_the_step_and_keep_their_own_count() {
+    for (name, backend) in backends() {
+        let mut optimizer = builder("adam", &backend, 2)
+            .tensors(TENSORS)
+            .build()
+            .unwrap();
+        let mut params = model();
+        step_without(&mut optimizer, &mut params, &[], 0).unwrap();
+        let (before, nu) = (params.clone(), optimizer.state("nu").unwrap());
+        step_without(&mut optimizer, &mut params, &[1], 1).unwrap();
+        assert_eq!(params[1], before[1], "{name}: skipped tensor unchanged");
+        assert_eq!(
+            optimizer.state("nu").unwrap()[1],
+            nu[1],
+            "{name}: its state too"
+        );
+        assert!(params[0] != before[0], "{name}: the others stepped");
+        assert_eq!(optimizer.tensor_steps(), &[2, 1, 2, 2]);
+
+        // Resumed from a checkpoint, the counts (and so the bias
+        // corrections) carry on per tensor.
+        let path = temp(&format!("{name}-skipped"));
+        optimizer.save(&path).unwrap();
+        let mut resumed = builder("adam", &backend, 1).build().unwrap();
+        resumed.load(&path).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(resumed.tensor_steps(), &[2, 1, 2, 2]);
+        let mut again = params.clone();
+        step_without(&mut optimizer, &mut params, &[], 2).unwrap();
+        step_without(&mut resumed, &mut again, &[], 2).unwrap();
+        assert!(params == again, "{name}: resumed");
+
+        // The skipped tensor took its second step (t = 2) with the third
+        // gradient: what an optimizer of that tensor alone does.
+        let mut alone = builder("adam", &backend, 1).build().unwrap();
+        let mut bias = [model()[1].clone()];
+        for step in [0, 2] {
+            let grad = grads_for(&model(), step)[1].clone();
+            alone.step(&mut [bias[0].as_mut_slice()], &[&grad]).unwrap();
+        }
+        assert_eq!(params[1], bias[0], "{name}: per-tensor bias correction");
+        // The others are where three full steps take them.
+        let mut full = builder("adam", &backend, 1)
+            .tensors(TENSORS)
+            .build()
+            .unwrap();
+        let mut reference = model();
+        for step in 0..3 {
+            step_without(&mut full, &mut reference, &[], step).unwrap();
+        }
+        assert!(
+            [0, 2, 3].iter().all(|&t| params[t] == reference[t]),
+            "{name}: the tensors with gradients"
+        );
+    }
+}
+
+#[test]
+fn rules_that_keep_or_reduce_per_group_refuse_a_group_split_by_skipped_steps() {
+    let clipped = {
+        let mut program = optc_stdlib::prelude();
+        let source = b"optimizer clipped_adam(max_norm = 0.5) { g = clip_by_global_norm(g, max_norm); use adam; }";
+        program
+            .add_source("clipped.opt", source, optc_compiler::Origin::User)
+            .unwrap();
+        std::sync::Arc::new(program.compile("clipped_adam").unwrap())
+    };
+    for (name, backend) in backends() {
+        for rule in [rule("prodigy"), clipped.clone()] {
+            let label = format!("{} on {name}", rule.name);
+            let mut optimizer = Optimizer::builder(rule.clone())
+                .backend(backend.clone())
+                .tensors(TENSORS)
+                .build()
+                .unwrap();
+            let mut params = model();
+            step_without(&mut optimizer, &mut params, &[], 0).unwrap();
+            // Skipping a tensor is fine: the others still step together.
+            step_without(&mut optimizer, &mut params, &[3], 1).unwrap();
+            let (before, steps) = (params.clone(), optimizer.tensor_steps().to_vec());
+            let error = step_without(&mut optimizer, &mut params, &[], 2).unwrap_err();
+            assert!(matches!(error, Error::Groups(_)), "{label}: {error}");
+            assert!(error.to_string().contains("per group"), "{label}: {error}");
+            assert_eq!(params, before, "{label}: nothing changed");
+            assert_eq!(optimizer.tensor_steps(), steps, "{label}");
+        }
     }
 }
 

@@ -143,8 +143,11 @@ impl Executor for HostExecutor {
         // A group's first step reads constant-initialised state from buffers
         // filled with the constant.
         let fills = self.plans.first_step_fills();
-        for group in request.groups.iter().filter(|g| g.step == 1) {
-            for tensor in layout.tensors_of(group.group) {
+        for (member, part) in request.members.iter().enumerate() {
+            if part.step != 1 {
+                continue;
+            }
+            for tensor in request.tensors_of(member) {
                 for &(slot, value) in &fills {
                     self.elem_state[slot].fill(tensor, value);
                 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use optc_compiler::interpret::{self, Real, Scalars, StepInputs, Value};
-use optc_compiler::ir::{Node, Rule, Scope, Shape};
+use optc_compiler::ir::{Rule, Shape};
 
 use super::{Executor, HostTensors, Layout, Params, SlotValues, StepRequest, Stored};
 use crate::Error;
@@ -41,11 +41,21 @@ impl InterpElement for f64 {
     }
 }
 
+/// One state slot of every tensor: per-element values per tensor, one
+/// value per tensor, or one per group.
+#[derive(Clone, Debug)]
+enum Slot<F> {
+    Elem(Vec<Vec<F>>),
+    Tensor(Vec<f64>),
+    Group(Vec<f64>),
+}
+
 pub struct InterpExecutor<F> {
     rule: Arc<Rule>,
     name: String,
-    /// Per group: the state after its last step (`None` before its first).
-    state: Vec<Option<Vec<Value<F>>>>,
+    /// Every slot of every tensor (meaningless for a tensor that has not
+    /// stepped: its first step starts from the initialisers).
+    state: Vec<Slot<F>>,
     /// Parameters the caller uploaded.
     params: Option<Vec<Vec<F>>>,
     group_reductions: bool,
@@ -54,10 +64,7 @@ pub struct InterpExecutor<F> {
 
 impl<F: InterpElement> InterpExecutor<F> {
     pub fn new(rule: Arc<Rule>, name: &str, scalars: Scalars) -> InterpExecutor<F> {
-        let group_reductions = rule
-            .graph
-            .iter()
-            .any(|(_, node)| matches!(node, Node::Reduce(_, Scope::Group, _)));
+        let group_reductions = rule.reduces_per_group();
         InterpExecutor {
             rule,
             name: name.to_string(),
@@ -65,6 +72,38 @@ impl<F: InterpElement> InterpExecutor<F> {
             params: None,
             group_reductions,
             scalars,
+        }
+    }
+
+    /// The state of part `tensors` (of group `group`), as the interpreter takes it.
+    fn gather(&self, tensors: &[usize], group: usize) -> Vec<Value<F>> {
+        self.state
+            .iter()
+            .map(|slot| match slot {
+                Slot::Elem(xs) => Value::Elem(tensors.iter().map(|&t| xs[t].clone()).collect()),
+                Slot::Tensor(xs) => Value::Tensor(tensors.iter().map(|&t| xs[t]).collect()),
+                Slot::Group(xs) => Value::Group(xs[group]),
+            })
+            .collect()
+    }
+
+    /// Writes a part's new state back.
+    fn scatter(&mut self, tensors: &[usize], group: usize, values: Vec<Value<F>>) {
+        for (slot, value) in self.state.iter_mut().zip(values) {
+            match (slot, value) {
+                (Slot::Elem(xs), Value::Elem(new)) => {
+                    for (&t, x) in tensors.iter().zip(new) {
+                        xs[t] = x;
+                    }
+                }
+                (Slot::Tensor(xs), Value::Tensor(new)) => {
+                    for (&t, x) in tensors.iter().zip(new) {
+                        xs[t] = x;
+                    }
+                }
+                (Slot::Group(xs), Value::Group(x)) => xs[group] = x,
+                _ => {}
+            }
         }
     }
 }
@@ -82,28 +121,44 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
     }
 
     fn bind(&mut self, layout: &Layout) -> Result<(), Error> {
-        self.state = vec![None; layout.groups.len()];
+        self.state = self
+            .rule
+            .states
+            .iter()
+            .map(|slot| match slot.shape {
+                Shape::Elem => Slot::Elem(
+                    layout
+                        .tensors
+                        .iter()
+                        .map(|t| vec![F::ZERO; t.numel])
+                        .collect(),
+                ),
+                Shape::Tensor => Slot::Tensor(vec![f64::NAN; layout.tensors.len()]),
+                Shape::Group => Slot::Group(vec![f64::NAN; layout.groups.len()]),
+            })
+            .collect();
         Ok(())
     }
 
     fn step(
         &mut self,
-        layout: &Layout,
+        _layout: &Layout,
         request: &StepRequest,
         mut params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
     ) -> Result<(), Error> {
-        if request.across_groups && self.group_reductions && request.groups.len() > 1 {
+        if request.across_groups && self.group_reductions && request.members.len() > 1 {
             return Err(Error::Unsupported(
                 "the interpreter runs parameter groups one at a time, so its group-wide \
                  reductions are per group; reductions across groups need a kernel backend"
                     .into(),
             ));
         }
-        // Every group's results first, then the commit: a failed step changes nothing.
+        let members = &request.members;
+        // Every part's results first, then the commit: a failed step changes nothing.
         let mut results = Vec::new();
-        for group in &request.groups {
-            let tensors: Vec<usize> = layout.tensors_of(group.group).collect();
+        for (member, part) in members.iter().enumerate() {
+            let tensors: Vec<usize> = request.tensors_of(member).collect();
             let current: Vec<Vec<F>> = tensors
                 .iter()
                 .map(|&t| match (&params, &self.params) {
@@ -117,24 +172,20 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
             let gradients: Vec<Vec<F>> = tensors.iter().map(|&t| widen(grads.widened(t))).collect();
             let views: Vec<&[F]> = current.iter().map(Vec::as_slice).collect();
             let grad_views: Vec<&[F]> = gradients.iter().map(Vec::as_slice).collect();
-            let state = if group.step == 1 {
-                None
-            } else {
-                self.state[group.group].as_deref()
-            };
+            let state = (part.step > 1).then(|| self.gather(&tensors, part.group));
             let outputs = interpret::step_with(
                 &self.rule,
                 &StepInputs {
                     params: &views,
                     grads: &grad_views,
-                    step: group.step,
-                    hypers: &group.hypers,
-                    state,
+                    step: part.step,
+                    hypers: &part.hypers,
+                    state: state.as_deref(),
                 },
                 self.scalars,
             )
             .map_err(Error::Internal)?;
-            results.push((group.group, tensors, outputs));
+            results.push((part.group, tensors, outputs));
         }
         for (group, tensors, outputs) in results {
             for (&t, new) in tensors.iter().zip(outputs.params) {
@@ -144,7 +195,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
                     (Params::Owned, None) => {}
                 }
             }
-            self.state[group] = Some(outputs.state);
+            self.scatter(&tensors, group, outputs.state);
         }
         Ok(())
     }
@@ -163,50 +214,13 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
         Ok(params.iter().map(|p| F::stored(p)).collect())
     }
 
-    fn state(&self, layout: &Layout) -> Vec<SlotValues> {
-        // Where each tensor sits within its group.
-        let position: Vec<usize> = layout
-            .tensors
+    fn state(&self, _layout: &Layout) -> Vec<SlotValues> {
+        self.state
             .iter()
-            .enumerate()
-            .map(|(t, info)| layout.tensors_of(info.group).take_while(|&u| u < t).count())
-            .collect();
-        let group_state = |group: usize, slot: usize| self.state[group].as_ref().map(|s| &s[slot]);
-        self.rule
-            .states
-            .iter()
-            .enumerate()
-            .map(|(slot, info)| match info.shape {
-                Shape::Elem => SlotValues::Elem(
-                    layout
-                        .tensors
-                        .iter()
-                        .enumerate()
-                        .map(|(t, tensor)| match group_state(tensor.group, slot) {
-                            Some(Value::Elem(xs)) => F::stored(&xs[position[t]]),
-                            _ => F::stored(&vec![F::ZERO; tensor.numel]),
-                        })
-                        .collect(),
-                ),
-                Shape::Tensor => SlotValues::Tensor(
-                    layout
-                        .tensors
-                        .iter()
-                        .enumerate()
-                        .map(|(t, tensor)| match group_state(tensor.group, slot) {
-                            Some(Value::Tensor(xs)) => xs[position[t]],
-                            _ => f64::NAN,
-                        })
-                        .collect(),
-                ),
-                Shape::Group => SlotValues::Group(
-                    (0..layout.groups.len())
-                        .map(|g| match group_state(g, slot) {
-                            Some(Value::Group(x)) => *x,
-                            _ => f64::NAN,
-                        })
-                        .collect(),
-                ),
+            .map(|slot| match slot {
+                Slot::Elem(xs) => SlotValues::Elem(xs.iter().map(|x| F::stored(x)).collect()),
+                Slot::Tensor(xs) => SlotValues::Tensor(xs.clone()),
+                Slot::Group(xs) => SlotValues::Group(xs.clone()),
             })
             .collect()
     }
@@ -215,30 +229,23 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
         F::stored(&[]).dtype()
     }
 
-    fn set_state(&mut self, layout: &Layout, state: &[SlotValues]) -> Result<(), Error> {
-        let mut groups = Vec::with_capacity(layout.groups.len());
-        for group in 0..layout.groups.len() {
-            let tensors: Vec<usize> = layout.tensors_of(group).collect();
-            let slots = state
-                .iter()
-                .map(|value| match value {
-                    SlotValues::Elem(xs) => tensors
-                        .iter()
-                        .map(|&t| F::from_stored(&xs[t]))
-                        .collect::<Option<Vec<_>>>()
-                        .map(Value::Elem),
-                    SlotValues::Tensor(xs) => {
-                        Some(Value::Tensor(tensors.iter().map(|&t| xs[t]).collect()))
-                    }
-                    SlotValues::Group(xs) => Some(Value::Group(xs[group])),
-                })
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    Error::Checkpoint("f64 state cannot be stored by the f32 interpreter".into())
-                })?;
-            groups.push(Some(slots));
-        }
-        self.state = groups;
+    fn set_state(&mut self, _layout: &Layout, state: &[SlotValues]) -> Result<(), Error> {
+        let slots = state
+            .iter()
+            .map(|value| match value {
+                SlotValues::Elem(xs) => xs
+                    .iter()
+                    .map(F::from_stored)
+                    .collect::<Option<Vec<_>>>()
+                    .map(Slot::Elem),
+                SlotValues::Tensor(xs) => Some(Slot::Tensor(xs.clone())),
+                SlotValues::Group(xs) => Some(Slot::Group(xs.clone())),
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                Error::Checkpoint("f64 state cannot be stored by the f32 interpreter".into())
+            })?;
+        self.state = slots;
         Ok(())
     }
 }

@@ -51,23 +51,40 @@ impl Layout {
     }
 }
 
-/// One group's part of a step.
+/// One part of a step: tensors of one group at one step number (a group's
+/// tensors are all one part, unless some skipped steps the others took).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupStep {
     pub group: usize,
-    /// The group's step number, 1 on its first step.
+    /// The step number of its tensors, 1 on their first step.
     pub step: u64,
-    /// Its hyperparameter values at that step, in the rule's order.
+    /// The group's hyperparameter values at that step, in the rule's order.
     pub hypers: Vec<f64>,
 }
 
-/// What one step runs: the groups that step (frozen ones are left out), and
-/// whether group-wide reductions combine over all of them
-/// ([`crate::GroupReductions::AcrossGroups`]) or each group's own tensors.
+/// What one step runs: its parts, the part each tensor steps in (`None`:
+/// the tensor does not step: its group is frozen, or it has no gradient),
+/// and whether group-wide reductions combine over every part
+/// ([`crate::GroupReductions::AcrossGroups`]) or each part's own tensors.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepRequest {
-    pub groups: Vec<GroupStep>,
+    pub members: Vec<GroupStep>,
+    /// One entry per tensor of the layout.
+    pub member_of: Vec<Option<usize>>,
     pub across_groups: bool,
+}
+
+impl StepRequest {
+    /// The tensors that step in part `member`, in order.
+    pub fn tensors_of(&self, member: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.member_of.len()).filter(move |&t| self.member_of[t] == Some(member))
+    }
+
+    /// Whether some group is split into parts of different step numbers.
+    pub fn splits_a_group(&self) -> bool {
+        let members = &self.members;
+        (0..members.len()).any(|k| members[..k].iter().any(|m| m.group == members[k].group))
+    }
 }
 
 /// Parameter tensors in host memory, mutable: f32 or bf16.

@@ -84,10 +84,7 @@ impl PlanState {
             plan
         };
         let (first, steady) = (plan(true), plan(false));
-        let group_reductions = rule
-            .graph
-            .iter()
-            .any(|(_, node)| matches!(node, Node::Reduce(_, Scope::Group, _)));
+        let group_reductions = rule.reduces_per_group();
         let f32_nodes = scalars.f32_nodes(&rule.graph);
         PlanState {
             slots: vec![HostSlot::Elem; rule.states.len()],
@@ -137,8 +134,8 @@ impl PlanState {
     /// when some groups take their first step and others a later one (their
     /// passes run separately).
     pub fn check(&self, request: &StepRequest) -> Result<(), Error> {
-        let first = request.groups.iter().filter(|g| g.step == 1).count();
-        let mixed = first > 0 && first < request.groups.len();
+        let first = request.members.iter().filter(|g| g.step == 1).count();
+        let mixed = first > 0 && first < request.members.len();
         if request.across_groups && self.group_reductions && mixed {
             return Err(Error::Groups(
                 "group-wide reductions across groups need every group that steps at the same \
@@ -161,16 +158,13 @@ impl PlanState {
     ) -> Result<(), Error> {
         self.check(request)?;
         for phase in [Phase::First, Phase::Steady] {
-            let members: Vec<usize> = (0..request.groups.len())
-                .filter(|&k| (request.groups[k].step == 1) == (phase == Phase::First))
+            let members: Vec<usize> = (0..request.members.len())
+                .filter(|&k| (request.members[k].step == 1) == (phase == Phase::First))
                 .collect();
             let mut tensors = Vec::new();
             let mut member_of = Vec::new();
-            for (tensor, info) in layout.tensors.iter().enumerate() {
-                if let Some(m) = members
-                    .iter()
-                    .position(|&k| request.groups[k].group == info.group)
-                {
+            for (tensor, part) in request.member_of.iter().enumerate() {
+                if let Some(m) = part.and_then(|k| members.iter().position(|&x| x == k)) {
                     tensors.push(tensor);
                     member_of.push(m);
                 }
@@ -207,7 +201,7 @@ impl PlanState {
                     }
                     HostSlot::Group(per_group) => {
                         for (m, &k) in members.iter().enumerate() {
-                            per_group[request.groups[k].group] =
+                            per_group[request.members[k].group] =
                                 value.map_or(f64::NAN, |v| v.of_group(m, first[m]));
                         }
                     }
@@ -271,7 +265,7 @@ struct Stages<'a> {
     phase: Phase,
     layout: &'a Layout,
     request: &'a StepRequest,
-    /// The request's groups in this phase (indices into `request.groups`).
+    /// The request's parts in this phase (indices into `request.members`).
     members: &'a [usize],
     /// The launched tensors, and for each the member group it belongs to.
     tensors: &'a [usize],
@@ -380,7 +374,7 @@ impl Stages<'_> {
 
     /// The step number of launched tensor `i`'s group.
     fn step_of(&self, i: usize) -> u64 {
-        self.request.groups[self.members[self.member_of[i]]].step
+        self.request.members[self.members[self.member_of[i]]].step
     }
 
     /// Per-tensor reduction results combined as `scope` says: kept per
@@ -422,7 +416,7 @@ impl Stages<'_> {
         let missing = HostValue::Groups(vec![f64::NAN; members]);
         let get = |c: optc_compiler::ir::Handle| values[c.index()].as_ref().unwrap_or(&missing);
         let first = self.first;
-        let group = |m: usize| &self.request.groups[self.members[m]];
+        let group = |m: usize| &self.request.members[self.members[m]];
         let numel = |i: usize| self.layout.tensors[self.tensors[i]].numel;
         let per_group = |f: &dyn Fn(usize) -> f64| HostValue::Groups((0..members).map(f).collect());
         let per_tensor = |f: &dyn Fn(usize) -> f64| HostValue::Tensors((0..n).map(f).collect());
