@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use optc_compiler::diagnostics;
 use optc_compiler::ir::{Rule, ScalarExpr};
-use optc_compiler::simplify::{simplify_keeping_state, Tier};
-use optc_compiler::{Diagnostic, FileId, Origin, Program};
+use optc_compiler::{Diagnostic, Program};
 use optc_runtime::{
     Backend, Elements, Group, GroupReductions, Optimizer, OptimizerBuilder, Scalars,
 };
@@ -18,118 +17,31 @@ use optc_runtime::{
 pub type Failure = String;
 
 pub fn render(program: &Program, diagnostic: &Diagnostic) -> String {
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    diagnostics::render(diagnostic, program.files(), color)
+    diagnostics::render(diagnostic, program.files(), color())
 }
 
-/// What a FILE argument designates: a program (the stdlib plus the file,
-/// if it is one) and the optimizers it names.
-pub struct Loaded {
-    pub program: Program,
-    /// The user's file, when the argument was a path.
-    pub file: Option<FileId>,
-    /// The optimizers it designates: those of the file, or the stdlib rule named.
-    pub names: Vec<String>,
+pub use optc_stdlib::load::Loaded;
+
+/// Whether diagnostics on stderr are coloured.
+fn color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-/// The stdlib plus `file`: the name of a stdlib optimizer (or objective),
-/// or a path. A bare name of a stdlib item is the stdlib's, even where a
-/// file of that name exists (write `./adam` for the file; a note says so).
-/// Replacing a stdlib item in a user file is allowed and noted on stderr.
+/// The stdlib plus `file` (a stdlib name or a path; see
+/// [`optc_stdlib::load::program`]), its notes shown on stderr.
 pub fn program(file: &str) -> Result<Loaded, Failure> {
-    let mut program = optc_stdlib::prelude();
-    let bare = !file.contains(['/', '.']);
-    let stdlib_item = bare && program.item(file).is_some();
-    if stdlib_item {
-        if std::path::Path::new(file).exists() {
-            eprintln!(
-                "note: `{file}` is the standard library's; the file named {file} here is not read (write ./{file} for it)"
-            );
-        }
-        return Ok(Loaded {
-            program,
-            file: None,
-            names: vec![file.to_string()],
-        });
+    let loaded = optc_stdlib::load::program(file, color())?;
+    for note in &loaded.notes {
+        eprintln!("note: {note}");
     }
-    match std::fs::read(file) {
-        Ok(bytes) => match program.add_source(file, &bytes, Origin::User) {
-            Ok(id) => {
-                for replaced in program.replaced_in(id) {
-                    eprintln!(
-                        "note: {file} defines `{replaced}`, which replaces the standard library's `{replaced}` where {file} and the command line name it (the standard library's own rules keep theirs)"
-                    );
-                }
-                let names = program
-                    .optimizers_in(id)
-                    .into_iter()
-                    .map(String::from)
-                    .collect();
-                Ok(Loaded {
-                    program,
-                    file: Some(id),
-                    names,
-                })
-            }
-            Err(diagnostic) => Err(render(&program, &diagnostic)),
-        },
-        Err(error) if bare => Err(unknown_name(&program, file, &error)),
-        Err(error) => Err(format!("error: cannot read {file}: {error}")),
-    }
+    Ok(loaded)
 }
 
-/// A bare name that is neither a stdlib item nor a readable file: the
-/// nearest stdlib optimizers, or what the stdlib file of that name holds.
-fn unknown_name(program: &Program, name: &str, error: &std::io::Error) -> Failure {
-    let file_name = format!("{name}.opt");
-    if let Some((_, text)) = optc_stdlib::FILES.iter().find(|(f, _)| *f == file_name) {
-        let mut scratch = Program::new();
-        let items: Vec<String> = scratch
-            .add_source(&file_name, text.as_bytes(), Origin::Prelude)
-            .map(|id| scratch.items_in(id).into_iter().map(String::from).collect())
-            .unwrap_or_default();
-        return format!(
-            "error: `{name}` is a standard-library file of functions, not an optimizer; use its functions in a rule or a --set value ({})",
-            items.join(", ")
-        );
-    }
-    let mut near: Vec<(usize, &str)> = program
-        .optimizers()
-        .into_iter()
-        .map(|candidate| (diagnostics::edit_distance(name, candidate), candidate))
-        .filter(|&(d, candidate)| d <= (name.len().max(candidate.len()) / 3).max(1))
-        .collect();
-    near.sort();
-    let suggestions: Vec<&str> = near.iter().take(3).map(|(_, n)| *n).collect();
-    let hint = if suggestions.is_empty() {
-        "`optc list` shows them".to_string()
-    } else {
-        format!(
-            "did you mean {}? (`optc list` shows them all)",
-            suggestions
-                .iter()
-                .map(|s| format!("`{s}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    format!("error: no standard-library optimizer or file named `{name}` ({error}); {hint}")
-}
-
+/// `file`'s optimizer `rule` (its last one without it), simplified exactly.
 pub fn rule(file: &str, rule: Option<&str>) -> Result<(Program, Rule), Failure> {
-    let Loaded { program, names, .. } = program(file)?;
-    let name = match rule {
-        Some(name) => name.to_string(),
-        None => names
-            .last()
-            .cloned()
-            .ok_or_else(|| format!("error: {file} defines no optimizer"))?,
-    };
-    let compiled = program.compile(&name).map_err(|d| render(&program, &d))?;
-    // Every rule the CLI runs goes through the exact simplifier: bit-identical
-    // results, fewer operations (`x * 1`, constant folding, ...); its state
-    // is kept even where `p` never reads it.
-    Ok((program, simplify_keeping_state(&compiled, Tier::Exact)))
+    let loaded = program(file)?;
+    let compiled = loaded.rule(rule, file, color())?;
+    Ok((loaded.program, compiled))
 }
 
 /// How a command runs its rule: the backend and the parameter groups (the

@@ -6,7 +6,8 @@
 //! atomic: a step that fails leaves parameters and state exactly as they
 //! were. [`checkpoint`] saves and restores an optimizer; [`trace`] replays
 //! recorded gradients in the golden-file schema; [`adjoint`] runs the
-//! vector-Jacobian product of a step.
+//! vector-Jacobian product of a step; [`shard`] steps shards of tensors
+//! held by several processes.
 
 pub mod adjoint;
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod memory;
 mod optimizer;
 mod pool;
 pub mod precision;
+pub mod shard;
 pub mod trace;
 
 pub use backend::{Backend, BackendInfo, Elements, BACKENDS};

@@ -248,6 +248,7 @@ impl OptimizerBuilder {
             numels: Vec::new(),
             tensor_steps: Vec::new(),
             owned: false,
+            sharded: false,
         };
         if let Some(declared) = optimizer.declared.clone() {
             let (names, numels): (Vec<String>, Vec<usize>) = declared.into_iter().unzip();
@@ -286,6 +287,8 @@ pub struct Optimizer {
     tensor_steps: Vec<u64>,
     /// Whether the executor holds the parameters ([`Optimizer::upload`]).
     owned: bool,
+    /// Whether the tensors are shards of tensors several ranks step.
+    sharded: bool,
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -415,6 +418,46 @@ impl Optimizer {
     pub fn freeze(&mut self, group: &str, frozen: bool) -> Result<(), Error> {
         let index = self.group_index(group)?;
         self.groups[index].frozen = frozen;
+        Ok(())
+    }
+
+    /// Makes the declared tensors this rank's shards of tensors that several
+    /// ranks step together ([`crate::shard`]): `sharding.full_numels` are
+    /// the whole tensors' sizes. Before the first step, on a kernel backend;
+    /// every rank steps every tensor on every step (no `None` gradients, no
+    /// frozen group on one rank only) under [`NonFinite::Propagate`]. On
+    /// error nothing changes.
+    pub fn shard(&mut self, sharding: crate::shard::Sharding) -> Result<(), Error> {
+        let Some(layout) = &self.layout else {
+            return Err(Error::Unsupported(
+                "a sharded optimizer declares its tensors (OptimizerBuilder::tensors)".into(),
+            ));
+        };
+        let full = &sharding.full_numels;
+        if full.len() != layout.tensors.len() {
+            return Err(Error::TensorCount {
+                expected: layout.tensors.len(),
+                found: full.len(),
+            });
+        }
+        if let Some((t, info)) = layout
+            .tensors
+            .iter()
+            .enumerate()
+            .find(|(t, info)| info.numel > full[*t])
+        {
+            return Err(Error::Unsupported(format!(
+                "tensor {t} (`{}`): a shard of {} elements of a tensor of {}",
+                info.name, info.numel, full[t]
+            )));
+        }
+        if self.steps_taken() > 0 || self.sharded {
+            return Err(Error::Unsupported(
+                "shard an optimizer once, before its first step".into(),
+            ));
+        }
+        self.executor.shard(sharding)?;
+        self.sharded = true;
         Ok(())
     }
 
@@ -550,13 +593,6 @@ impl Optimizer {
         self.executor.state_dtype()
     }
 
-    /// Every state slot's values, in the rule's order (for checkpoints).
-    pub(crate) fn state_values(&self) -> Vec<SlotValues> {
-        self.layout
-            .as_ref()
-            .map_or_else(Vec::new, |layout| self.executor.state(layout))
-    }
-
     /// Replaces the state, as if every group had taken `steps_taken` steps on
     /// tensors of sizes `numels`: one value per slot, in the rule's order
     /// (per-element slots as one vector per tensor; tensor slots one value per
@@ -569,30 +605,10 @@ impl Optimizer {
         numels: &[usize],
         state: &[Value<f32>],
     ) -> Result<(), Error> {
-        let slots = &self.rule.states;
-        if state.len() != slots.len() || steps_taken == 0 {
-            return Err(Error::Internal(format!(
-                "set_state needs a step count above 0 and {} state values, got {} after {steps_taken} steps",
-                slots.len(),
-                state.len()
-            )));
-        }
-        for (slot, value) in slots.iter().zip(state) {
-            let fits = match value {
-                Value::Group(_) => slot.shape == Shape::Group,
-                Value::Tensor(xs) => slot.shape == Shape::Tensor && xs.len() == numels.len(),
-                Value::Elem(xs) => {
-                    slot.shape == Shape::Elem
-                        && xs.len() == numels.len()
-                        && xs.iter().zip(numels).all(|(x, &n)| x.len() == n)
-                }
-            };
-            if !fits {
-                return Err(Error::Internal(format!(
-                    "state `{}` is {} (one value per {}), and must fit tensors of sizes {numels:?}",
-                    slot.name, slot.shape, slot.shape
-                )));
-            }
+        if steps_taken == 0 {
+            return Err(Error::Internal(
+                "set_state needs a step count above 0".into(),
+            ));
         }
         self.check_tensors(numels, numels.iter().copied())?;
         let groups = self.groups.len();
@@ -604,7 +620,68 @@ impl Optimizer {
                 Value::Elem(xs) => SlotValues::Elem(xs.iter().cloned().map(Stored::F32).collect()),
             })
             .collect();
-        self.restore(&values, &vec![steps_taken; numels.len()])
+        self.load_state(&vec![steps_taken; numels.len()], values)
+    }
+
+    /// Every state slot's values after the last step, in the rule's order
+    /// (per-element slots in the type they are stored in; group slots one
+    /// value per group). Empty before the tensors are bound.
+    pub fn state_values(&self) -> Vec<SlotValues> {
+        self.layout
+            .as_ref()
+            .map_or_else(Vec::new, |layout| self.executor.state(layout))
+    }
+
+    /// Replaces the state and each tensor's step count (0: the tensor's next
+    /// step is its first, which initialises its state): `state` as
+    /// [`Optimizer::state_values`] gives it, per-element values in f32 or the
+    /// type they are stored in. On error nothing changes.
+    pub fn load_state(&mut self, steps: &[u64], state: Vec<SlotValues>) -> Result<(), Error> {
+        let layout = bound(&self.layout)?;
+        let (tensors, groups) = (layout.tensors.len(), layout.groups.len());
+        if steps.len() != tensors {
+            return Err(Error::TensorCount {
+                expected: tensors,
+                found: steps.len(),
+            });
+        }
+        if let Some(t) = steps.iter().position(|&s| s > crate::checkpoint::MAX_STEPS) {
+            return Err(Error::Unsupported(format!(
+                "tensor {t}: {} steps is more than an optimizer counts ({})",
+                steps[t],
+                crate::checkpoint::MAX_STEPS
+            )));
+        }
+        let slots = &self.rule.states;
+        if state.len() != slots.len() {
+            return Err(Error::Internal(format!(
+                "`{}` has {} state slots, got values for {}",
+                self.rule.name,
+                slots.len(),
+                state.len()
+            )));
+        }
+        for (slot, value) in slots.iter().zip(&state) {
+            let fits = match value {
+                SlotValues::Group(xs) => slot.shape == Shape::Group && xs.len() == groups,
+                SlotValues::Tensor(xs) => slot.shape == Shape::Tensor && xs.len() == tensors,
+                SlotValues::Elem(xs) => {
+                    slot.shape == Shape::Elem
+                        && xs.len() == tensors
+                        && xs
+                            .iter()
+                            .zip(&layout.tensors)
+                            .all(|(x, t)| x.len() == t.numel)
+                }
+            };
+            if !fits {
+                return Err(Error::Internal(format!(
+                    "state `{}` is {} (one value per {}), and must fit tensors of sizes {:?} in {groups} groups",
+                    slot.name, slot.shape, slot.shape, layout.numels()
+                )));
+            }
+        }
+        self.restore(&state, steps)
     }
 
     /// Replaces the state and every tensor's step count (shapes checked by
@@ -763,6 +840,13 @@ impl Optimizer {
         let steps: Vec<bool> = (0..layout.tensors.len())
             .map(|t| !self.groups[layout.tensors[t].group].frozen && mask.is_none_or(|m| m[t]))
             .collect();
+        if self.sharded && (self.non_finite == NonFinite::Skip || steps.contains(&false)) {
+            return Err(Error::Unsupported(
+                "a sharded step steps every tensor (every rank must run the same passes): \
+                 no tensor without a gradient, no frozen group, no skipping of non-finite steps"
+                    .into(),
+            ));
+        }
         if self.non_finite == NonFinite::Skip {
             for tensor in (0..layout.tensors.len()).filter(|&t| steps[t]) {
                 let values = grads.widened(tensor);

@@ -9,17 +9,11 @@
 
 mod common;
 
-use common::{backends, builder, grads_for, rule, scalar, steps, temp, values};
+use common::{
+    backends, builder, grads_for, rule, scalar, sized_values as sized, steps, temp, values,
+};
 use optc_compiler::interpret::Value;
 use optc_runtime::{Error, Group, GroupReductions, NonFinite, Optimizer, Outcome, CHUNK};
-
-fn sized(sizes: &[usize]) -> Vec<Vec<f32>> {
-    sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| values(n, i as u64))
-        .collect()
-}
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {

@@ -1,6 +1,9 @@
 //! The standard library: every `stdlib/*.opt` file (optimizers matching
 //! torch.optim and optax, and optax's schedules), embedded in the binary and
-//! loaded as the prelude of every program.
+//! loaded as the prelude of every program; [`load`] resolves what a user
+//! names (a stdlib optimizer, a file, source text) against it.
+
+pub mod load;
 
 use optc_compiler::{Origin, Program};
 

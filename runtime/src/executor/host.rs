@@ -246,6 +246,11 @@ impl Executor for HostExecutor {
         Ok(())
     }
 
+    fn shard(&mut self, sharding: crate::shard::Sharding) -> Result<(), Error> {
+        self.plans.shard(sharding);
+        Ok(())
+    }
+
     fn plan(&self) -> Option<&Plan> {
         Some(self.plans.plan(Phase::Steady))
     }

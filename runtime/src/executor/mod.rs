@@ -259,6 +259,15 @@ pub trait Executor: Send {
     /// executor stores are converted exactly or refused.
     fn set_state(&mut self, layout: &Layout, state: &[SlotValues]) -> Result<(), Error>;
 
+    /// Steps shards of tensors from now on ([`crate::shard`]).
+    fn shard(&mut self, sharding: crate::shard::Sharding) -> Result<(), Error> {
+        let _ = sharding;
+        Err(Error::Unsupported(format!(
+            "the `{}` backend runs no pass plan; sharded steps need a kernel backend",
+            self.backend()
+        )))
+    }
+
     /// The pass plan of steps after the first, for executors that run one.
     fn plan(&self) -> Option<&optc_compiler::plan::Plan> {
         None

@@ -21,6 +21,7 @@ use optc_compiler::plan::Plan;
 
 use super::{Layout, SlotValues, StepRequest};
 use crate::precision::Precision;
+use crate::shard::{self, Sharding};
 use crate::Error;
 
 /// Which of a rule's two plans a pass belongs to.
@@ -69,6 +70,10 @@ pub struct PlanState {
     slots: Vec<HostSlot>,
     /// Whether any reduction of the rule is group-wide.
     group_reductions: bool,
+    /// Whole tensors' sizes and the collective that gathers reductions,
+    /// when the tensors are this rank's shards.
+    full_numels: Option<Vec<usize>>,
+    collective: Option<Box<dyn shard::Collective>>,
 }
 
 impl PlanState {
@@ -94,7 +99,17 @@ impl PlanState {
             steady,
             precision,
             group_reductions,
+            full_numels: None,
+            collective: None,
         }
+    }
+
+    /// Steps shards of tensors from now on: reductions gather every rank's
+    /// partials through `sharding`'s collective; `numel` is the whole
+    /// tensor's.
+    pub fn shard(&mut self, sharding: Sharding) {
+        self.full_numels = Some(sharding.full_numels);
+        self.collective = Some(sharding.collective);
     }
 
     pub fn plan(&self, phase: Phase) -> &Plan {
@@ -149,7 +164,9 @@ impl PlanState {
 
     /// Runs one step: for each phase with groups in it (first steps, then
     /// later ones), every stage's host values and then its pass, through
-    /// `run_pass`; then updates the tensor and group state.
+    /// `run_pass`; then updates the tensor and group state. Fails only
+    /// where [`PlanState::check`] does, or where a sharded step's collective
+    /// fails (after earlier passes ran).
     pub fn step(
         &mut self,
         layout: &Layout,
@@ -157,6 +174,20 @@ impl PlanState {
         run_pass: &mut dyn FnMut(&Launch) -> Partials,
     ) -> Result<(), Error> {
         self.check(request)?;
+        let mut collective = self.collective.take();
+        let result = self.run_phases(layout, request, run_pass, &mut collective);
+        self.collective = collective;
+        result
+    }
+
+    /// [`PlanState::step`] after the checks.
+    fn run_phases(
+        &mut self,
+        layout: &Layout,
+        request: &StepRequest,
+        run_pass: &mut dyn FnMut(&Launch) -> Partials,
+        collective: &mut Option<Box<dyn shard::Collective>>,
+    ) -> Result<(), Error> {
         for phase in [Phase::First, Phase::Steady] {
             let members: Vec<usize> = (0..request.members.len())
                 .filter(|&k| (request.members[k].step == 1) == (phase == Phase::First))
@@ -188,8 +219,9 @@ impl PlanState {
                 across_groups: request.across_groups,
                 precision: &self.precision,
                 f32_nodes: &self.f32_nodes,
+                full_numels: self.full_numels.as_deref(),
             };
-            let values = launch.run(&self.slots, run_pass);
+            let values = launch.run(&self.slots, run_pass, collective)?;
             for (slot, out) in self.rule.state_out.iter().enumerate() {
                 let value = values[out.index()].as_ref();
                 match &mut self.slots[slot] {
@@ -275,6 +307,8 @@ struct Stages<'a> {
     across_groups: bool,
     precision: &'a Precision,
     f32_nodes: &'a [bool],
+    /// Whole tensors' sizes, when the launched tensors are shards.
+    full_numels: Option<&'a [usize]>,
 }
 
 /// A host value of a launch: one f64 per member group (group values, which
@@ -308,12 +342,14 @@ impl HostValue {
 }
 
 impl Stages<'_> {
-    /// Runs every stage; returns the host value of every host node.
+    /// Runs every stage; returns the host value of every host node. With a
+    /// collective, each pass's reduction partials are every rank's.
     fn run(
         &self,
         slots: &[HostSlot],
         run_pass: &mut dyn FnMut(&Launch) -> Partials,
-    ) -> Vec<Option<HostValue>> {
+        collective: &mut Option<Box<dyn shard::Collective>>,
+    ) -> Result<Vec<Option<HostValue>>, Error> {
         let graph = &self.rule.graph;
         let mut values: Vec<Option<HostValue>> = vec![None; graph.len()];
         let passes = self.plan.passes.len();
@@ -347,12 +383,23 @@ impl Stages<'_> {
                     args
                 })
                 .collect();
-            let partials = run_pass(&Launch {
+            let mut partials = run_pass(&Launch {
                 phase: self.phase,
                 pass: stage,
                 tensors: self.tensors,
                 scalars: &scalars,
             });
+            if let (Some(collective), false) = (collective.as_mut(), pass.reductions.is_empty()) {
+                let gathered = collective
+                    .all_gather(&shard::encode(&partials))
+                    .map_err(|e| Error::Unsupported(format!("sharded step: {e}")))?;
+                partials = shard::join(
+                    &gathered,
+                    self.tensors.len(),
+                    pass.kernel.accumulators.len(),
+                )
+                .map_err(|e| Error::Unsupported(format!("sharded step: {e}")))?;
+            }
             for (k, &reduction) in pass.reductions.iter().enumerate() {
                 let Node::Reduce(op, scope, _) = *graph.node(reduction) else {
                     continue;
@@ -369,7 +416,7 @@ impl Stages<'_> {
                 values[reduction.index()] = Some(self.combine(op, scope, per_tensor, in_f32));
             }
         }
-        values
+        Ok(values)
     }
 
     /// The step number of launched tensor `i`'s group.
@@ -417,7 +464,11 @@ impl Stages<'_> {
         let get = |c: optc_compiler::ir::Handle| values[c.index()].as_ref().unwrap_or(&missing);
         let first = self.first;
         let group = |m: usize| &self.request.members[self.members[m]];
-        let numel = |i: usize| self.layout.tensors[self.tensors[i]].numel;
+        let numel = |i: usize| {
+            let t = self.tensors[i];
+            self.full_numels
+                .map_or(self.layout.tensors[t].numel, |full| full[t])
+        };
         let per_group = |f: &dyn Fn(usize) -> f64| HostValue::Groups((0..members).map(f).collect());
         let per_tensor = |f: &dyn Fn(usize) -> f64| HostValue::Tensors((0..n).map(f).collect());
         // Elementwise arithmetic on host values: per group for a group node.

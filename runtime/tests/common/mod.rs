@@ -90,3 +90,19 @@ pub fn steps(optimizer: &mut Optimizer, params: &mut [Vec<f32>], from: u64, to: 
 pub fn temp(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("optc-{}-{name}.safetensors", std::process::id()))
 }
+
+/// [`values`] for tensors of `sizes`, each with its own seed.
+pub fn sized_values(sizes: &[usize]) -> Vec<Vec<f32>> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| values(n, i as u64))
+        .collect()
+}
+
+/// A path under the workspace's root.
+pub fn repo_path(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
