@@ -42,11 +42,11 @@ impl Collective for Channels {
 fn collectives(ranks: usize) -> Vec<Channels> {
     let mut senders = vec![Vec::new(); ranks];
     let mut receivers: Vec<Vec<Receiver<Vec<f64>>>> = (0..ranks).map(|_| Vec::new()).collect();
-    for from in 0..ranks {
-        for to in 0..ranks {
+    for sending in senders.iter_mut() {
+        for receiving in receivers.iter_mut() {
             let (tx, rx) = channel();
-            senders[from].push(tx);
-            receivers[to].push(rx);
+            sending.push(tx);
+            receiving.push(rx);
         }
     }
     senders
