@@ -589,7 +589,7 @@ impl Optimizer {
     }
 
     /// The element type of per-element state (`f32`, `bf16` or `f64`).
-    pub(crate) fn state_dtype(&self) -> &'static str {
+    pub fn state_dtype(&self) -> &'static str {
         self.executor.state_dtype()
     }
 
