@@ -23,7 +23,8 @@ import math
 import torch
 
 from . import _optc
-from .functional import Rule, default_value
+from .functional import Rule
+from .functional import compile as compile_rule
 
 # Keys torch and its schedulers keep in param groups that are not hyperparameters.
 _BOOKKEEPING = {
@@ -125,8 +126,6 @@ class Optimizer(torch.optim.Optimizer):
                  group_reductions="per_group", scalars="f64", non_finite="propagate",
                  state_dtype=None, stochastic_rounding=False, seed=0, **hypers):
         if not isinstance(rule, Rule):
-            from .functional import compile as compile_rule
-
             rule = compile_rule(rule)
         self._init(params, Spec.of_rule(rule, hypers), threads=threads, backend=backend,
                    group_reductions=group_reductions, scalars=scalars, non_finite=non_finite,
@@ -252,7 +251,6 @@ class Optimizer(torch.optim.Optimizer):
     def _torch_state(self):
         """The state in torch's layout: ``{index: {"step": tensor, name: tensor}}``
         for every parameter that has stepped."""
-        params = self._flat()
         dtype = _STATE_DTYPES[self._engine.state_dtype()]
         slots = self._slot_names()
         # Sized by the engine's tensors (a parameter's data may have been replaced since).
@@ -377,8 +375,6 @@ def _name_of(dtype):
 
 def _l2(base):
     """``base`` with torch's L2 weight decay (``g += weight_decay * p``) in front."""
-    from .functional import compile as compile_rule
-
     return compile_rule(
         f"optimizer {base}_l2(weight_decay = 0.0) {{\n    g += weight_decay * p;\n    use {base};\n}}\n")
 
@@ -421,12 +417,6 @@ def _torch_class(name, torch_defaults, choose, doc):
     return type(name, (Optimizer,), {"__init__": __init__, "__doc__": doc})
 
 
-def _stdlib(name):
-    from .functional import compile as compile_rule
-
-    return compile_rule(name)
-
-
 _ADAM_KEYS = {"lr": ("learning_rate",), "betas": ("b1", "b2"), "eps": ("eps",)}
 _ADAM_STATE = {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"}
 
@@ -434,13 +424,13 @@ _ADAM_STATE = {"mu": "exp_avg", "nu": "exp_avg_sq", "nu_max": "max_exp_avg_sq"}
 def _adam(v, decays):
     keys = dict(_ADAM_KEYS)
     if v["decoupled_weight_decay"]:
-        rule = _stdlib("adamw_amsgrad" if v["amsgrad"] else "adamw")
+        rule = compile_rule("adamw_amsgrad" if v["amsgrad"] else "adamw")
         keys["weight_decay"] = ("weight_decay",)
     elif decays:
-        rule = _l2("adam_amsgrad") if v["amsgrad"] else _stdlib("adam_l2")
+        rule = _l2("adam_amsgrad") if v["amsgrad"] else compile_rule("adam_l2")
         keys["weight_decay"] = ("weight_decay",)
     else:
-        rule = _stdlib("adam_amsgrad" if v["amsgrad"] else "adam")
+        rule = compile_rule("adam_amsgrad" if v["amsgrad"] else "adam")
     selectors = ["amsgrad", "decoupled_weight_decay"]
     if "weight_decay" not in keys:
         selectors.append("weight_decay")
@@ -462,7 +452,7 @@ def _sgd(v, decays):
         raise _optc.OptimizerError("Nesterov momentum requires a momentum and zero dampening")
     keys = {k: (k,) for k in ("momentum", "dampening", "weight_decay", "nesterov")}
     keys["lr"] = ("learning_rate",)
-    return _stdlib("sgd_momentum"), keys, {}, [], {"trace": "momentum_buffer"}
+    return compile_rule("sgd_momentum"), keys, {}, [], {"trace": "momentum_buffer"}
 
 
 SGD = _torch_class(
@@ -472,7 +462,7 @@ SGD = _torch_class(
 
 def _rmsprop(v, decays):
     name = "rmsprop" + ("_centered" if v["centered"] else "") + ("_momentum" if v["momentum"] else "")
-    rule = _l2(name) if decays else _stdlib(name)
+    rule = _l2(name) if decays else compile_rule(name)
     keys = {"lr": ("learning_rate",), "alpha": ("decay",), "eps": ("eps",)}
     selectors = ["centered"]
     if v["momentum"]:
@@ -497,7 +487,7 @@ RMSprop = _torch_class(
 def _adagrad(v, decays):
     keys = {k: (k,) for k in ("lr_decay", "weight_decay", "initial_accumulator_value", "eps")}
     keys["lr"] = ("learning_rate",)
-    return _stdlib("adagrad"), keys, {}, [], {"sum_of_squares": "sum"}
+    return compile_rule("adagrad"), keys, {}, [], {"sum_of_squares": "sum"}
 
 
 Adagrad = _torch_class(
@@ -510,13 +500,13 @@ def _decoupled(base, extra_keys, state):
     def choose(v, decays):
         keys = {**_ADAM_KEYS, **{k: (k,) for k in extra_keys}}
         if v.get("decoupled_weight_decay"):
-            rule = _stdlib(base + "w")
+            rule = compile_rule(base + "w")
             keys["weight_decay"] = ("weight_decay",)
         elif decays:
             rule = _l2(base)
             keys["weight_decay"] = ("weight_decay",)
         else:
-            rule = _stdlib(base)
+            rule = compile_rule(base)
         selectors = [k for k in ("decoupled_weight_decay",) if k in v]
         if "weight_decay" not in keys:
             selectors.append("weight_decay")
@@ -541,7 +531,7 @@ def _adamax(v, decays):
     keys = dict(_ADAM_KEYS)
     if decays:
         keys["weight_decay"] = ("weight_decay",)
-    return (_l2("adamax") if decays else _stdlib("adamax")), keys, {}, \
+    return (_l2("adamax") if decays else compile_rule("adamax")), keys, {}, \
         ([] if decays else ["weight_decay"]), {"mu": "exp_avg", "nu": "exp_inf"}
 
 

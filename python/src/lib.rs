@@ -26,13 +26,13 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 
 pyo3::create_exception!(
-    _optc,
+    optc,
     CompileError,
     PyValueError,
     "A .opt program, rule or value that does not compile: the message is the rendered diagnostic."
 );
 pyo3::create_exception!(
-    _optc,
+    optc,
     OptimizerError,
     PyValueError,
     "A request the optimizer refuses (tensors, hyperparameters, state, checkpoints); nothing changed."

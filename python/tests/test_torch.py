@@ -2,6 +2,10 @@
 groups, schedulers, state_dict round trips, skipped parameters, bf16 and bad input."""
 
 import copy
+import math
+import os
+import pathlib
+import subprocess
 
 import pytest
 import torch
@@ -224,3 +228,30 @@ def test_compile_errors_carry_the_rendered_diagnostic():
     assert "learning_rat" in message and "<source>:2" in message
     with pytest.raises(optc.CompileError, match="did you mean `adamax`"):
         optc.compile("adma")
+
+
+def test_a_rule_optc_search_saved_trains_a_torch_model(tmp_path):
+    # The CLI that tests/all.sh built before this suite (OPTC overrides it).
+    binary = os.environ.get("OPTC", str(pathlib.Path(__file__).resolve().parents[2] / "target" / "release" / "optc"))
+    found = tmp_path / "found.opt"
+    script = tmp_path / "search.txt"
+    script.write_text("\n".join([
+        "set population 16", "set seed 5", "set threads 1", "tasks quadratic",
+        "load adam", "run 16", f"save 0 {found}",
+    ]))
+    run = subprocess.run([binary, "search", "--script", str(script)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert found.read_text().startswith("// Found by `optc search`")
+    rule = optc.compile(str(found))
+    # The search's own task, in torch: a quadratic bowl (no exact-zero
+    # gradients, which a winner that dropped `eps` would divide by).
+    w = torch.linspace(-2.0, 3.0, 10).requires_grad_()
+    opt = ot.Optimizer([w], rule=rule, lr=0.05)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] / 2
