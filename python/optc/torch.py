@@ -15,7 +15,9 @@ parameter whose ``.grad`` is None is skipped; writes to
 ``param_groups[i]["lr"]`` (what ``torch.optim.lr_scheduler`` does) and to
 any other hyperparameter take effect at the next step without recompiling.
 A step that fails (a wrong dtype, a CUDA tensor, an unknown
-hyperparameter) raises and changes nothing.
+hyperparameter) raises and changes nothing. Under FSDP2 (DTensor
+parameters) each rank steps its local shards, reductions gathered across
+ranks; ``Optimizer.shard`` does the same for a ZeRO-style sharding.
 """
 
 import math
@@ -158,7 +160,10 @@ class Optimizer(torch.optim.Optimizer):
         return [p for group in self.param_groups for p in group["params"]]
 
     def _build(self):
-        params = self._flat()
+        full = self._flat()
+        # FSDP2's DTensor parameters: this rank steps its local shards.
+        self._distributed = any(_is_dtensor(p) for p in full)
+        params = [_local(p) for p in full]
         if not params:
             raise _optc.OptimizerError("optimizer got an empty parameter list")
         dtypes = {p.dtype for p in params}
@@ -171,10 +176,11 @@ class Optimizer(torch.optim.Optimizer):
         for i, p in enumerate(params):
             self._check(p, i, "parameter", dtype, p.numel())
         state_dtype = self._settings["state_dtype"] or dtype
-        tensors, groups = [], []
-        for g, group in enumerate(self.param_groups):
-            tensors += [(f"{g}.{j}", p.numel()) for j, p in enumerate(group["params"])]
-            groups.append((f"group{g}", [f"{g}.*"], self._spec.values(group)))
+        names = [f"{g}.{j}" for g, group in enumerate(self.param_groups)
+                 for j in range(len(group["params"]))]
+        tensors = [(name, p.numel()) for name, p in zip(names, params)]
+        groups = [(f"group{g}", [f"{g}.*"], self._spec.values(group))
+                  for g, group in enumerate(self.param_groups)]
         settings = {k: v for k, v in self._settings.items() if k != "state_dtype"}
         self._engine = _optc.Engine(
             self._spec.rule.native, tensors, groups, list(self._spec.fixed.items()),
@@ -183,6 +189,8 @@ class Optimizer(torch.optim.Optimizer):
         self._dtype, self._numels = dtype, [p.numel() for p in params]
         self._shapes = [p.shape for p in params]
         self._applied = [dict(self._spec.values(group)) for group in self.param_groups]
+        if self._distributed:
+            self.shard([p.numel() for p in full])
 
     @staticmethod
     def _check(t, i, what, dtype, numel):
@@ -224,8 +232,11 @@ class Optimizer(torch.optim.Optimizer):
             raise _optc.OptimizerError("param_groups' parameters changed: use add_param_group")
         dtype, numels, check = self._dtype, self._numels, self._check
         addresses, gradients = [], []
+        distributed = self._distributed
         for i, p in enumerate(params):
             g = p.grad
+            if distributed:
+                p, g = _local(p), None if g is None else _local(g)
             if (p.dtype is not dtype or not p.is_cpu or not p.is_contiguous()
                     or p.numel() != numels[i]):
                 check(p, i, "parameter", dtype, numels[i])
@@ -353,7 +364,9 @@ class Optimizer(torch.optim.Optimizer):
         ``full_numels`` elements under ``torch.distributed`` (``group``: the
         process group). Reductions (LAMB's trust ratio, global-norm
         clipping) gather every rank's partials; with shards from
-        ``optc.shard_range`` the result equals an unsharded step bit for bit."""
+        ``optc.shard_range`` the result equals an unsharded step bit for bit.
+        Called by the optimizer itself for FSDP2's DTensor parameters (their
+        local shards are row ranges: reductions agree within rounding)."""
         import torch.distributed as dist
 
         def all_gather(local):
@@ -362,6 +375,15 @@ class Optimizer(torch.optim.Optimizer):
             return out
 
         self._engine.shard(list(full_numels), all_gather)
+
+
+def _is_dtensor(t):
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def _local(t):
+    """A DTensor's local shard (the same storage), or the tensor itself."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def _name_of(dtype):

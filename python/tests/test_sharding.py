@@ -1,7 +1,8 @@
 """Sharded training under torch.distributed (gloo, 2 processes on this machine):
 each rank steps chunk-aligned shards of every parameter (a ZeRO-style flat
 sharding), reductions see the whole tensors through all-gathers, and the
-result equals the unsharded run bit for bit."""
+result equals the unsharded run bit for bit; under FSDP2's fully_shard the
+optimizer steps the DTensors' local shards and agrees with one process."""
 
 import os
 import socket
@@ -80,3 +81,58 @@ def test_two_ranks_equal_one_bit_for_bit(tmp_path, rule):
     sharded = torch.load(out)
     for whole, joined, shape in zip(unsharded(rule, 5), sharded, SHAPES):
         assert torch.equal(whole.reshape(-1), joined), rule
+
+
+FSDP_RULES = {
+    "adam": lambda params: ot.Adam(params, lr=1e-2),
+    "lamb": lambda params: ot.Optimizer(params, rule="lamb", lr=1e-2, weight_decay=0.01),
+}
+FSDP_TOLERANCE = 1e-5
+
+
+def fsdp_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
+
+
+def fsdp_train(model, opt, steps):
+    from conftest import DATA
+    import numpy as np
+
+    table = np.loadtxt(DATA, delimiter=",", skiprows=1, dtype=np.float32)
+    x, y = torch.from_numpy(table[:, :-1] / 16.0), torch.from_numpy(table[:, -1].astype(np.int64))
+    for step in range(steps):
+        rows = slice(step * 64, step * 64 + 64)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[rows]), y[rows]).backward()
+        opt.step()
+
+
+def fsdp_rank(rank, world, port, rule, steps, out):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        model = fsdp_model()
+        fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+        opt = FSDP_RULES[rule](model.parameters())
+        # Every rank trains on the same batches: FSDP's averaged gradients are one rank's.
+        fsdp_train(model, opt, steps)
+        full = [p.full_tensor() for p in model.parameters()]
+        if rank == 0:
+            torch.save(full, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rule", list(FSDP_RULES))
+def test_fsdp2_fully_shard_steps_local_shards_like_one_process(tmp_path, rule):
+    out = tmp_path / "fsdp.pt"
+    mp.spawn(fsdp_rank, args=(2, free_port(), rule, 20, str(out)), nprocs=2, join=True)
+    sharded = torch.load(out)
+    model = fsdp_model()
+    fsdp_train(model, FSDP_RULES[rule](model.parameters()), 20)
+    for whole, joined in zip(model.parameters(), sharded):
+        difference = ((whole.detach() - joined).abs() / whole.detach().abs().clamp(min=1)).max().item()
+        assert difference <= FSDP_TOLERANCE, (rule, difference)
