@@ -255,3 +255,39 @@ def test_a_rule_optc_search_saved_trains_a_torch_model(tmp_path):
         opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] / 2
+
+
+def test_add_param_group_after_steps_keeps_the_state_of_the_others():
+    a, b = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    ours = ot.Adam([a], lr=0.1)
+    a2, b2 = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    theirs = torch.optim.Adam([a2], lr=0.1)
+    for opt, x in ((ours, a), (theirs, a2)):
+        x.grad = torch.tensor([1.0, -2.0, 3.0])
+        opt.step()
+    ours.add_param_group({"params": [b], "lr": 0.5})
+    theirs.add_param_group({"params": [b2], "lr": 0.5})
+    for opt, x, y in ((ours, a, b), (theirs, a2, b2)):
+        x.grad, y.grad = torch.tensor([0.5, 0.5, -1.0]), torch.tensor([2.0, -1.0])
+        opt.step()
+    assert torch.allclose(a, a2, rtol=1e-6) and torch.allclose(b, b2, rtol=1e-6)
+    assert [ours.state_dict()["state"][i]["step"].item() for i in (0, 1)] == [2, 1]
+
+
+def test_optc_checkpoints_resume_bit_for_bit_and_a_bad_one_changes_nothing(tmp_path, digits):
+    model, again = mlp(), mlp()
+    opt = ot.AdamW(model.parameters(), lr=1e-2)
+    train(model, opt, digits, 10)
+    opt.save_checkpoint(tmp_path / "opt.ckpt")
+    again.load_state_dict(model.state_dict())
+    resumed = ot.AdamW(again.parameters(), lr=1e-2)
+    resumed.load_checkpoint(tmp_path / "opt.ckpt")
+    train(model, opt, digits, 5)
+    train(again, resumed, digits, 5)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    before = copy.deepcopy(resumed.state_dict())
+    with pytest.raises(optc.OptimizerError, match="checkpoint"):
+        resumed.load_checkpoint(tmp_path / "bad.ckpt")
+    after = resumed.state_dict()
+    assert all(torch.equal(v, after["state"][i][k]) for i, e in before["state"].items() for k, v in e.items())
