@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mutate::{mutate, Random};
+use mutate::mutate;
+use optc_search::rng::Rng;
 use targets::{Target, TARGETS};
 
 /// An input running longer than this is a hang.
@@ -135,7 +136,7 @@ fn fuzz(target: &Target, budget: Duration, seed: u64) -> ExitCode {
         });
     }
     panic::set_hook(Box::new(|_| {}));
-    let mut rng = Random(seed);
+    let mut rng = Rng::new(seed);
     let (mut executions, mut findings) = (0u64, 0u64);
     let begun = Instant::now();
     let mut last_report = Instant::now();

@@ -3,23 +3,7 @@
 //! structure (bit flips, interesting bytes, deleted, duplicated or moved
 //! runs, dictionary tokens inserted or overwritten). Deterministic for a seed.
 
-/// A small deterministic generator (splitmix64).
-pub struct Random(pub u64);
-
-impl Random {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n` at least 1).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use optc_search::rng::Rng;
 
 const INTERESTING: &[u8] = &[
     0, 0x7f, 0x80, 0xff, b'\n', b'"', b'(', b')', b'{', b'}', b'[', b']', b';', b'0', b'9',
@@ -30,7 +14,7 @@ const INTERESTING: &[u8] = &[
 const MAX_LEN: usize = 1 << 16;
 
 /// A new input from `seeds`.
-pub fn mutate(rng: &mut Random, seeds: &[Vec<u8>], dictionary: &[&str]) -> Vec<u8> {
+pub fn mutate(rng: &mut Rng, seeds: &[Vec<u8>], dictionary: &[&str]) -> Vec<u8> {
     let mut input = seeds[rng.below(seeds.len())].clone();
     if rng.below(8) == 0 && seeds.len() > 1 {
         let other = &seeds[rng.below(seeds.len())];

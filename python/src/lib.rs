@@ -370,15 +370,8 @@ impl Engine {
 
     /// Sets hyperparameter `name` of group `group` from the next step on
     /// (nothing recompiles).
-    fn set(
-        &self,
-        py: Python<'_>,
-        group: &str,
-        name: &str,
-        value: Bound<'_, PyAny>,
-    ) -> PyResult<()> {
+    fn set(&self, group: &str, name: &str, value: Bound<'_, PyAny>) -> PyResult<()> {
         let value = self.rule.get().value(name, &value)?;
-        let _ = py;
         self.lock().set(group, name, value).map_err(refused)
     }
 

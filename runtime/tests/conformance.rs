@@ -15,6 +15,14 @@ use common::{
 use optc_compiler::interpret::Value;
 use optc_runtime::{Error, Group, GroupReductions, NonFinite, Optimizer, Outcome, CHUNK};
 
+/// Adam behind global-norm clipping: a group-wide reduction.
+fn clipped_adam() -> std::sync::Arc<optc_compiler::ir::Rule> {
+    common::user_rule(
+        "clipped_adam",
+        b"optimizer clipped_adam(max_norm = 0.5) { g = clip_by_global_norm(g, max_norm); use adam; }",
+    )
+}
+
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let sizes = [3 * CHUNK + 17, 5, CHUNK, 1001];
@@ -407,14 +415,7 @@ fn groups_step_like_separate_optimizers_with_their_own_values() {
 
 #[test]
 fn reductions_across_groups_see_every_tensor() {
-    let clipped = {
-        let mut program = optc_stdlib::prelude();
-        let source = b"optimizer clipped_adam(max_norm = 0.5) { g = clip_by_global_norm(g, max_norm); use adam; }";
-        program
-            .add_source("clipped.opt", source, optc_compiler::Origin::User)
-            .unwrap();
-        std::sync::Arc::new(program.compile("clipped_adam").unwrap())
-    };
+    let clipped = clipped_adam();
     for (name, backend) in backends() {
         for rule in [clipped.clone(), rule("dog"), rule("prodigy")] {
             let across = |groups: bool| {
@@ -600,14 +601,7 @@ fn tensors_without_a_gradient_skip_the_step_and_keep_their_own_count() {
 
 #[test]
 fn rules_that_keep_or_reduce_per_group_refuse_a_group_split_by_skipped_steps() {
-    let clipped = {
-        let mut program = optc_stdlib::prelude();
-        let source = b"optimizer clipped_adam(max_norm = 0.5) { g = clip_by_global_norm(g, max_norm); use adam; }";
-        program
-            .add_source("clipped.opt", source, optc_compiler::Origin::User)
-            .unwrap();
-        std::sync::Arc::new(program.compile("clipped_adam").unwrap())
-    };
+    let clipped = clipped_adam();
     for (name, backend) in backends() {
         for rule in [rule("prodigy"), clipped.clone()] {
             let label = format!("{} on {name}", rule.name);

@@ -58,12 +58,8 @@ fn collectives(ranks: usize) -> Vec<Channels> {
 }
 
 fn clipped_adamw() -> Arc<Rule> {
-    let mut program = optc_stdlib::prelude();
     let source = std::fs::read(common::repo_path("examples/clipped_adamw.opt")).unwrap();
-    program
-        .add_source("clipped_adamw.opt", &source, optc_compiler::Origin::User)
-        .unwrap();
-    Arc::new(program.compile("clipped_adamw").unwrap())
+    common::user_rule("clipped_adamw", &source)
 }
 
 fn builder(

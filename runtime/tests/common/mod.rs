@@ -33,6 +33,15 @@ pub fn rule(name: &str) -> Arc<Rule> {
     Arc::new(optc_stdlib::prelude().compile(name).unwrap())
 }
 
+/// Optimizer `name` of user source `source` (on top of the stdlib), compiled.
+pub fn user_rule(name: &str, source: &[u8]) -> Arc<Rule> {
+    let mut program = optc_stdlib::prelude();
+    program
+        .add_source(&format!("{name}.opt"), source, optc_compiler::Origin::User)
+        .unwrap();
+    Arc::new(program.compile(name).unwrap())
+}
+
 /// A scalar program (a number, a bool or a schedule) in the stdlib's context.
 pub fn scalar(text: &str) -> ScalarExpr {
     optc_stdlib::prelude()
