@@ -65,6 +65,8 @@ def rank_main(rank, world, port, rule, steps, out):
             whole = [torch.cat([gathered[r][i] for r in range(world)]) for i in range(len(full))]
             torch.save(whole, out)
     finally:
+        # No rank tears its process group down while another still talks to it.
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -123,6 +125,8 @@ def fsdp_rank(rank, world, port, rule, steps, out):
         if rank == 0:
             torch.save(full, out)
     finally:
+        # No rank tears its process group down while another still talks to it.
+        dist.barrier()
         dist.destroy_process_group()
 
 
