@@ -122,6 +122,8 @@ class Optimizer(torch.optim.Optimizer):
     ``reference`` or ``interp`` (default: the fastest here).
     ``group_reductions``: ``"per_group"`` (torch's semantics) or ``"across"``.
     ``state_dtype``: per-element state's dtype (default: the parameters').
+    ``non_finite="skip"``: skip steps with non-finite gradients; ``opt.skipped``
+    says where (None when the step ran).
     """
 
     def __init__(self, params, rule="adamw", *, threads=1, backend=None,
