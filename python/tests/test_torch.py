@@ -291,3 +291,15 @@ def test_optc_checkpoints_resume_bit_for_bit_and_a_bad_one_changes_nothing(tmp_p
         resumed.load_checkpoint(tmp_path / "bad.ckpt")
     after = resumed.state_dict()
     assert all(torch.equal(v, after["state"][i][k]) for i, e in before["state"].items() for k, v in e.items())
+
+
+def test_non_finite_gradients_skip_the_step_when_asked():
+    w = torch.ones(4, requires_grad=True)
+    opt = ot.Optimizer([w], rule="adam", lr=0.1, non_finite="skip")
+    w.grad = torch.tensor([1.0, float("nan"), 1.0, 1.0])
+    opt.step()
+    assert opt.skipped == (0, 1) and torch.equal(w.detach(), torch.ones(4))
+    assert opt.state_dict()["state"] == {}
+    w.grad = torch.ones(4)
+    opt.step()
+    assert opt.skipped is None and w[0].item() < 1.0
