@@ -190,7 +190,7 @@ class Optimizer(torch.optim.Optimizer):
         )
         self._dtype, self._numels = dtype, [p.numel() for p in params]
         self._shapes = [p.shape for p in params]
-        self._applied = [dict(self._spec.values(group)) for group in self.param_groups]
+        self._applied = [dict(values) for _, _, values in groups]
         if self._distributed:
             self.shard([p.numel() for p in full])
 

@@ -26,6 +26,18 @@ fn config(seed: u64) -> EvolutionConfig {
     }
 }
 
+/// What `optc search` saves for `evolution`, warm-started from `warm_start`
+/// and scored on `tasks`.
+fn saved_as(evolution: &Evolution<Quadratic>, warm_start: &str, tasks: &[&str]) -> Checkpoint {
+    Checkpoint {
+        format: checkpoint::FORMAT,
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        sources: Vec::new(),
+        warm_start: warm_start.into(),
+        state: evolution.state().clone(),
+    }
+}
+
 fn start(warm_start: &str, seed: u64, threads: usize) -> Evolution<Quadratic> {
     let prelude = common::prelude();
     let start = Candidate::warm_start(&prelude, warm_start).unwrap();
@@ -82,13 +94,7 @@ fn a_resumed_checkpoint_continues_identically() {
     let mut first_half = start("adamw", 11, 2);
     first_half.run(48);
     let path = std::env::temp_dir().join(format!("optc-evolve-{}.ckpt", std::process::id()));
-    let saved = Checkpoint {
-        format: checkpoint::FORMAT,
-        tasks: vec!["toy quadratic".into()],
-        sources: Vec::new(),
-        warm_start: "adamw".into(),
-        state: first_half.state().clone(),
-    };
+    let saved = saved_as(&first_half, "adamw", &["toy quadratic"]);
     checkpoint::save(&path, &saved).unwrap();
     drop(first_half);
     let loaded = checkpoint::load(&path).unwrap();
@@ -111,13 +117,7 @@ fn damaged_checkpoints_are_refused_and_a_failed_save_keeps_the_old_one() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("search.ckpt");
     let evolution = start("sgd", 1, 1);
-    let saved = Checkpoint {
-        format: checkpoint::FORMAT,
-        tasks: Vec::new(),
-        sources: Vec::new(),
-        warm_start: "sgd".into(),
-        state: evolution.state().clone(),
-    };
+    let saved = saved_as(&evolution, "sgd", &[]);
     checkpoint::save(&path, &saved).unwrap();
     let good = std::fs::read(&path).unwrap();
     // Saving into a directory that does not exist fails and writes nothing.
@@ -235,13 +235,7 @@ fn rewritten(change: impl FnOnce(&mut ciborium::Value)) -> std::path::PathBuf {
     ));
     let mut evolution = start("sgd", 3, 1);
     evolution.run(16);
-    let saved = Checkpoint {
-        format: checkpoint::FORMAT,
-        tasks: Vec::new(),
-        sources: Vec::new(),
-        warm_start: "sgd".into(),
-        state: evolution.state().clone(),
-    };
+    let saved = saved_as(&evolution, "sgd", &[]);
     checkpoint::save(&path, &saved).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let magic = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
@@ -277,13 +271,7 @@ fn every_changed_byte_of_a_search_checkpoint_is_refused() {
     let path = dir.join("search.ckpt");
     let mut evolution = start("sgd", 2, 1);
     evolution.run(8);
-    let saved = Checkpoint {
-        format: checkpoint::FORMAT,
-        tasks: Vec::new(),
-        sources: Vec::new(),
-        warm_start: "sgd".into(),
-        state: evolution.state().clone(),
-    };
+    let saved = saved_as(&evolution, "sgd", &[]);
     checkpoint::save(&path, &saved).unwrap();
     let good = std::fs::read(&path).unwrap();
     let flipped = dir.join("flipped.ckpt");
