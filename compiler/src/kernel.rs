@@ -49,6 +49,22 @@
 //! `i * 0x9E3779B9` costs one scalar multiply per vector of consecutive
 //! elements.
 //!
+//! # Accumulation order of compiled kernels
+//!
+//! [`run`] sums an accumulator sequentially; vector backends cannot, so the
+//! order they use is fixed here, once for every tier, and depends only on
+//! the kernel and the range's length (never on vector width, timing or
+//! threads): with `P` = [`Kernel::accumulator_partials`] (8, or 4 for bodies
+//! heavy with transcendentals), the element at offset `t` from the range's
+//! start goes to f64 partial `t mod P`; each partial combines its elements
+//! in increasing order, starting from the identity; at the end the partials
+//! are folded as `q[j] = p[4u + j] + p[4u + 2 + j]` per group of four
+//! (`j` in 0..2), the groups' pairs combined in order of `u`, then the two
+//! lanes of the result, and the total combined into the caller's value.
+//! Sums thus agree with the sequential reference within the usual bound for
+//! reordered f64 sums, and every compiled tier agrees with every other bit
+//! for bit. Max and min are exact and, like the reference, ignore NaN.
+//!
 //! Buffers are passed to [`run_raw`] (and to compiled kernels) as `*mut f32`
 //! pointers to element 0; for a bf16 buffer that pointer is a `*mut u16` to
 //! its bit patterns, cast (it need only be 2-byte aligned and is never read
@@ -134,6 +150,62 @@ impl Kernel {
         }
     }
 
+    /// How many f64 partials each accumulator of a compiled kernel is split
+    /// into (see "Accumulation order" in the module docs): 8, or 4 when the
+    /// per-element work is heavier than [`HEAVY_BODY`] (a vector backend
+    /// then unrolls less, which halves the compile time of
+    /// transcendental-heavy kernels at a few percent of their throughput).
+    pub fn accumulator_partials(&self) -> usize {
+        if self.body_weight() > HEAVY_BODY {
+            4
+        } else {
+            8
+        }
+    }
+
+    /// Rough instructions per element of the ops that depend on a load and
+    /// reach a store or an accumulator (a transcendental counts 50, `pow`
+    /// 100, anything else 1).
+    fn body_weight(&self) -> usize {
+        let n = self.ops.len();
+        let mut live = vec![false; n];
+        let roots = self.stores.iter().map(|&(_, op)| op);
+        for op in roots.chain(self.accumulators.iter().map(|&(_, op)| op)) {
+            live[op as usize] = true;
+        }
+        let operands = |op: &Op| -> Vec<u32> {
+            match *op {
+                Op::Load(_) | Op::Scalar(_) | Op::Const(_) => vec![],
+                Op::Unary(_, a) => vec![a],
+                Op::Binary(_, a, b) => vec![a, b],
+                Op::Select(a, b, c) | Op::Lerp(a, b, c) => vec![a, b, c],
+            }
+        };
+        for i in (0..n).rev() {
+            if live[i] {
+                for a in operands(&self.ops[i]) {
+                    live[a as usize] = true;
+                }
+            }
+        }
+        let mut variant = vec![false; n];
+        let mut weight = 0;
+        for (i, op) in self.ops.iter().enumerate() {
+            variant[i] = match op {
+                Op::Load(_) => true,
+                other => operands(other).iter().any(|&a| variant[a as usize]),
+            };
+            if live[i] && variant[i] {
+                weight += match op {
+                    Op::Unary(u, _) if is_transcendental(*u) => 50,
+                    Op::Binary(BinaryOp::Pow, _, _) => 100,
+                    _ => 1,
+                };
+            }
+        }
+        weight
+    }
+
     /// The buffers the kernel loads, each once, in increasing order.
     pub fn loaded_buffers(&self) -> Vec<u32> {
         let mut loads: Vec<u32> = self
@@ -167,6 +239,10 @@ impl Kernel {
         }
     }
 }
+
+/// The per-element weight above which compiled kernels use 4 accumulator
+/// partials instead of 8 ([`Kernel::accumulator_partials`]).
+pub const HEAVY_BODY: usize = 100;
 
 /// A buffer's elements as the safe entry points take them.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! defines its semantics, the pass planner and the kernel IR that backends
 //! compile (with the interface they implement), and diagnostics rendering.
 
+pub mod approx;
 pub mod autodiff;
 pub mod backend;
 pub mod builtins;

@@ -5,7 +5,7 @@
 //! * entry: buffer pointers are loaded, scalars splatted, and every op that
 //!   does not depend on a load (scalars, constants and what is computed from
 //!   them) is evaluated once, as a vector, outside the loop;
-//! * loop: `UNROLL` (2) f32x4 vectors per iteration (1 for bodies heavy
+//! * loop: 2 f32x4 vectors per iteration (1 for bodies heavy
 //!   with transcendentals), unaligned loads of all
 //!   loaded buffers first, the ops interleaved across the vectors, then the
 //!   stores (so in-place updates read before they write). The body works on
@@ -26,7 +26,7 @@
 //! Everything is branch-free per element: comparisons produce lane masks,
 //! `select`/`sign`/`min`/`max` are bit selects on them.
 
-use crate::approx::{self, Arith};
+use optc_compiler::approx::{self, Arith};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, Block, ConstantData, Endianness, Function, InstBuilder, MemFlagsData,
@@ -42,35 +42,11 @@ use crate::prefetch::{self, Stubs};
 
 /// f32 lanes per vector (Cranelift's x86 backend has 128-bit vectors).
 pub(crate) const LANES: usize = 4;
-/// Vectors per loop iteration...
-pub(crate) const UNROLL: usize = 2;
-/// ...unless the body is heavier than this (in rough instructions per
-/// vector; a transcendental counts ~50): then one, which halves compile time
-/// for transcendental-heavy kernels at a few percent of their throughput
-/// (out-of-order execution already overlaps the iterations).
-const UNROLL_BUDGET: usize = 100;
-
-/// The unroll factor for a kernel.
-fn unroll_for(kernel: &Kernel, an: &Analysis) -> usize {
-    let weight: usize = kernel
-        .ops
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| an.live[i] && an.variant[i])
-        .map(|(_, op)| match op {
-            Op::Unary(
-                UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Cos,
-                _,
-            ) => 50,
-            Op::Binary(BinaryOp::Pow, _, _) => 100,
-            _ => 1,
-        })
-        .sum();
-    if weight > UNROLL_BUDGET {
-        1
-    } else {
-        UNROLL
-    }
+/// Vectors per loop iteration: one per four of the kernel's accumulator
+/// partials ([`Kernel::accumulator_partials`]), so that lane `l` of vector
+/// `u` is partial `4u + l`.
+fn unroll_for(kernel: &Kernel) -> usize {
+    kernel.accumulator_partials() / LANES
 }
 
 /// The generated function's signature (see [`crate::KernelFn`]).
@@ -820,7 +796,7 @@ pub(crate) fn translate(
 ) {
     let ptr = func.signature.params[0].value_type;
     let an = analyse(kernel);
-    let unroll = unroll_for(kernel, &an);
+    let unroll = unroll_for(kernel);
     let mut b = FunctionBuilder::new(func, fctx);
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);

@@ -12,7 +12,7 @@
 //! with these documented exceptions:
 //!
 //! * **Transcendentals** (`exp log tanh sigmoid cos`, binary `pow`) are inline
-//!   vector polynomials, see [`approx`], whose scalar functions model them
+//!   vector polynomials, see [`optc_compiler::approx`], whose scalar functions model them
 //!   bit-exactly. They evaluate in f64 (polynomial error 2^-41 or less) and
 //!   round to f32 once, so they are within 1 ulp of the correctly rounded
 //!   result, in practice almost always equal to it. Bounds asserted by
@@ -28,7 +28,7 @@
 //!   | `log`     | all f32 (subnormals included)          | ≤ 1 ulp (1)    | ≤ 1 ulp (0)     |
 //!   | `tanh`    | all f32                                | ≤ 2 ulp (2)    | ≤ 1 ulp (0)     |
 //!   | `sigmoid` | all f32                                | ≤ 2 ulp (2)    | ≤ 1 ulp (0)     |
-//!   | `cos`     | \|x\| ≤ 8e8 ([`approx::COS_ACCURATE_LIMIT`]) | ≤ 1 ulp (1) | ≤ 1 ulp (1) |
+//!   | `cos`     | \|x\| ≤ 8e8 ([`COS_ACCURATE_LIMIT`](optc_compiler::approx::COS_ACCURATE_LIMIT)) | ≤ 1 ulp (1) | ≤ 1 ulp (1) |
 //!   | `pow`     | 4.7M pairs: a over all positive f32 × b in [-60, 60] and integers, a near 1 × \|b\| ≤ 2e6, negative a × integer b, specials | ≤ 1 ulp (1) | ≤ 1 ulp (0) |
 //!
 //!   The 2-ulp cases are the reference's: glibc's `tanhf` is up to ~1.6 ulp
@@ -57,15 +57,11 @@
 //!   this case unspecified and the reference interpreter's result depends on
 //!   how LLVM lowered (and commuted) it; every other case (NaN operands
 //!   included: the other operand wins) is exact.
-//! * **Accumulators** are summed in a different order. With `U` vectors per
-//!   loop iteration (2, or 1 for transcendental-heavy kernels), the element
-//!   at offset `t` from the range's start goes to a per-lane f64 partial
-//!   chosen by `t mod 4U` (vector `(t mod 4U) / 4`, lane `t mod 4`); each
-//!   partial adds its elements in increasing order; at the end the partials
-//!   are folded in a fixed order (lanes 0-1 + lanes 2-3 per vector, then
-//!   vector by vector, then the two remaining lanes) and the total is
-//!   combined into the caller's value. The order thus depends only on the
-//!   kernel and the range's length, never on timing or threads, and sums agree with the sequential reference
+//! * **Accumulators** are summed in the order every compiled tier uses
+//!   (see "Accumulation order" in [`optc_compiler::kernel`]): with `U`
+//!   vectors per loop iteration (`U` = partials / 4, so 2, or 1 for
+//!   transcendental-heavy kernels), partial `t mod 4U` is lane `t mod 4` of
+//!   vector `(t mod 4U) / 4`. Sums agree with the sequential reference
 //!   within the usual bound for reordered f64 sums (tested at 1e-12 of the
 //!   sum of magnitudes). Max and min are exact; like the reference they
 //!   ignore NaN values.
@@ -136,7 +132,6 @@
 //! allocator is Cranelift's default (backtracking; the single-pass one
 //! compiles faster but made Adam twice as slow).
 
-pub mod approx;
 mod codegen;
 mod prefetch;
 

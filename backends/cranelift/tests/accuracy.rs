@@ -1,13 +1,14 @@
 //! Accuracy of the approximated functions against Rust's `f32` functions
 //! (the host libm), over dense sweeps of f32 bit patterns; asserts the bounds
 //! documented in the crate docs, and that the compiled code equals the
-//! scalar model in `optc_cranelift::approx` bit for bit.
+//! scalar model in `optc_compiler::approx` bit for bit.
 
 mod common;
 
 use common::*;
 use optc_compiler::ir::{BinaryOp, UnaryOp};
-use optc_cranelift::{approx, CompiledKernel, Jit};
+use optc_compiler::approx;
+use optc_cranelift::{CompiledKernel, Jit};
 
 /// Bit patterns apart between sweep points: ~16.7M points in release
 /// builds, ~1M in debug builds (both over every binade, both signs).

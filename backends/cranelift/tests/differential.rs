@@ -212,7 +212,7 @@ fn transcendentals_within_bounds_of_reference() {
             let x = buffers[0][i];
             for b in 2..8 {
                 let (g, w) = (got[b][i], want[b][i]);
-                if b == 6 && x.abs() > optc_cranelift::approx::COS_ACCURATE_LIMIT {
+                if b == 6 && x.abs() > optc_compiler::approx::COS_ACCURATE_LIMIT {
                     assert!(g.is_nan() || g.abs() <= 1.0);
                     continue;
                 }

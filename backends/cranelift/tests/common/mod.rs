@@ -5,7 +5,8 @@
 use optc_compiler::interpret::{binary, lerp, select, unary};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use optc_compiler::kernel::{is_approximated, is_transcendental, Kernel, Op, Rounding, Storage};
-use optc_cranelift::{approx, CompiledKernel, Jit};
+use optc_compiler::approx;
+use optc_cranelift::{CompiledKernel, Jit};
 use proptest::prelude::*;
 use std::ops::Range;
 

@@ -1,11 +1,13 @@
 //! The transcendental approximations, written once and evaluated twice.
 //!
-//! The JIT cannot call libm per element, so `exp log tanh sigmoid cos` and
-//! `pow` are branch-free polynomial algorithms. Each is written here once,
-//! generically over `Arith`, a tiny instruction set of f64 lanes, i64 lanes
-//! and lane masks. The code generator implements `Arith` by emitting
-//! Cranelift `f64x2`/`i64x2` instructions; `Scalar` implements it with plain
-//! Rust `f64`/`u64` arithmetic. The public scalar functions below ([`exp`],
+//! Compiled kernels cannot call libm per element, so `exp log tanh sigmoid
+//! cos` and `pow` are branch-free polynomial algorithms. Each is written here
+//! once, generically over `Arith`, a tiny instruction set of f64 lanes, i64
+//! lanes and lane masks. Every code generator implements `Arith` by emitting
+//! its vector instructions (Cranelift `f64x2`/`i64x2`, LLVM vectors of the
+//! host's width), so every tier computes the same operations in the same
+//! order and their kernels agree bit for bit; `Scalar` implements it with
+//! plain Rust `f64`/`u64` arithmetic. The public scalar functions below ([`exp`],
 //! [`ln`], ...) are therefore a bit-exact model of what compiled kernels
 //! compute (the same IEEE operations in the same order, no FMA), which the
 //! tests use as an oracle, and which an interpreter may use to reproduce JIT
@@ -25,7 +27,7 @@ use std::f64::consts::{FRAC_2_PI, LN_2, LOG2_E};
 ///
 /// `F` holds f64 lanes, `I` their bit patterns (as u64, wrapping arithmetic),
 /// `M` lane masks (the result of a comparison).
-pub(crate) trait Arith {
+pub trait Arith {
     type F: Copy;
     type I: Copy;
     type M: Copy;
@@ -59,7 +61,7 @@ pub(crate) trait Arith {
 }
 
 /// [`Arith`] on one lane with Rust arithmetic: the reference model.
-pub(crate) struct Scalar;
+pub struct Scalar;
 
 impl Arith for Scalar {
     type F = f64;
@@ -288,7 +290,7 @@ fn log_parts<A: Arith>(a: &mut A, x: A::F) -> (A::F, A::F) {
 }
 
 /// exp(x), rounded later to f32.
-pub(crate) fn exp_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
+pub fn exp_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
     let c = a.f(LOG2_E);
     let t = a.mul(x, c);
     let r = exp2(a, t);
@@ -297,7 +299,7 @@ pub(crate) fn exp_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
 }
 
 /// ln(x) with the IEEE special cases.
-pub(crate) fn ln_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
+pub fn ln_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
     let (k, ln_m) = log_parts(a, x);
     let ln2 = a.f(LN_2);
     let kl = a.mul(k, ln2);
@@ -318,7 +320,7 @@ pub(crate) fn ln_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
 
 /// tanh(x) = expm1(2x) / (expm1(2x) + 2), with expm1 taken from the exp2
 /// polynomial directly when no scaling happened (small |x|: no cancellation).
-pub(crate) fn tanh_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
+pub fn tanh_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
     let c = a.f(2.0 * LOG2_E);
     let t = a.mul(x, c);
     let (e, q, k_is_zero) = exp2_parts(a, t);
@@ -334,7 +336,7 @@ pub(crate) fn tanh_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
 
 /// cos(x): Cody-Waite reduction by pi/2 in four pieces, then the sin or cos
 /// polynomial of the quadrant.
-pub(crate) fn cos_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
+pub fn cos_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
     let ax = a.abs(x);
     let c = a.f(FRAC_2_PI);
     let t = a.mul(ax, c);
@@ -380,7 +382,7 @@ pub(crate) fn cos_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
 }
 
 /// powf(a, b) = ±2^(b log2|a|) with the C99 special cases.
-pub(crate) fn pow_f64<A: Arith>(ar: &mut A, a: A::F, b: A::F) -> A::F {
+pub fn pow_f64<A: Arith>(ar: &mut A, a: A::F, b: A::F) -> A::F {
     let ax = ar.abs(a);
     let (k, ln_m) = log_parts(ar, ax);
     let log2e = ar.f(LOG2_E);
