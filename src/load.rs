@@ -48,9 +48,12 @@ pub fn rule(file: &str, rule: Option<&str>) -> Result<(Program, Rule), Failure> 
 /// options every command that steps a rule shares).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct Execution {
-    /// What runs the steps: `cranelift` (compiled kernels; the default where
+    /// What runs the steps: `tiered` (Cranelift kernels from the first step,
+    /// LLVM's full-width kernels swapped in once compiled; the default in
+    /// builds with LLVM), `llvm`, `cranelift` (the default otherwise, where
     /// it supports the CPU), `reference` (the kernels' reference semantics)
-    /// or `interp` (the interpreter, the semantics oracle).
+    /// or `interp` (the interpreter, the semantics oracle). Results are the
+    /// same bit for bit on the three compiled tiers.
     #[arg(long, value_name = "NAME")]
     pub backend: Option<String>,
     /// A parameter group: tensors selected by name (`|`-separated names or

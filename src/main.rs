@@ -111,8 +111,9 @@ enum Command {
     },
     /// Train a small task on real data with a rule and print the loss curve:
     /// softmax regression or a tanh MLP on a UCI dataset shipped with optc, full batch.
-    /// The rule runs as fused kernels compiled by the fastest backend here (Cranelift
-    /// unless --backend says otherwise); the output names the backend.
+    /// The rule runs as fused kernels compiled by the fastest backend here (tiered
+    /// Cranelift and LLVM in builds with LLVM, else Cranelift, unless --backend says
+    /// otherwise); the output names the backend.
     #[command(
         after_help = "Tensors are named as in torch: `linear.weight`, `linear.bias` for softmax \
                       regression; `hidden.weight`, `hidden.bias`, `output.weight`, `output.bias` \
@@ -267,7 +268,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         script: Option<String>,
         /// What candidates are trained on: `cranelift` (the default where it
-        /// supports the CPU), `reference` or `interp` (`set backend` changes it).
+        /// supports the CPU: it compiles fastest), `llvm`, `tiered`, `reference`
+        /// or `interp` (`set backend` changes it).
         #[arg(long, value_name = "NAME")]
         backend: Option<String>,
     },
@@ -318,6 +320,13 @@ fn default_backend() -> &'static str {
         .map(|b| b.name)
         .find(|&name| name == fastest.name())
         .unwrap_or("reference")
+}
+
+/// What the search trains candidates on by default: Cranelift where it runs
+/// (thousands of short-lived rules: compile time matters more than the last
+/// factor of speed), else the fastest backend.
+fn search_backend() -> &'static str {
+    search::registered_backend("cranelift").unwrap_or_else(|_| default_backend())
 }
 
 fn main() -> ExitCode {
@@ -449,7 +458,7 @@ fn main() -> ExitCode {
         Command::Search { script, backend } => {
             match backend
                 .as_deref()
-                .map_or(Ok(default_backend()), search::registered_backend)
+                .map_or(Ok(search_backend()), search::registered_backend)
             {
                 Ok(backend) => match script {
                     Some(path) => search::repl::script(&path, backend),

@@ -4,6 +4,19 @@ mod common;
 
 use common::optc;
 
+/// The backend commands use when none is named, and every backend of this
+/// build (the `llvm` feature adds the LLVM tier and the tiered pair).
+const DEFAULT_BACKEND: &str = if cfg!(feature = "llvm") {
+    "tiered"
+} else {
+    "cranelift"
+};
+const BACKENDS: &str = if cfg!(feature = "llvm") {
+    "tiered, llvm, cranelift, reference, interp"
+} else {
+    "cranelift, reference, interp"
+};
+
 #[test]
 fn check_accepts_the_stdlib() {
     let files: Vec<String> = optc_stdlib::FILES
@@ -92,7 +105,9 @@ fn replay_compare_reports_the_error() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.starts_with("adam (cranelift backend): 10 steps, 2 tensors: max error "),
+        stdout.starts_with(&format!(
+            "adam ({DEFAULT_BACKEND} backend): 10 steps, 2 tensors: max error "
+        )),
         "{stdout}"
     );
 }
@@ -309,7 +324,8 @@ fn train_runs_on_the_compiled_kernels_by_default_and_on_any_backend() {
     assert_eq!(code, 0);
     assert!(
         help.contains("--backend <NAME>")
-            && help.contains("`cranelift` (compiled kernels; the default"),
+            && help.contains("`cranelift` (the default otherwise, where")
+            && help.contains("`tiered` (Cranelift kernels from the first step"),
         "{help}"
     );
     let losses = |backend: Option<&str>| {
@@ -325,10 +341,13 @@ fn train_runs_on_the_compiled_kernels_by_default_and_on_any_backend() {
     };
     let (default, rows) = losses(None);
     assert!(
-        default.ends_with("full batch, cranelift backend"),
+        default.ends_with(&format!("full batch, {DEFAULT_BACKEND} backend")),
         "{default}"
     );
-    for backend in ["reference", "interp"] {
+    for backend in ["cranelift", "reference", "interp"]
+        .into_iter()
+        .chain(cfg!(feature = "llvm").then_some("llvm"))
+    {
         let (header, other) = losses(Some(backend));
         assert!(header.ends_with(&format!("{backend} backend")), "{header}");
         assert_eq!(other, rows, "the same losses on {backend}");
@@ -336,7 +355,9 @@ fn train_runs_on_the_compiled_kernels_by_default_and_on_any_backend() {
     let (code, _, stderr) = optc(&["train", "--backend", "gpu"]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("unknown backend `gpu` (this build has: cranelift, reference, interp)"),
+        stderr.contains(&format!(
+            "unknown backend `gpu` (this build has: {BACKENDS})"
+        )),
         "{stderr}"
     );
 }

@@ -38,7 +38,8 @@ fn expr(rng: &mut Random, names: &[String], depth: usize) -> String {
         4 => format!(
             "{}({a})",
             rng.pick(&[
-                "abs", "sign", "sqrt", "exp", "log", "tanh", "sigmoid", "floor", "rsqrt", "cos"
+                "abs", "sign", "sqrt", "exp", "log", "tanh", "sigmoid", "floor", "rsqrt", "cos",
+                "cbrt"
             ])
         ),
         5 => format!("{}({a}, {b})", rng.pick(&["min", "max", "pow"])),

@@ -103,10 +103,7 @@ fn bad_commands_are_clear_errors() {
             "`population` takes a whole number from 1 to 100000",
         ),
         ("set colour blue", "unknown setting `colour`"),
-        (
-            "set backend gpu",
-            "unknown backend `gpu` (this build has: cranelift, reference, interp)",
-        ),
+        ("set backend gpu", "unknown backend `gpu` (this build has: "),
         ("tasks nonsense", "unknown task `nonsense`"),
         ("tasks digits", "choose at least one cheap task"),
         ("load no/such/file.opt", "cannot read no/such/file.opt"),

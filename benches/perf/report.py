@@ -4,7 +4,12 @@
     python3 benches/perf/report.py targets   # Adam, AdamW, Lion, SGD-momentum: 1 and 200
                                              # tensors, 1 and 2 threads, against the
                                              # same-run floor and the C programs
-    python3 benches/perf/report.py stdlib    # every standard-library optimizer, once
+    python3 benches/perf/report.py stdlib    # every standard-library optimizer, once, on
+                                             # the Cranelift and the LLVM tier
+    python3 benches/perf/report.py tiers     # the LLVM tier's targets: Adam, AdamW, Lion,
+                                             # SGD-momentum with state in cache (32K and
+                                             # 256K elements, 1 and 200 tensors) against
+                                             # the C programs, and bf16 Adam at 16M
     python3 benches/perf/report.py compare OLD_OPTC
                                              # this tree's optc against another build
                                              # (OLD_OPTC: a path to its binary), row by
@@ -16,7 +21,8 @@ Each row is one `optc bench RULE ... --json` run (the command is printed with
 the table). `targets` also compiles benches/perf/opt_c.c (hand-fused C steps
 and the C data-movement floor, gcc -O3 -march=native -fopenmp) and runs it
 in the same run, interleaved with optc, so both see the same machine.
-Needs python3, cargo and, for `targets`, gcc with OpenMP.
+Needs python3, cargo, LLVM 19 (the `llvm` feature) and, for `targets` and
+`tiers`, gcc with OpenMP.
 """
 
 import json
@@ -32,30 +38,36 @@ STEPS = 20
 
 
 def build():
-    subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--features", "llvm"],
+                   cwd=ROOT, check=True)
+    subprocess.run(["gcc", "-O3", "-march=native", "-fno-math-errno", "-fopenmp",
+                    os.path.join(ROOT, "benches", "perf", "opt_c.c"), "-lm", "-o", OPT_C],
+                   check=True)
 
 
-def bench(rule, threads=1, tensors=1, steps=STEPS, optc=OPTC, numel=NUMEL):
+def bench(rule, threads=1, tensors=1, steps=STEPS, optc=OPTC, numel=NUMEL, backend=None,
+          extra=()):
     args = [optc, "bench", rule, "--numel", str(numel), "--threads", str(threads),
-            "--tensors", str(tensors), "--steps", str(steps), "--json"]
+            "--tensors", str(tensors), "--steps", str(steps), "--json", *extra]
+    if backend:
+        args += ["--backend", backend]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
 
-def c_programs(threads):
+def c_programs(threads, numel=NUMEL, steps=STEPS):
     """ns/param of the C programs, by kernel name (copy28/copy20 are the C floors)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([OPT_C, str(NUMEL), str(STEPS), "adam,adamw,lion,sgdm,copy28,copy20"],
+    out = subprocess.run([OPT_C, str(numel), str(steps), "adam,adamw,lion,sgdm,copy28,copy20"],
                          capture_output=True, text=True, check=True, env=env).stdout
     rows = [line.split(",") for line in out.splitlines() if line.startswith("c_")]
     return {row[1]: float(row[7]) for row in rows}
 
 
+C_NAME = {"adam": "adam", "adamw": "adamw", "lion": "lion", "sgd_momentum": "sgdm"}
+
+
 def targets():
-    subprocess.run(["gcc", "-O3", "-march=native", "-fno-math-errno", "-fopenmp",
-                    os.path.join(ROOT, "benches", "perf", "opt_c.c"), "-lm", "-o", OPT_C],
-                   check=True)
-    c_name = {"adam": "adam", "adamw": "adamw", "lion": "lion", "sgd_momentum": "sgdm"}
     c_floor = {"adam": "copy28", "adamw": "copy28", "lion": "copy20", "sgd_momentum": "copy20"}
     print(f"`optc bench RULE --numel {NUMEL} --threads T --tensors K --steps {STEPS} --json`; "
           f"C: `OMP_NUM_THREADS=T target/opt_c {NUMEL} {STEPS} ...` in the same run.\n")
@@ -73,21 +85,62 @@ def targets():
                 print(f"| {rule} | {threads} | {tensors} | {r['ns_per_param']:.3f} "
                       f"| {r['floor_ns_per_param']:.3f} | {r['ratio_to_floor']:.2f} "
                       f"| {floor:.3f} | {r['ns_per_param'] / floor:.2f} "
-                      f"| {c[c_name[rule]]:.3f} | ≤ {target:.2f}: {met} |")
+                      f"| {c[C_NAME[rule]]:.3f} | ≤ {target:.2f}: {met} |")
 
 
 def stdlib():
     rules = subprocess.run([OPTC, "list"], capture_output=True, text=True,
                            check=True).stdout.split("\n")
     rules = [line.split()[0] for line in rules if line.strip()]
-    print(f"`optc bench RULE --numel {NUMEL} --steps 10 --json`, one run each, 1 thread.\n")
-    print("| rule | passes | B/param | ns/param | floor ns/param | ratio | compile ms (cold / cached) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"`optc bench RULE --numel {NUMEL} --steps 10 --backend TIER --json`, one run "
+          f"per tier, 1 thread; ratios to the floor measured in the same run.\n")
+    print("| rule | passes | B/param | cranelift ns/param | ratio | llvm ns/param | ratio "
+          "| llvm / cranelift | compile ms (cranelift / llvm) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    llvm_compiles = []
     for rule in rules:
-        r = bench(rule, steps=10)
-        print(f"| {rule} | {r['passes']} | {r['bytes_per_param']} | {r['ns_per_param']:.3f} "
-              f"| {r['floor_ns_per_param']:.3f} | {r['ratio_to_floor']:.2f} "
-              f"| {r['compile_ms']:.2f} / {r['compile_cached_ms']:.3f} |")
+        c = bench(rule, steps=10, backend="cranelift")
+        r = bench(rule, steps=10, backend="llvm")
+        llvm_compiles.append(r["compile_ms"])
+        print(f"| {rule} | {r['passes']} | {r['bytes_per_param']} | {c['ns_per_param']:.3f} "
+              f"| {c['ratio_to_floor']:.2f} | {r['ns_per_param']:.3f} | {r['ratio_to_floor']:.2f} "
+              f"| {r['ns_per_param'] / c['ns_per_param']:.2f} "
+              f"| {c['compile_ms']:.2f} / {r['compile_ms']:.1f} |", flush=True)
+    llvm_compiles.sort()
+    print(f"\nLLVM compile time per rule (both plans), median over the stdlib: "
+          f"{llvm_compiles[len(llvm_compiles) // 2]:.1f} ms")
+
+
+def tiers():
+    steps = 200
+    print(f"`optc bench RULE --numel N --tensors K --steps {steps} --backend TIER --json`, "
+          f"1 thread; C: `OMP_NUM_THREADS=1 target/opt_c N {steps} ...` (gcc -O3 -march=native "
+          f"-fno-math-errno), in the same run.\n")
+    print("| rule | numel | tensors | C fused ns/param | cranelift | llvm | llvm / C | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    for numel in (32768, 262144):
+        c = c_programs(1, numel, steps)
+        for tensors in (1, 200):
+            for rule in ("adam", "adamw", "lion", "sgd_momentum"):
+                cl = bench(rule, 1, tensors, steps, numel=numel, backend="cranelift")
+                ll = bench(rule, 1, tensors, steps, numel=numel, backend="llvm")
+                ratio = ll["ns_per_param"] / c[C_NAME[rule]]
+                met = "met" if ratio <= 1.05 else "missed"
+                print(f"| {rule} | {numel} | {tensors} | {c[C_NAME[rule]]:.3f} "
+                      f"| {cl['ns_per_param']:.3f} | {ll['ns_per_param']:.3f} | {ratio:.2f} "
+                      f"| ≤ 1.05: {met} |", flush=True)
+    print(f"\n`optc bench adam --numel {NUMEL} --steps {STEPS} --backend TIER [--dtype bf16 "
+          f"[--stochastic-rounding]] --json`, 1 thread.\n")
+    print("| tier | f32 ns/param | bf16 | bf16 / f32 | bf16, stochastic | its / f32 | target |")
+    print("|---|---|---|---|---|---|---|")
+    for backend in ("cranelift", "llvm"):
+        f = bench("adam", backend=backend)["ns_per_param"]
+        h = bench("adam", backend=backend, extra=("--dtype", "bf16"))["ns_per_param"]
+        sr = bench("adam", backend=backend,
+                   extra=("--dtype", "bf16", "--stochastic-rounding"))["ns_per_param"]
+        met = "met" if max(h, sr) / f <= 0.55 else "missed"
+        print(f"| {backend} | {f:.3f} | {h:.3f} | {h / f:.2f} | {sr:.3f} | {sr / f:.2f} "
+              f"| ≤ 0.55: {met} |", flush=True)
 
 
 def compare(old, repeats=3):
@@ -126,10 +179,11 @@ def compare(old, repeats=3):
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    if what not in ("targets", "stdlib", "compare") or (what == "compare") != (len(sys.argv) == 3):
+    if what not in ("targets", "stdlib", "tiers", "compare") \
+            or (what == "compare") != (len(sys.argv) == 3):
         sys.exit(__doc__)
     build()
     if what == "compare":
         compare(sys.argv[2])
     else:
-        {"targets": targets, "stdlib": stdlib}[what]()
+        {"targets": targets, "stdlib": stdlib, "tiers": tiers}[what]()

@@ -1,8 +1,8 @@
 //! The transcendental approximations, written once and evaluated twice.
 //!
 //! Compiled kernels cannot call libm per element, so `exp log tanh sigmoid
-//! cos` and `pow` are branch-free polynomial algorithms. Each is written here
-//! once, generically over `Arith`, a tiny instruction set of f64 lanes, i64
+//! cos cbrt` and `pow` are branch-free polynomial algorithms. Each is written
+//! here once, generically over `Arith`, a tiny instruction set of f64 lanes, i64
 //! lanes and lane masks. Every code generator implements `Arith` by emitting
 //! its vector instructions (Cranelift `f64x2`/`i64x2`, LLVM vectors of the
 //! host's width), so every tier computes the same operations in the same
@@ -14,12 +14,13 @@
 //! results exactly.
 //!
 //! Every algorithm takes its f32 argument widened to f64 (exactly), computes
-//! in f64 with a polynomial whose error is far below f32 resolution (2^-41 or
-//! better) and an exact or near-exact range reduction, and rounds to f32 once
-//! at the end. The result is therefore within 0.5 ulp + 2^-17 ulp of the true
-//! value (f32 subnormal results included, since f64 represents them as normal
-//! numbers), i.e. within 1 ulp of a correctly rounded libm. Measured bounds
-//! are in the crate documentation.
+//! in f64 with a polynomial (for cbrt, a polynomial refined by a Halley step)
+//! whose error is far below f32 resolution (2^-41 or better) and an exact or
+//! near-exact range reduction, and rounds to f32 once at the end. The result
+//! is therefore within 0.5 ulp + 2^-17 ulp of the true value (f32 subnormal
+//! results included, since f64 represents them as normal numbers), i.e.
+//! within 1 ulp of a correctly rounded libm. Measured bounds are in the
+//! crate documentation.
 
 use std::f64::consts::{FRAC_2_PI, LN_2, LOG2_E};
 
@@ -201,6 +202,20 @@ const PIO2: [f64; 4] = [
     3.2820035428735005e-22,
 ];
 
+/// cbrt(3/2 + u) for u = m - 3/2 in [-1/2, 1/2), lowest degree first
+/// (Chebyshev fit, relative error 2^-16.2; [`cbrt_f64`]'s Halley step cubes it).
+const CBRT_P: [f64; 5] = [
+    1.1447142425533319,
+    0.2542836552950887,
+    -0.056478324967036,
+    0.02246576146160356,
+    -0.010102212336338642,
+];
+
+/// 2^(1/3) and 2^(-1/3).
+const CBRT_2: f64 = 1.2599210498948732;
+const CBRT_HALF: f64 = 0.7937005259840998;
+
 /// Beyond this |x| the cos reduction is no longer accurate (see crate docs).
 pub const COS_ACCURATE_LIMIT: f32 = 8.0e8;
 
@@ -232,23 +247,47 @@ fn clamp<A: Arith>(a: &mut A, x: A::F, lo: f64, hi: f64) -> A::F {
     a.sel(above, hi, x)
 }
 
+/// `t` (|t| < 2^51) rounded to the nearest integer k (ties to even), as
+/// `(kd, k)`: `kd = k + ROUND_MAGIC` holds k in its low mantissa bits, for
+/// [`scale`].
+fn round<A: Arith>(a: &mut A, t: A::F) -> (A::F, A::F) {
+    let magic = a.f(ROUND_MAGIC);
+    let kd = a.add(t, magic);
+    let k = a.sub(kd, magic);
+    (kd, k)
+}
+
+/// `p * 2^k` for `kd` from [`round`], by adding k to p's exponent field:
+/// exact while p and the result are normal.
+fn scale<A: Arith>(a: &mut A, p: A::F, kd: A::F) -> A::F {
+    let kbits = a.bits(kd);
+    let shift = a.shl(kbits, 52);
+    let pbits = a.bits(p);
+    let bits = a.iadd(pbits, shift);
+    a.float(bits)
+}
+
+/// `biased - 1023` as f64, for an integer lane `biased` < 2^52: the exponent
+/// k of x = 2^k m (m in [1, 2)) from x's bits shifted right by 52.
+fn exponent<A: Arith>(a: &mut A, biased: A::I) -> A::F {
+    let two52 = a.i(TWO52_BITS);
+    let kbits = a.iadd(biased, two52);
+    let kraw = a.float(kbits);
+    let kbias = a.f(4503599627370496.0 + 1023.0);
+    a.sub(kraw, kbias)
+}
+
 /// 2^t split as 2^k (1 + q): returns (1 + q) * 2^k, q, and the mask k == 0.
 /// NaN `t` gives garbage (callers patch NaN inputs afterwards).
 fn exp2_parts<A: Arith>(a: &mut A, t: A::F) -> (A::F, A::F, A::M) {
     let t = clamp(a, t, -EXP2_LIMIT, EXP2_LIMIT);
-    let magic = a.f(ROUND_MAGIC);
-    let kd = a.add(t, magic);
-    let k = a.sub(kd, magic);
+    let (kd, k) = round(a, t);
     let f = a.sub(t, k);
     let poly = horner(a, f, &EXP2_Q);
     let q = a.mul(f, poly);
     let one = a.f(1.0);
     let p = a.add(one, q);
-    let kbits = a.bits(kd);
-    let scale = a.shl(kbits, 52);
-    let pbits = a.bits(p);
-    let bits = a.iadd(pbits, scale);
-    let value = a.float(bits);
+    let value = scale(a, p, kd);
     let zero = a.f(0.0);
     let k_is_zero = a.eq(k, zero);
     (value, q, k_is_zero)
@@ -270,11 +309,7 @@ fn log_parts<A: Arith>(a: &mut A, x: A::F) -> (A::F, A::F) {
     let sqrt_half = a.i(SQRT_HALF_BITS);
     let mbits = a.iadd(mant, sqrt_half);
     let m = a.float(mbits);
-    let two52 = a.i(TWO52_BITS);
-    let kbits = a.iadd(biased, two52);
-    let kraw = a.float(kbits);
-    let kbias = a.f(4503599627370496.0 + 1023.0);
-    let k = a.sub(kraw, kbias);
+    let k = exponent(a, biased);
     let one = a.f(1.0);
     let f = a.sub(m, one);
     let two = a.f(2.0);
@@ -343,9 +378,7 @@ pub fn cos_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
     // Far beyond the accurate range the quadrant count would exceed the
     // rounding trick's 2^51; clamping keeps the result a value in [-1, 1].
     let t = clamp(a, t, 0.0, 1.0e15);
-    let magic = a.f(ROUND_MAGIC);
-    let kd = a.add(t, magic);
-    let k = a.sub(kd, magic);
+    let (kd, k) = round(a, t);
     let mut r = ax;
     for piece in PIO2 {
         let piece = a.f(piece);
@@ -379,6 +412,62 @@ pub fn cos_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
     let bad = a.or(is_inf, is_nan);
     let nan = a.f(f64::NAN);
     a.sel(bad, nan, v)
+}
+
+/// cbrt(x), the real cube root: |x| = 2^(3q + r) m with m in [1, 2) and
+/// r in {-1, 0, 1} (from the exponent bits; f32 subnormals are normal in
+/// f64), y = P(m) cbrt(2^r) 2^q, then one Halley step
+/// y (y^3 + 2|x|) / (2y^3 + |x|), which takes the relative error e to
+/// (2/3) e^3: from the polynomial's 2^-16.2 to 2^-49 plus a few roundings.
+/// The sign is x's; ±0, ±inf and NaN are returned as they are.
+pub fn cbrt_f64<A: Arith>(a: &mut A, x: A::F) -> A::F {
+    let ax = a.abs(x);
+    let bits = a.bits(ax);
+    let biased = a.ushr(bits, 52);
+    let k = exponent(a, biased);
+    let mask = a.i(MANTISSA_MASK);
+    let mant = a.iand(bits, mask);
+    let one_bits = a.i(ONE_BITS);
+    let mbits = a.iadd(mant, one_bits);
+    let m = a.float(mbits);
+    // q = round(k / 3): k / 3 is at least 1/6 from a half-integer, so the
+    // product with the rounded 1/3 rounds the same way.
+    let third = a.f(1.0 / 3.0);
+    let t = a.mul(k, third);
+    let (qd, q) = round(a, t);
+    let three = a.f(3.0);
+    let q3 = a.mul(q, three);
+    let r = a.sub(k, q3);
+    let one = a.f(1.0);
+    let r_is_one = a.eq(r, one);
+    let minus_one = a.f(-1.0);
+    let r_is_minus_one = a.eq(r, minus_one);
+    let cbrt_2 = a.f(CBRT_2);
+    let cbrt_half = a.f(CBRT_HALF);
+    let c = a.sel(r_is_minus_one, cbrt_half, one);
+    let c = a.sel(r_is_one, cbrt_2, c);
+    let centre = a.f(1.5);
+    let u = a.sub(m, centre);
+    let p = horner(a, u, &CBRT_P);
+    let pc = a.mul(p, c);
+    let y = scale(a, pc, qd);
+    let y2 = a.mul(y, y);
+    let y3 = a.mul(y2, y);
+    let ax2 = a.add(ax, ax);
+    let num = a.add(y3, ax2);
+    let y3_2 = a.add(y3, y3);
+    let den = a.add(y3_2, ax);
+    let ratio = a.div(num, den);
+    let y = a.mul(y, ratio);
+    let zero = a.f(0.0);
+    let negative = a.lt(x, zero);
+    let ny = a.neg(y);
+    let y = a.sel(negative, ny, y);
+    let inf = a.f(f64::INFINITY);
+    let positive = a.lt(zero, ax);
+    let finite = a.lt(ax, inf);
+    let ordinary = a.and(positive, finite);
+    a.sel(ordinary, y, x)
 }
 
 /// powf(a, b) = ±2^(b log2|a|) with the C99 special cases.
@@ -467,6 +556,11 @@ pub fn cos(x: f32) -> f32 {
     cos_f64(&mut Scalar, f64::from(x)) as f32
 }
 
+/// The model of the JIT's `cbrt`.
+pub fn cbrt(x: f32) -> f32 {
+    cbrt_f64(&mut Scalar, f64::from(x)) as f32
+}
+
 /// The model of the JIT's `pow`.
 pub fn pow(a: f32, b: f32) -> f32 {
     pow_f64(&mut Scalar, f64::from(a), f64::from(b)) as f32
@@ -494,6 +588,35 @@ mod tests {
         assert!(cos(f32::INFINITY).is_nan());
         assert_eq!(cos(0.0), 1.0);
         assert_eq!(sigmoid(0.0), 0.5);
+        assert_eq!(cbrt(0.0).to_bits(), 0.0f32.to_bits());
+        assert_eq!(cbrt(-0.0).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(cbrt(f32::INFINITY), f32::INFINITY);
+        assert_eq!(cbrt(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        assert!(cbrt(f32::NAN).is_nan());
+        assert!(cbrt(-f32::NAN).is_nan());
+        assert_eq!(cbrt(1.0), 1.0);
+        assert_eq!(cbrt(-8.0), -2.0);
+        assert_eq!(cbrt(27.0), 3.0);
+        assert_eq!(cbrt(0.125), 0.5);
+        assert_eq!(cbrt(2.0f32.powi(-126)), 2.0f32.powi(-42));
+        assert_eq!(
+            cbrt(-f32::from_bits(4)),
+            -(2.0f32.powi(-49)),
+            "-2^-147, subnormal"
+        );
+        // Subnormals and the extreme finite inputs: the f64 cube root,
+        // rounded once.
+        for x in [
+            f32::from_bits(1),
+            -f32::from_bits(0x7F_FFFF),
+            f32::MIN_POSITIVE,
+            f32::MAX,
+        ] {
+            assert_eq!(cbrt(x), f64::from(x).cbrt() as f32, "cbrt({x:e})");
+        }
+        for x in [3.0f32, 1e-40, 5e37, 0.3] {
+            assert_eq!(cbrt(-x).to_bits(), (-cbrt(x)).to_bits(), "odd at {x:e}");
+        }
         assert_eq!(pow(2.0, 10.0), 1024.0);
         assert_eq!(pow(-2.0, 3.0), -8.0);
         assert!(pow(-8.0, 1.0 / 3.0).is_nan());

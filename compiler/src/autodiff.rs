@@ -604,6 +604,7 @@ derivatives! {
     "tanh": Unary(U::Tanh, _) => [(* ct (- 1 (* y y)))];
     "sigmoid": Unary(U::Sigmoid, _) => [(* ct (* y (- 1 y)))];
     "cos": Unary(U::Cos, a) => [(* ct (cos (+ a half_pi)))];
+    "cbrt": Unary(U::Cbrt, _) => [(select (== y 0) zero (/ ct (* 3 (* y y))))];
     "floor": Unary(U::Floor, _) => [zero];
     "not": Unary(U::Not, _) => [zero];
     "add": Binary(B::Add, _, _) => [ct, ct];

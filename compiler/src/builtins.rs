@@ -31,6 +31,7 @@ pub const BUILTINS: &[(&str, usize, Builtin)] = &[
     ("tanh", 1, Builtin::Unary(UnaryOp::Tanh)),
     ("sigmoid", 1, Builtin::Unary(UnaryOp::Sigmoid)),
     ("cos", 1, Builtin::Unary(UnaryOp::Cos)),
+    ("cbrt", 1, Builtin::Unary(UnaryOp::Cbrt)),
     ("floor", 1, Builtin::Unary(UnaryOp::Floor)),
     ("pow", 2, Builtin::Binary(BinaryOp::Pow)),
     ("min", 2, Builtin::Binary(BinaryOp::Min)),

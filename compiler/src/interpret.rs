@@ -27,6 +27,7 @@ pub trait Real: Copy + PartialOrd + std::fmt::Debug + Send + Sync + 'static {
     fn ln(self) -> Self;
     fn tanh(self) -> Self;
     fn cos(self) -> Self;
+    fn cbrt(self) -> Self;
     fn floor(self) -> Self;
     fn powf(self, o: Self) -> Self;
     fn min(self, o: Self) -> Self;
@@ -77,6 +78,9 @@ macro_rules! real {
             }
             fn cos(self) -> Self {
                 <$t>::cos(self)
+            }
+            fn cbrt(self) -> Self {
+                <$t>::cbrt(self)
             }
             fn floor(self) -> Self {
                 <$t>::floor(self)
@@ -135,6 +139,7 @@ pub fn unary<F: Real>(op: UnaryOp, x: F) -> F {
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Sigmoid => F::ONE.div(F::ONE.add(x.neg().exp())),
         UnaryOp::Cos => x.cos(),
+        UnaryOp::Cbrt => x.cbrt(),
         UnaryOp::Floor => x.floor(),
     }
 }

@@ -121,6 +121,7 @@ pub enum UnaryOp {
     Tanh,
     Sigmoid,
     Cos,
+    Cbrt,
     Floor,
 }
 

@@ -480,11 +480,82 @@ pub mod bf16 {
     }
 }
 
+/// Checks that `kernel` is well formed: operands refer to earlier ops,
+/// buffer and scalar indices are below the kernel's counts, stores and
+/// accumulators name existing ops, no buffer is stored twice, every buffer
+/// has a storage type, and a stochastic-rounding seed is an existing scalar.
+pub fn validate(kernel: &Kernel) -> Result<(), String> {
+    let invalid = |m: String| Err(m);
+    let n = kernel.ops.len();
+    if kernel.storage.len() != kernel.buffers as usize {
+        return invalid(format!(
+            "{} storage types for {} buffers",
+            kernel.storage.len(),
+            kernel.buffers
+        ));
+    }
+    if let Rounding::Stochastic { seed_scalar } = kernel.rounding {
+        if seed_scalar >= kernel.scalars {
+            return invalid(format!(
+                "stochastic rounding seed is scalar {seed_scalar} of {}",
+                kernel.scalars
+            ));
+        }
+    }
+    for (i, op) in kernel.ops.iter().enumerate() {
+        let operands: &[u32] = match op {
+            Op::Load(b) => {
+                if *b >= kernel.buffers {
+                    return invalid(format!("op {i} loads buffer {b} of {}", kernel.buffers));
+                }
+                &[]
+            }
+            Op::Scalar(k) => {
+                if *k >= kernel.scalars {
+                    return invalid(format!("op {i} reads scalar {k} of {}", kernel.scalars));
+                }
+                &[]
+            }
+            Op::Const(_) => &[],
+            Op::Unary(_, a) => &[*a],
+            Op::Binary(_, a, b) => &[*a, *b],
+            Op::Select(a, b, c) | Op::Lerp(a, b, c) => &[*a, *b, *c],
+        };
+        if let Some(a) = operands.iter().find(|&&a| a as usize >= i) {
+            return invalid(format!("op {i} uses op {a}, which is not earlier"));
+        }
+    }
+    let mut stored = Vec::new();
+    for &(b, op) in &kernel.stores {
+        if b >= kernel.buffers {
+            return invalid(format!("store to buffer {b} of {}", kernel.buffers));
+        }
+        if op as usize >= n {
+            return invalid(format!("store of op {op} of {n}"));
+        }
+        if stored.contains(&b) {
+            return invalid(format!("buffer {b} is stored twice"));
+        }
+        stored.push(b);
+    }
+    for &(_, op) in &kernel.accumulators {
+        if op as usize >= n {
+            return invalid(format!("accumulator over op {op} of {n}"));
+        }
+    }
+    Ok(())
+}
+
 /// Operations a backend may approximate, with the accuracy it must meet.
 pub fn is_transcendental(op: UnaryOp) -> bool {
     matches!(
         op,
-        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Cos
+        UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Tanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Cos
+            | UnaryOp::Cbrt
     )
 }
 

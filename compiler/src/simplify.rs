@@ -206,6 +206,8 @@ pub const RULES: &[RewriteRule] = &[
     algebraic("pow-one", "x ^ 1 => x", "Rust does not promise pow's rounding"),
     algebraic("pow-half", "x ^ 0.5 => sqrt(x)", "pow's rounding; was +0 (now -0) for x = -0, +inf (now NaN) for x = -inf"),
     algebraic("pow-minus-one", "x ^ -1 => 1 / x", "pow's rounding"),
+    algebraic("pow-third", "x ^ 0.3333333333333333 => cbrt(x)", "pow's rounding and that of the exponent 1/3 (in f32, 1e-8 |log x| relative); was NaN (now the real cube root) for x < 0, +0 (now -0) for x = -0, +inf (now -inf) for x = -inf"),
+    algebraic("cbrt-cube", "cbrt(x * x * x) => x", "rounding, overflow or underflow of x * x * x"),
     algebraic("exp-log", "exp(log(x)) => x", "rounding; was NaN (now x) for x < 0"),
     algebraic("log-exp", "log(exp(x)) => x", "rounding; overflow of exp(x) for x > 88 (f32)"),
 ];
@@ -233,7 +235,7 @@ impl RewriteRule {
 /// nodes and reductions, which read every element), then per step or tensor.
 /// Ordered per element first. Weights: negation, `!`, `abs`, `select`, `&&`,
 /// `||` 1; `+ - * min max`, comparisons, `sign`, `floor` 2; reductions 3;
-/// `/`, `sqrt` 4; `rsqrt`, `lerp` 5; `exp log tanh sigmoid cos` 8; `^` 10.
+/// `/`, `sqrt` 4; `rsqrt`, `lerp` 5; `exp log tanh sigmoid cos cbrt` 8; `^` 10.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cost {
     pub per_element: u64,
@@ -548,7 +550,12 @@ impl Op {
             Op::Unary(UnaryOp::Sqrt) => 4,
             Op::Unary(UnaryOp::Rsqrt) => 5,
             Op::Unary(
-                UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Cos,
+                UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Tanh
+                | UnaryOp::Sigmoid
+                | UnaryOp::Cos
+                | UnaryOp::Cbrt,
             ) => 8,
             Op::Binary(BinaryOp::And | BinaryOp::Or) => 1,
             Op::Binary(BinaryOp::Div) => 4,
@@ -820,9 +827,12 @@ impl Builder {
             Node::Input(input, _) => matches!(input, Input::Step | Input::Numel),
             Node::Unary(op, a) => match op {
                 UnaryOp::Abs | UnaryOp::Exp | UnaryOp::Sigmoid | UnaryOp::Not => true,
-                UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Floor | UnaryOp::Tanh | UnaryOp::Sign => {
-                    nonnegative(a)
-                }
+                UnaryOp::Sqrt
+                | UnaryOp::Rsqrt
+                | UnaryOp::Floor
+                | UnaryOp::Tanh
+                | UnaryOp::Sign
+                | UnaryOp::Cbrt => nonnegative(a),
                 UnaryOp::Neg | UnaryOp::Log | UnaryOp::Cos => false,
             },
             Node::Binary(op, a, b) => match op {
@@ -842,7 +852,7 @@ impl Builder {
             || match *graph.node(handle) {
                 Node::Const(bits) => bits != (-0.0f64).to_bits(),
                 Node::Unary(UnaryOp::Sign, _) | Node::Reduce(ReduceOp::Sum, _, _) => true,
-                Node::Unary(UnaryOp::Sqrt, a) => never_negative_zero(a),
+                Node::Unary(UnaryOp::Sqrt | UnaryOp::Cbrt, a) => never_negative_zero(a),
                 Node::Binary(BinaryOp::Add, a, b) => {
                     never_negative_zero(a) || never_negative_zero(b)
                 }

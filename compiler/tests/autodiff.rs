@@ -270,9 +270,10 @@ fn unary_operations_match_finite_differences() {
         "p = tanh(p - g);",
         "p = sigmoid(3 * (p - g));",
         "p = cos(3 * p - g);",
+        "p = cbrt(p - 2 * g);",
         "p = floor(4 * p) * g;",
         "p = if !(p > g) { p } else { g * h };",
-        "s = sqrt(s * z) + exp(-s) + log(s + h) + tanh(s) + sigmoid(s) + cos(s) + rsqrt(s);",
+        "s = sqrt(s * z) + exp(-s) + log(s + h) + tanh(s) + sigmoid(s) + cos(s) + rsqrt(s) + cbrt(s);",
         "z = abs(z - h) + sign(z - k) * z + floor(3 * z) * h;",
     ]);
 }
@@ -518,6 +519,22 @@ fn sqrt_and_norm_at_zero_have_derivative_zero() {
     // Second tensor: sqrt' = 1/4 at 4; norm's cotangent is 3 per element, 6
     // in all, times g / norm = (0, 1).
     assert_eq!(d[0], elems(&[&[0.0, 0.0], &[0.0, 0.25 + 6.0]]));
+}
+
+#[test]
+fn cbrt_at_zero_has_derivative_zero() {
+    let d = seeded_with_ones(
+        "optimizer o() { p = cbrt(g); }",
+        vec![vec![0.0, -0.0, 8.0, -8.0, -1.0, f64::INFINITY]],
+        vec![],
+        &[Variable::Grad],
+    );
+    // 1 / (3 cbrt(g)^2): 0 (not inf) at both zeros, even in cbrt(-8) = -2,
+    // and 0 at infinity.
+    assert_eq!(
+        d[0],
+        elems(&[&[0.0, 0.0, 1.0 / 12.0, 1.0 / 12.0, 1.0 / 3.0, 0.0]])
+    );
 }
 
 #[test]

@@ -355,6 +355,7 @@ fn expr(rng: &mut Random, scope: &Scope, shape: Shape, depth: usize) -> String {
         4 => {
             let f = [
                 "abs", "sign", "sqrt", "exp", "log", "tanh", "floor", "rsqrt", "sigmoid", "cos",
+                "cbrt",
             ];
             format!("{}({})", f[rng.below(f.len())], sub(rng))
         }

@@ -104,6 +104,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("pow-one", "g ^ 1"),
     ("pow-half", "g ^ 0.5"),
     ("pow-minus-one", "g ^ -1"),
+    ("pow-third", "abs(g) ^ (1 / 3)"),
+    ("cbrt-cube", "cbrt(g * g * g)"),
     ("exp-log", "exp(log(abs(g)))"),
     ("log-exp", "log(exp(g))"),
 ];

@@ -118,8 +118,10 @@ class Spec:
 class Optimizer(torch.optim.Optimizer):
     """An optc rule as a torch optimizer (see the module documentation).
 
-    ``threads``: threads a step runs on. ``backend``: ``cranelift``,
-    ``reference`` or ``interp`` (default: the fastest here).
+    ``threads``: threads a step runs on. ``backend``: ``tiered`` and
+    ``llvm`` (in builds with the LLVM tier), ``cranelift``, ``reference`` or
+    ``interp`` (default: the fastest here; the compiled tiers agree bit for
+    bit).
     ``group_reductions``: ``"per_group"`` (torch's semantics) or ``"across"``.
     ``state_dtype``: per-element state's dtype (default: the parameters').
     ``non_finite="skip"``: skip steps with non-finite gradients; ``opt.skipped``

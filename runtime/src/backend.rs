@@ -1,7 +1,7 @@
 //! Backends: what an optimizer's steps run on, chosen by name (`--backend`)
 //! from one registry, [`BACKENDS`]. A kernel backend (reference kernels,
-//! Cranelift; later LLVM) compiles the rule's pass plan and runs on the host
-//! executor; `interp` runs the interpreter, the semantics oracle. Every
+//! Cranelift, LLVM, and the tiered pair of the last two) compiles the
+//! rule's pass plan and runs on the host executor; `interp` runs the interpreter, the semantics oracle. Every
 //! registered backend is also what the conformance suite runs: adding a line
 //! to [`BACKENDS`] puts a backend on every command and under every test.
 //!
@@ -43,6 +43,30 @@ pub struct BackendInfo {
 /// Every backend this build has, fastest first: [`Backend::fastest`] takes
 /// the first that opens on this host.
 pub static BACKENDS: &[BackendInfo] = &[
+    #[cfg(all(feature = "cranelift", feature = "llvm"))]
+    BackendInfo {
+        name: "tiered",
+        summary: "Cranelift kernels from the first step; LLVM's full-width kernels, compiled \
+                  in the background, swapped in between steps (bit-identical results)",
+        approximates: true,
+        open: || {
+            let jit = optc_cranelift::Jit::new().map_err(|e| e.to_string())?;
+            let llvm = optc_llvm::Llvm::new().map_err(|e| e.to_string())?;
+            let tiered = crate::tiered::Tiered::new(Box::new(jit), Box::new(llvm));
+            Ok(Backend::tiered("tiered", tiered))
+        },
+    },
+    #[cfg(feature = "llvm")]
+    BackendInfo {
+        name: "llvm",
+        summary: "kernels compiled by LLVM to SIMD loops at the CPU's full vector width \
+                  (AVX-512 or AVX2; milliseconds per kernel)",
+        approximates: true,
+        open: || {
+            let llvm = optc_llvm::Llvm::new().map_err(|e| e.to_string())?;
+            Ok(Backend::kernels("llvm", Box::new(llvm)))
+        },
+    },
     #[cfg(feature = "cranelift")]
     BackendInfo {
         name: "cranelift",
@@ -80,6 +104,9 @@ pub enum Elements {
 pub struct Backend {
     name: Arc<str>,
     kind: Kind,
+    /// The background compiles of a tiered backend.
+    #[cfg(all(feature = "cranelift", feature = "llvm"))]
+    tiers: Option<Arc<crate::tiered::Progress>>,
 }
 
 #[derive(Clone)]
@@ -112,8 +139,9 @@ impl Backend {
             .map_err(|why| Error::Unsupported(format!("backend `{name}` cannot run here: {why}")))
     }
 
-    /// The fastest backend that runs on this host (Cranelift where it
-    /// supports the CPU, else the reference kernels).
+    /// The fastest backend that runs on this host (tiered Cranelift and
+    /// LLVM in builds with LLVM, else Cranelift where it supports the CPU,
+    /// else the reference kernels).
     pub fn fastest() -> Backend {
         BACKENDS
             .iter()
@@ -130,6 +158,8 @@ impl Backend {
         Backend {
             name: name.into(),
             kind: Kind::Interpreter(elements),
+            #[cfg(all(feature = "cranelift", feature = "llvm"))]
+            tiers: None,
         }
     }
 
@@ -142,7 +172,39 @@ impl Backend {
                 backend,
                 compiled: HashMap::new(),
             }))),
+            #[cfg(all(feature = "cranelift", feature = "llvm"))]
+            tiers: None,
         }
+    }
+
+    /// A tiered kernel backend, under `name`.
+    #[cfg(all(feature = "cranelift", feature = "llvm"))]
+    pub fn tiered(name: &str, tiered: crate::tiered::Tiered) -> Backend {
+        let progress = tiered.progress();
+        Backend {
+            tiers: Some(progress),
+            ..Backend::kernels(name, Box::new(tiered))
+        }
+    }
+
+    /// Blocks until the kernels compiled so far have their faster tier
+    /// compiled (they swap to it at their next step); returns at once on a
+    /// backend without tiers. Benchmarks call it before timing.
+    pub fn wait_for_tiers(&self) {
+        #[cfg(all(feature = "cranelift", feature = "llvm"))]
+        if let Some(tiers) = &self.tiers {
+            tiers.wait();
+        }
+    }
+
+    /// Kernels that have swapped to their faster tier so far (0 on a
+    /// backend without tiers).
+    pub fn tier_swaps(&self) -> usize {
+        #[cfg(all(feature = "cranelift", feature = "llvm"))]
+        if let Some(tiers) = &self.tiers {
+            return tiers.swapped();
+        }
+        0
     }
 
     pub fn name(&self) -> &str {

@@ -2,7 +2,8 @@
 //! rule, its hyperparameter values per parameter group (constants or
 //! schedules of `t`) and its state, and applies one step to many tensors at
 //! once on a [`Backend`]: compiled kernels on the host executor (Cranelift
-//! by default, or the reference kernels) or the interpreter. Steps are
+//! by default, tiered with LLVM in builds with the `llvm` feature, or the
+//! reference kernels) or the interpreter. Steps are
 //! atomic: a step that fails leaves parameters and state exactly as they
 //! were. [`checkpoint`] saves and restores an optimizer; [`trace`] replays
 //! recorded gradients in the golden-file schema; [`adjoint`] runs the
@@ -21,6 +22,8 @@ mod optimizer;
 mod pool;
 pub mod precision;
 pub mod shard;
+#[cfg(all(feature = "cranelift", feature = "llvm"))]
+pub mod tiered;
 pub mod trace;
 
 pub use backend::{Backend, BackendInfo, Elements, BACKENDS};

@@ -217,7 +217,7 @@ enum Elements {
 /// Times `runs` calls of `compiled` over `n` elements of buffers in the
 /// kernel's storage types, filled with small positive values.
 fn timings(
-    compiled: &optc_cranelift::CompiledKernel,
+    compiled: &optc_compiler::backend::NativeKernel,
     kernel: &Kernel,
     scalars: &[f32],
     n: usize,

@@ -26,7 +26,6 @@
 //! Everything is branch-free per element: comparisons produce lane masks,
 //! `select`/`sign`/`min`/`max` are bit selects on them.
 
-use optc_compiler::approx::{self, Arith};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
     types, AbiParam, Block, ConstantData, Endianness, Function, InstBuilder, MemFlagsData,
@@ -34,6 +33,7 @@ use cranelift_codegen::ir::{
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use optc_compiler::approx::{self, Arith};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use optc_compiler::kernel::{bf16, Kernel, Op, Rounding, Storage};
 use std::collections::HashMap;
@@ -517,6 +517,7 @@ impl Gen<'_, '_> {
             UnaryOp::Log => approx::ln_f64(&mut w, half),
             UnaryOp::Tanh => approx::tanh_f64(&mut w, half),
             UnaryOp::Cos => approx::cos_f64(&mut w, half),
+            UnaryOp::Cbrt => approx::cbrt_f64(&mut w, half),
             _ => unreachable!("not evaluated in f64"),
         });
         self.join(rl, rh)
@@ -675,6 +676,7 @@ impl Gen<'_, '_> {
             UnaryOp::Log => self.wide1(x, UnaryOp::Log),
             UnaryOp::Tanh => self.wide1(x, UnaryOp::Tanh),
             UnaryOp::Cos => self.wide1(x, UnaryOp::Cos),
+            UnaryOp::Cbrt => self.wide1(x, UnaryOp::Cbrt),
             UnaryOp::Sigmoid => {
                 let nx = self.b.ins().fneg(x);
                 let e = self.wide1(nx, UnaryOp::Exp);

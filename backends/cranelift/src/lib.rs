@@ -3,7 +3,7 @@
 //!
 //! A [`Jit`] owns a Cranelift JIT module for the host CPU (detected at run
 //! time with `cranelift-native`). [`Jit::compile`] turns a kernel into native
-//! code with the ABI of [`KernelFn`]; [`CompiledKernel::run`] is the safe way
+//! code with the ABI of [`KernelFn`]; [`NativeKernel::run`] is the safe way
 //! to call it.
 //!
 //! # Semantics
@@ -11,9 +11,9 @@
 //! A compiled kernel reproduces [`optc_compiler::kernel::run`] bit for bit,
 //! with these documented exceptions:
 //!
-//! * **Transcendentals** (`exp log tanh sigmoid cos`, binary `pow`) are inline
+//! * **Transcendentals** (`exp log tanh sigmoid cos cbrt`, binary `pow`) are inline
 //!   vector polynomials, see [`optc_compiler::approx`], whose scalar functions model them
-//!   bit-exactly. They evaluate in f64 (polynomial error 2^-41 or less) and
+//!   bit-exactly. They evaluate in f64 (error 2^-41 or less) and
 //!   round to f32 once, so they are within 1 ulp of the correctly rounded
 //!   result, in practice almost always equal to it. Bounds asserted by
 //!   `tests/accuracy.rs` over sweeps of every 257th f32 bit pattern (16.7M
@@ -29,6 +29,7 @@
 //!   | `tanh`    | all f32                                | ≤ 2 ulp (2)    | ≤ 1 ulp (0)     |
 //!   | `sigmoid` | all f32                                | ≤ 2 ulp (2)    | ≤ 1 ulp (0)     |
 //!   | `cos`     | \|x\| ≤ 8e8 ([`COS_ACCURATE_LIMIT`](optc_compiler::approx::COS_ACCURATE_LIMIT)) | ≤ 1 ulp (1) | ≤ 1 ulp (1) |
+//!   | `cbrt`    | all f32 (subnormals included)          | ≤ 1 ulp (0)    | ≤ 1 ulp (0)     |
 //!   | `pow`     | 4.7M pairs: a over all positive f32 × b in [-60, 60] and integers, a near 1 × \|b\| ≤ 2e6, negative a × integer b, specials | ≤ 1 ulp (1) | ≤ 1 ulp (0) |
 //!
 //!   The 2-ulp cases are the reference's: glibc's `tanhf` is up to ~1.6 ulp
@@ -36,10 +37,14 @@
 //!   reference's f32 formula `1 / (1 + exp(-x))` turns a 1-ulp difference in
 //!   `exp` into 2 ulp of the sigmoid (its "vs f64" column is that formula
 //!   with a correctly rounded exp).
+//!   `cbrt` was also compared on all 2^32 f32 patterns (the scalar model,
+//!   outside the tests): it equals glibc's `cbrtf` and the rounded f64 cube
+//!   root on every one, with an f64 relative error of at most 2^-49.
 //!
 //!   Special values follow IEEE/C99 (NaN in, NaN out; `exp(±inf) = inf, 0`;
 //!   `log(±0) = -inf`, `log(x < 0) = NaN`, `log(inf) = inf`;
-//!   `tanh(-0) = -0`, `tanh(±inf) = ±1`; `cos(±inf) = NaN`). `sigmoid` is
+//!   `tanh(-0) = -0`, `tanh(±inf) = ±1`; `cos(±inf) = NaN`; `cbrt` is odd,
+//!   `cbrt(±0) = ±0`, `cbrt(±inf) = ±inf`). `sigmoid` is
 //!   `1 / (1 + exp(-x))` evaluated in f32 exactly like the reference (so it
 //!   is 0 below x = -88.7 as the reference is, where the true value would
 //!   be subnormal). `cos` is accurate for |x| ≤ 8e8 (Cody-Waite reduction
@@ -76,7 +81,7 @@
 //! Tested on every f32 pattern (both roundings),
 //! every bf16 pattern, and random kernels mixing f32 and bf16 buffers
 //! (`tests/bf16.rs`). Pointers to bf16 buffers are `*mut u16` cast to
-//! `*mut f32` (see [`KernelFn`]); [`CompiledKernel::run_typed`] takes them
+//! `*mut f32` (see [`KernelFn`]); [`NativeKernel::run_typed`] takes them
 //! safely.
 //!
 //! Multiplies and adds are never fused; `sqrt` and division are the exact
@@ -114,10 +119,10 @@
 //! # Lifetime of the code
 //!
 //! Machine code lives in the `JITModule`, which sits behind an `Arc` shared by
-//! the [`Jit`] and every [`CompiledKernel`] it produced. The module (and all
+//! the [`Jit`] and every [`NativeKernel`] it produced. The module (and all
 //! its code) is freed when the last of them is dropped, so a compiled kernel
 //! stays callable after the `Jit` is gone, and kernels can be sent to and
-//! shared between threads (`CompiledKernel: Send + Sync`). Code is never
+//! shared between threads (`NativeKernel: Send + Sync`). Code is never
 //! freed before that: a long-lived `Jit` grows by each kernel compiled.
 //!
 //! # Settings
@@ -141,45 +146,20 @@ use cranelift_codegen::{isa::CallConv, Context};
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::Module;
-use optc_compiler::backend::{HostBackend, HostKernel};
-use optc_compiler::kernel::{BufferMut, Kernel, Op, Rounding, Storage};
+use optc_compiler::backend::{HostBackend, HostKernel, KernelFn, NativeKernel};
+use optc_compiler::kernel::{self, Kernel};
 use std::fmt;
-use std::ops::Range;
 use std::sync::{Arc, Mutex};
-
-/// The generated function: `(buffers, scalars, accumulators, start, end)`.
-///
-/// Processes elements `start..end` of every buffer (`start > end` does
-/// nothing); `buffers[b]` points at element 0 of buffer `b` (an `f32`, or for
-/// a bf16 buffer a `u16` bit pattern, its pointer cast to `*mut f32`; 2-byte
-/// alignment suffices), `scalars[k]` is scalar `k` (a stochastic-rounding
-/// seed is the bit pattern of its scalar), and accumulator `k`'s result is
-/// combined into `accumulators[k]`.
-///
-/// # Safety
-/// Every buffer pointer must be valid for reads (and, for stored buffers,
-/// writes) of elements `start..end` in its buffer's storage type; distinct
-/// buffers must not overlap; `scalars` and `accumulators` must hold the
-/// kernel's counts.
-pub type KernelFn = unsafe extern "C" fn(
-    buffers: *const *mut f32,
-    scalars: *const f32,
-    accumulators: *mut f64,
-    start: usize,
-    end: usize,
-);
 
 /// Why compiling or running a kernel failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JitError {
     /// The host is not supported by Cranelift or a setting was rejected.
     Host(String),
-    /// The kernel is malformed (see [`validate`]).
+    /// The kernel is malformed (see [`kernel::validate`]).
     InvalidKernel(String),
     /// Cranelift failed to compile or load the function.
     Codegen(String),
-    /// `run` got arguments that do not fit the kernel.
-    BadArguments(String),
 }
 
 impl fmt::Display for JitError {
@@ -188,7 +168,6 @@ impl fmt::Display for JitError {
             JitError::Host(m) => write!(f, "unsupported host: {m}"),
             JitError::InvalidKernel(m) => write!(f, "invalid kernel: {m}"),
             JitError::Codegen(m) => write!(f, "code generation failed: {m}"),
-            JitError::BadArguments(m) => write!(f, "bad kernel arguments: {m}"),
         }
     }
 }
@@ -207,7 +186,7 @@ impl Drop for Shared {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         if let Some(module) = module {
-            // SAFETY: every CompiledKernel holds an Arc<Shared>, so none is
+            // SAFETY: every NativeKernel holds an Arc<Shared>, so none is
             // left that could call into this code, and none is running.
             unsafe { module.free_memory() };
         }
@@ -262,8 +241,8 @@ impl Jit {
     }
 
     /// Compiles `kernel` to native code.
-    pub fn compile(&mut self, kernel: &Kernel) -> Result<CompiledKernel, JitError> {
-        validate(kernel)?;
+    pub fn compile(&mut self, kernel: &Kernel) -> Result<NativeKernel, JitError> {
+        kernel::validate(kernel).map_err(JitError::InvalidKernel)?;
         let codegen_err = |e: &dyn fmt::Display| JitError::Codegen(e.to_string());
         let mut guard = self
             .shared
@@ -294,204 +273,9 @@ impl Jit {
         // SAFETY: the function was built with `codegen::signature`, which is
         // this type's ABI on the host.
         let function = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
-        Ok(CompiledKernel {
-            function,
-            _code: Arc::clone(&self.shared),
-            storage: kernel.storage.clone(),
-            scalars: kernel.scalars as usize,
-            accumulators: kernel.accumulators.len(),
-        })
-    }
-}
-
-/// A compiled kernel. Keeps its JIT module (and so its code) alive; callable
-/// from any number of threads at once.
-pub struct CompiledKernel {
-    function: KernelFn,
-    _code: Arc<Shared>,
-    /// The storage type of each buffer the kernel takes.
-    storage: Vec<Storage>,
-    scalars: usize,
-    accumulators: usize,
-}
-
-impl fmt::Debug for CompiledKernel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CompiledKernel")
-            .field("function", &(self.function as *const u8))
-            .field("storage", &self.storage)
-            .field("scalars", &self.scalars)
-            .field("accumulators", &self.accumulators)
-            .finish()
-    }
-}
-
-/// Pointer arrays of up to this many buffers live on the stack.
-const INLINE_BUFFERS: usize = 16;
-
-impl CompiledKernel {
-    /// Runs a kernel whose buffers are all f32 over elements `range` of
-    /// `buffers`, combining the accumulators into `accumulators` (initialise
-    /// them with [`Kernel::identity`]). The counts must match the kernel's
-    /// and the range must lie inside every buffer.
-    pub fn run(
-        &self,
-        buffers: &mut [&mut [f32]],
-        scalars: &[f32],
-        accumulators: &mut [f64],
-        range: Range<usize>,
-    ) -> Result<(), JitError> {
-        let buffers = buffers
-            .iter_mut()
-            .map(|b| (Storage::F32, b.len(), b.as_mut_ptr()));
-        self.run_checked(buffers, scalars, accumulators, range)
-    }
-
-    /// [`run`](Self::run) for buffers of any storage type: each must be of
-    /// its kernel buffer's type.
-    pub fn run_typed(
-        &self,
-        buffers: &mut [BufferMut],
-        scalars: &[f32],
-        accumulators: &mut [f64],
-        range: Range<usize>,
-    ) -> Result<(), JitError> {
-        let buffers = buffers
-            .iter_mut()
-            .map(|b| (b.storage(), b.len(), b.as_mut_ptr()));
-        self.run_checked(buffers, scalars, accumulators, range)
-    }
-
-    /// Checks the buffers (storage type, length, pointer) against the kernel
-    /// and the range, then runs it.
-    fn run_checked(
-        &self,
-        buffers: impl ExactSizeIterator<Item = (Storage, usize, *mut f32)>,
-        scalars: &[f32],
-        accumulators: &mut [f64],
-        range: Range<usize>,
-    ) -> Result<(), JitError> {
-        self.check_counts(buffers.len(), scalars.len(), accumulators.len(), &range)?;
-        let mut inline = [std::ptr::null_mut::<f32>(); INLINE_BUFFERS];
-        let mut heap = Vec::new();
-        let pointers: &mut [*mut f32] = if buffers.len() <= INLINE_BUFFERS {
-            &mut inline[..buffers.len()]
-        } else {
-            heap.resize(buffers.len(), std::ptr::null_mut());
-            &mut heap
-        };
-        for (b, (p, (storage, len, pointer))) in pointers.iter_mut().zip(buffers).enumerate() {
-            if storage != self.storage[b] {
-                return Err(JitError::BadArguments(format!(
-                    "buffer {b} is {storage:?}, the kernel stores it as {:?}",
-                    self.storage[b]
-                )));
-            }
-            if len < range.end {
-                return Err(JitError::BadArguments(format!(
-                    "range {range:?} exceeds buffer {b} of length {len}"
-                )));
-            }
-            *p = pointer;
-        }
-        // SAFETY: counts and storage types match, every buffer holds the
-        // range, the callers' &mut borrows make the buffers distinct.
-        unsafe {
-            (self.function)(
-                pointers.as_ptr(),
-                scalars.as_ptr(),
-                accumulators.as_mut_ptr(),
-                range.start,
-                range.end,
-            )
-        };
-        Ok(())
-    }
-
-    /// [`run`](Self::run) over raw buffer pointers, as a runtime calls
-    /// kernels on disjoint ranges from several threads. Counts and the range
-    /// order are checked; buffer lengths and types cannot be. Pointers are
-    /// as [`KernelFn`] takes them: a bf16 buffer's is its `*mut u16`, cast.
-    ///
-    /// # Safety
-    /// Every pointer must be valid for reads of elements `range` in its
-    /// buffer's storage type, and for writes of them where the kernel stores;
-    /// distinct buffers must not overlap; no other thread may access the
-    /// stored elements meanwhile.
-    pub unsafe fn run_raw(
-        &self,
-        buffers: &[*mut f32],
-        scalars: &[f32],
-        accumulators: &mut [f64],
-        range: Range<usize>,
-    ) -> Result<(), JitError> {
-        self.check_counts(buffers.len(), scalars.len(), accumulators.len(), &range)?;
-        // SAFETY: forwarded to the caller.
-        unsafe {
-            (self.function)(
-                buffers.as_ptr(),
-                scalars.as_ptr(),
-                accumulators.as_mut_ptr(),
-                range.start,
-                range.end,
-            )
-        };
-        Ok(())
-    }
-
-    fn check_counts(
-        &self,
-        buffers: usize,
-        scalars: usize,
-        accumulators: usize,
-        range: &Range<usize>,
-    ) -> Result<(), JitError> {
-        let bad = |what: &str, got: usize, want: usize| {
-            Err(JitError::BadArguments(format!(
-                "{got} {what} given, the kernel takes {want}"
-            )))
-        };
-        if buffers != self.storage.len() {
-            return bad("buffers", buffers, self.storage.len());
-        }
-        if scalars != self.scalars {
-            return bad("scalars", scalars, self.scalars);
-        }
-        if accumulators != self.accumulators {
-            return bad("accumulators", accumulators, self.accumulators);
-        }
-        if range.start > range.end {
-            return Err(JitError::BadArguments(format!(
-                "range {range:?} is reversed"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The raw function (see [`KernelFn`] for its contract). Valid while
-    /// `self` (or another owner of its module) is alive.
-    pub fn function(&self) -> KernelFn {
-        self.function
-    }
-
-    /// Buffers the kernel takes.
-    pub fn buffers(&self) -> usize {
-        self.storage.len()
-    }
-
-    /// The storage type of each buffer the kernel takes.
-    pub fn storage(&self) -> &[Storage] {
-        &self.storage
-    }
-
-    /// Scalars the kernel takes.
-    pub fn scalars(&self) -> usize {
-        self.scalars
-    }
-
-    /// Accumulators the kernel combines into.
-    pub fn accumulators(&self) -> usize {
-        self.accumulators
+        // SAFETY: as above; the module behind `shared` owns the code.
+        let code: Arc<dyn Send + Sync> = self.shared.clone();
+        Ok(unsafe { NativeKernel::new(function, code, kernel) })
     }
 }
 
@@ -505,87 +289,6 @@ impl HostBackend for Jit {
     }
 }
 
-impl HostKernel for CompiledKernel {
-    unsafe fn call(
-        &self,
-        buffers: &[*mut f32],
-        scalars: &[f32],
-        accumulators: &mut [f64],
-        range: Range<usize>,
-    ) {
-        // SAFETY: forwarded from the caller, who also guarantees the counts
-        // (the runtime builds them from the same plan), so the counts check
-        // of `run_raw` cannot fail.
-        let _ = unsafe { self.run_raw(buffers, scalars, accumulators, range) };
-    }
-}
-
-/// Checks that `kernel` is well formed: operands refer to earlier ops,
-/// buffer and scalar indices are below the kernel's counts, stores and
-/// accumulators name existing ops, no buffer is stored twice, every buffer
-/// has a storage type, and a stochastic-rounding seed is an existing scalar.
-pub fn validate(kernel: &Kernel) -> Result<(), JitError> {
-    let invalid = |m: String| Err(JitError::InvalidKernel(m));
-    let n = kernel.ops.len();
-    if kernel.storage.len() != kernel.buffers as usize {
-        return invalid(format!(
-            "{} storage types for {} buffers",
-            kernel.storage.len(),
-            kernel.buffers
-        ));
-    }
-    if let Rounding::Stochastic { seed_scalar } = kernel.rounding {
-        if seed_scalar >= kernel.scalars {
-            return invalid(format!(
-                "stochastic rounding seed is scalar {seed_scalar} of {}",
-                kernel.scalars
-            ));
-        }
-    }
-    for (i, op) in kernel.ops.iter().enumerate() {
-        let operands: &[u32] = match op {
-            Op::Load(b) => {
-                if *b >= kernel.buffers {
-                    return invalid(format!("op {i} loads buffer {b} of {}", kernel.buffers));
-                }
-                &[]
-            }
-            Op::Scalar(k) => {
-                if *k >= kernel.scalars {
-                    return invalid(format!("op {i} reads scalar {k} of {}", kernel.scalars));
-                }
-                &[]
-            }
-            Op::Const(_) => &[],
-            Op::Unary(_, a) => &[*a],
-            Op::Binary(_, a, b) => &[*a, *b],
-            Op::Select(a, b, c) | Op::Lerp(a, b, c) => &[*a, *b, *c],
-        };
-        if let Some(a) = operands.iter().find(|&&a| a as usize >= i) {
-            return invalid(format!("op {i} uses op {a}, which is not earlier"));
-        }
-    }
-    let mut stored = Vec::new();
-    for &(b, op) in &kernel.stores {
-        if b >= kernel.buffers {
-            return invalid(format!("store to buffer {b} of {}", kernel.buffers));
-        }
-        if op as usize >= n {
-            return invalid(format!("store of op {op} of {n}"));
-        }
-        if stored.contains(&b) {
-            return invalid(format!("buffer {b} is stored twice"));
-        }
-        stored.push(b);
-    }
-    for &(_, op) in &kernel.accumulators {
-        if op as usize >= n {
-            return invalid(format!("accumulator over op {op} of {n}"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,7 +296,7 @@ mod tests {
     #[test]
     fn compiled_kernels_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
-        check::<CompiledKernel>();
+        check::<NativeKernel>();
         fn send<T: Send>() {}
         send::<Jit>();
     }

@@ -6,16 +6,17 @@
 mod common;
 
 use common::*;
-use optc_compiler::ir::{BinaryOp, UnaryOp};
 use optc_compiler::approx;
-use optc_cranelift::{CompiledKernel, Jit};
+use optc_compiler::backend::NativeKernel;
+use optc_compiler::ir::{BinaryOp, UnaryOp};
+use optc_cranelift::Jit;
 
 /// Bit patterns apart between sweep points: ~16.7M points in release
 /// builds, ~1M in debug builds (both over every binade, both signs).
 const STRIDE: u32 = if cfg!(debug_assertions) { 4099 } else { 257 };
 const CHUNK: usize = 1 << 20;
 
-fn unary_kernel(jit: &mut Jit, op: UnaryOp) -> CompiledKernel {
+fn unary_kernel(jit: &mut Jit, op: UnaryOp) -> NativeKernel {
     let mut k = KernelBuilder::new(2, 0);
     let x = k.load(0);
     let y = k.un(op, x);
@@ -203,6 +204,19 @@ fn cos_accuracy() {
 }
 
 #[test]
+fn cbrt_accuracy() {
+    let w = sweep(
+        UnaryOp::Cbrt,
+        f32::cbrt,
+        |x| f64::from(x).cbrt() as f32,
+        approx::cbrt,
+        anywhere,
+        anywhere,
+    );
+    check("cbrt", w, 1, 1);
+}
+
+#[test]
 fn cos_dense_near_zero_and_multiples_of_pi() {
     // Consecutive floats around the reduction's hard spots.
     let mut jit = Jit::new().unwrap();
@@ -239,7 +253,7 @@ fn cos_dense_near_zero_and_multiples_of_pi() {
     check("cos (dense)", (worst, exact), 1, 1);
 }
 
-fn pow_kernel(jit: &mut Jit) -> CompiledKernel {
+fn pow_kernel(jit: &mut Jit) -> NativeKernel {
     let mut k = KernelBuilder::new(3, 0);
     let a = k.load(0);
     let b = k.load(1);
@@ -249,7 +263,7 @@ fn pow_kernel(jit: &mut Jit) -> CompiledKernel {
 }
 
 fn pow_grid(
-    compiled: &CompiledKernel,
+    compiled: &NativeKernel,
     bases: &[f32],
     exponents: &[f32],
     worst: &mut Worst,
@@ -330,7 +344,9 @@ fn special_values_are_exact() {
     // Where libm's result is exactly representable or special, the JIT's
     // result is the same bits.
     type Case = (fn(f32) -> f32, fn(f32) -> f32, &'static [f32]);
-    let cases: [Case; 5] = [
+    /// 2^-147, whose cube root is 2^-49.
+    const SUBNORMAL_CUBE: f32 = f32::from_bits(4);
+    let cases: [Case; 6] = [
         (
             approx::exp,
             f32::exp,
@@ -363,6 +379,22 @@ fn special_values_are_exact() {
             approx::sigmoid,
             |x| 1.0 / (1.0 + (-x).exp()),
             &[0.0, 100.0, -100.0, f32::INFINITY],
+        ),
+        (
+            approx::cbrt,
+            f32::cbrt,
+            &[
+                0.0,
+                -0.0,
+                1.0,
+                -8.0,
+                27.0,
+                0.125,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                SUBNORMAL_CUBE,
+                -f32::MIN_POSITIVE,
+            ],
         ),
     ];
     for (model, libm, xs) in cases {

@@ -7,8 +7,10 @@ mod common;
 
 use common::Rng;
 use common::*;
+use optc_compiler::backend::BadArguments;
+use optc_compiler::backend::NativeKernel;
 use optc_compiler::kernel::{self, bf16, BufferMut, Kernel, Op, Rounding, Storage};
-use optc_cranelift::{CompiledKernel, Jit, JitError};
+use optc_cranelift::{Jit, JitError};
 use proptest::prelude::*;
 use std::ops::Range;
 
@@ -161,7 +163,7 @@ fn run_widened_model(
 }
 
 fn run_jit(
-    compiled: &CompiledKernel,
+    compiled: &NativeKernel,
     kernel: &Kernel,
     data: &[Data],
     scalars: &[f32],
@@ -186,7 +188,7 @@ fn first_mismatch(got: &[Data], want: &[Data]) -> Option<(usize, usize)> {
 /// reference `kernel::run_typed` too (which must agree with the model).
 fn compare(
     kernel: &Kernel,
-    compiled: &CompiledKernel,
+    compiled: &NativeKernel,
     data: &[Data],
     scalars: &[f32],
     range: Range<usize>,
@@ -220,28 +222,6 @@ fn compare(
         accumulators_agree(kernel, &got_accs, &want_accs, &magnitude)?;
     }
     Ok(())
-}
-
-/// Random kernels with a random storage type per buffer and, half the time,
-/// stochastic rounding seeded by an extra last scalar.
-fn mixed_kernels(approximate: bool) -> impl Strategy<Value = Kernel> {
-    (kernels(approximate), any::<u8>(), any::<bool>()).prop_map(
-        |(mut kernel, bf16_buffers, stochastic)| {
-            kernel.storage = (0..kernel.buffers)
-                .map(|b| match (bf16_buffers >> b) & 1 {
-                    1 => Storage::Bf16,
-                    _ => Storage::F32,
-                })
-                .collect();
-            if stochastic {
-                kernel.rounding = Rounding::Stochastic {
-                    seed_scalar: kernel.scalars,
-                };
-                kernel.scalars += 1;
-            }
-            kernel
-        },
-    )
 }
 
 proptest! {
@@ -303,7 +283,7 @@ fn hand_written_kernels_with_bf16_buffers_match_reference() {
     transcendental.storage = [Storage::Bf16, Storage::F32]
         .into_iter()
         .cycle()
-        .take(8)
+        .take(transcendental.buffers as usize)
         .collect();
     let mut stochastic_transcendental = transcendental.clone();
     stochastic_transcendental.rounding = Rounding::Stochastic { seed_scalar: 0 };
@@ -550,8 +530,8 @@ fn storage_mismatches_are_errors() {
         &narrowing(Rounding::Stochastic { seed_scalar: 1 }),
     );
 
-    let bad = |r: Result<(), JitError>| match r {
-        Err(JitError::BadArguments(_)) => {}
+    let bad = |r: Result<(), BadArguments>| match r {
+        Err(BadArguments(_)) => {}
         other => panic!("expected BadArguments, got {other:?}"),
     };
     let compiled = jit.compile(&narrowing(Rounding::NearestEven)).unwrap();

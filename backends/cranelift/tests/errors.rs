@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use optc_compiler::backend::BadArguments;
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use optc_compiler::kernel::{Kernel, Op, Rounding, Storage};
 use optc_cranelift::{Jit, JitError};
@@ -103,7 +104,7 @@ fn huge_indices_are_fine_when_in_range() {
     let compiled = jit.compile(&k).unwrap();
     assert!(matches!(
         compiled.run(&mut [], &[], &mut [0.0], 0..0),
-        Err(JitError::BadArguments(_))
+        Err(BadArguments(_))
     ));
 }
 
@@ -111,8 +112,8 @@ fn huge_indices_are_fine_when_in_range() {
 fn ill_fitting_arguments_are_rejected() {
     let mut jit = Jit::new().unwrap();
     let compiled = jit.compile(&reductions()).unwrap(); // 2 buffers, 1 scalar, 5 accumulators
-    let bad = |r: Result<(), JitError>| match r {
-        Err(JitError::BadArguments(_)) => {}
+    let bad = |r: Result<(), BadArguments>| match r {
+        Err(BadArguments(_)) => {}
         other => panic!("expected BadArguments, got {other:?}"),
     };
     let mut a = vec![0.0f32; 10];

@@ -139,6 +139,9 @@ impl Executor for HostExecutor {
         grads: HostTensors<'_, '_>,
     ) -> Result<(), Error> {
         self.plans.check(request)?;
+        for kernel in self.first.iter().chain(&self.steady) {
+            kernel.settle();
+        }
         let pointers = self.pointers(layout, &mut params, grads)?;
         // A group's first step reads constant-initialised state from buffers
         // filled with the constant.
@@ -274,6 +277,9 @@ impl Executor for HostExecutor {
                 })
                 .collect::<Result<_, Error>>()?;
             self.floor = Some(kernels);
+        }
+        for (_, compiled) in self.floor.iter().flatten() {
+            compiled.settle();
         }
         let pointers = self.pointers(layout, &mut params, grads)?;
         let tensors: Vec<usize> = (0..layout.tensors.len()).collect();

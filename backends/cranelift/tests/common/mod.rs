@@ -2,11 +2,12 @@
 //! hand-written kernels and a generator of random ones.
 #![allow(dead_code)]
 
+use optc_compiler::approx;
+use optc_compiler::backend::NativeKernel;
 use optc_compiler::interpret::{binary, lerp, select, unary};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
 use optc_compiler::kernel::{is_approximated, is_transcendental, Kernel, Op, Rounding, Storage};
-use optc_compiler::approx;
-use optc_cranelift::{CompiledKernel, Jit};
+use optc_cranelift::Jit;
 use proptest::prelude::*;
 use std::ops::Range;
 
@@ -126,6 +127,7 @@ pub fn model_unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Tanh => approx::tanh(x),
         UnaryOp::Sigmoid => approx::sigmoid(x),
         UnaryOp::Cos => approx::cos(x),
+        UnaryOp::Cbrt => approx::cbrt(x),
         _ => unary::<f32>(op, x),
     }
 }
@@ -415,10 +417,10 @@ pub fn reductions() -> Kernel {
     k.kernel
 }
 
-/// Every approximated op applied to loads and stored directly:
-/// buffers x, y, then exp(x), log(x), tanh(x), sigmoid(x), cos(x), pow(x, y).
+/// Every approximated op applied to loads and stored directly: buffers x,
+/// y, then exp(x), log(x), tanh(x), sigmoid(x), cos(x), cbrt(x), pow(x, y).
 pub fn transcendentals() -> Kernel {
-    let mut k = KernelBuilder::new(8, 0);
+    let mut k = KernelBuilder::new(9, 0);
     let x = k.load(0);
     let y = k.load(1);
     for (b, op) in [
@@ -427,6 +429,7 @@ pub fn transcendentals() -> Kernel {
         UnaryOp::Tanh,
         UnaryOp::Sigmoid,
         UnaryOp::Cos,
+        UnaryOp::Cbrt,
     ]
     .into_iter()
     .enumerate()
@@ -435,13 +438,13 @@ pub fn transcendentals() -> Kernel {
         k.store(2 + b as u32, r);
     }
     let r = k.bin(BinaryOp::Pow, x, y);
-    k.store(7, r);
+    k.store(8, r);
     k.kernel
 }
 
 // ---- random kernels -------------------------------------------------------
 
-pub const UNARY: [UnaryOp; 12] = [
+pub const UNARY: [UnaryOp; 13] = [
     UnaryOp::Neg,
     UnaryOp::Not,
     UnaryOp::Abs,
@@ -454,6 +457,7 @@ pub const UNARY: [UnaryOp; 12] = [
     UnaryOp::Tanh,
     UnaryOp::Sigmoid,
     UnaryOp::Cos,
+    UnaryOp::Cbrt,
 ];
 /// The first 7 are exact.
 pub const EXACT_UNARY: usize = 7;
@@ -569,6 +573,28 @@ pub fn kernels(approximate: bool) -> impl Strategy<Value = Kernel> {
         })
 }
 
+/// Random kernels with a random storage type per buffer and, half the time,
+/// stochastic rounding seeded by an extra last scalar.
+pub fn mixed_kernels(approximate: bool) -> impl Strategy<Value = Kernel> {
+    (kernels(approximate), any::<u8>(), any::<bool>()).prop_map(
+        |(mut kernel, bf16_buffers, stochastic)| {
+            kernel.storage = (0..kernel.buffers)
+                .map(|b| match (bf16_buffers >> b) & 1 {
+                    1 => Storage::Bf16,
+                    _ => Storage::F32,
+                })
+                .collect();
+            if stochastic {
+                kernel.rounding = Rounding::Stochastic {
+                    seed_scalar: kernel.scalars,
+                };
+                kernel.scalars += 1;
+            }
+            kernel
+        },
+    )
+}
+
 /// Proptest settings of the random-kernel tests: 1000 cases (200 in debug
 /// builds).
 pub fn random_kernel_config() -> ProptestConfig {
@@ -581,8 +607,7 @@ pub fn random_kernel_config() -> ProptestConfig {
 /// Random buffers (of any element type) and scalars for a kernel and range.
 pub type Inputs<D> = fn(&Kernel, &mut Rng, &Range<usize>) -> (Vec<D>, Vec<f32>);
 /// Checks a compiled kernel against its reference on given inputs.
-pub type Compare<D> =
-    fn(&Kernel, &CompiledKernel, &[D], &[f32], Range<usize>) -> Result<(), String>;
+pub type Compare<D> = fn(&Kernel, &NativeKernel, &[D], &[f32], Range<usize>) -> Result<(), String>;
 
 /// Compiles `kernel` and checks it with `compare` on every length of
 /// [`LENGTHS`] at a random offset, fresh `inputs` each.
