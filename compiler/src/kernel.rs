@@ -167,43 +167,17 @@ impl Kernel {
     /// reach a store or an accumulator (a transcendental counts 50, `pow`
     /// 100, anything else 1).
     fn body_weight(&self) -> usize {
-        let n = self.ops.len();
-        let mut live = vec![false; n];
-        let roots = self.stores.iter().map(|&(_, op)| op);
-        for op in roots.chain(self.accumulators.iter().map(|&(_, op)| op)) {
-            live[op as usize] = true;
-        }
-        let operands = |op: &Op| -> Vec<u32> {
-            match *op {
-                Op::Load(_) | Op::Scalar(_) | Op::Const(_) => vec![],
-                Op::Unary(_, a) => vec![a],
-                Op::Binary(_, a, b) => vec![a, b],
-                Op::Select(a, b, c) | Op::Lerp(a, b, c) => vec![a, b, c],
-            }
-        };
-        for i in (0..n).rev() {
-            if live[i] {
-                for a in operands(&self.ops[i]) {
-                    live[a as usize] = true;
-                }
-            }
-        }
-        let mut variant = vec![false; n];
-        let mut weight = 0;
-        for (i, op) in self.ops.iter().enumerate() {
-            variant[i] = match op {
-                Op::Load(_) => true,
-                other => operands(other).iter().any(|&a| variant[a as usize]),
-            };
-            if live[i] && variant[i] {
-                weight += match op {
-                    Op::Unary(u, _) if is_transcendental(*u) => 50,
-                    Op::Binary(BinaryOp::Pow, _, _) => 100,
-                    _ => 1,
-                };
-            }
-        }
-        weight
+        let an = analyse(self);
+        self.ops
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| an.live[i] && an.variant[i])
+            .map(|(_, op)| match op {
+                Op::Unary(u, _) if is_transcendental(*u) => 50,
+                Op::Binary(BinaryOp::Pow, _, _) => 100,
+                _ => 1,
+            })
+            .sum()
     }
 
     /// The buffers the kernel loads, each once, in increasing order.
@@ -237,6 +211,80 @@ impl Kernel {
             ReduceOp::Max => a.max(b),
             ReduceOp::Min => a.min(b),
         }
+    }
+}
+
+/// What each live op of a kernel is needed for: what a code generator asks
+/// before emitting it.
+pub struct Analysis {
+    /// Reaches a store or an accumulator.
+    pub live: Vec<bool>,
+    /// Depends on a load (otherwise computable once, before the loop).
+    pub variant: Vec<bool>,
+    /// Needed as an f32 value / as a lane mask (bools as comparisons give them).
+    pub need_val: Vec<bool>,
+    pub need_mask: Vec<bool>,
+    /// Buffers loaded by live loads, increasing.
+    pub loaded: Vec<u32>,
+}
+
+/// `(operand, used as a mask)` of an op.
+pub fn operands(op: &Op) -> Vec<(u32, bool)> {
+    match *op {
+        Op::Load(_) | Op::Scalar(_) | Op::Const(_) => vec![],
+        Op::Unary(UnaryOp::Not, a) => vec![(a, true)],
+        Op::Unary(_, a) => vec![(a, false)],
+        Op::Binary(BinaryOp::And | BinaryOp::Or, a, b) => vec![(a, true), (b, true)],
+        Op::Binary(_, a, b) => vec![(a, false), (b, false)],
+        Op::Select(c, a, b) => vec![(c, true), (a, false), (b, false)],
+        Op::Lerp(a, b, w) => vec![(a, false), (b, false), (w, false)],
+    }
+}
+
+/// The [`Analysis`] of `kernel`.
+pub fn analyse(kernel: &Kernel) -> Analysis {
+    let n = kernel.ops.len();
+    let mut live = vec![false; n];
+    let mut need_val = vec![false; n];
+    let mut need_mask = vec![false; n];
+    let roots = kernel.stores.iter().map(|&(_, op)| op);
+    for op in roots.chain(kernel.accumulators.iter().map(|&(_, op)| op)) {
+        live[op as usize] = true;
+        need_val[op as usize] = true;
+    }
+    for i in (0..n).rev() {
+        if !live[i] {
+            continue;
+        }
+        for (a, as_mask) in operands(&kernel.ops[i]) {
+            live[a as usize] = true;
+            if as_mask {
+                need_mask[a as usize] = true;
+            } else {
+                need_val[a as usize] = true;
+            }
+        }
+    }
+    let mut variant = vec![false; n];
+    let mut loaded = Vec::new();
+    for (i, op) in kernel.ops.iter().enumerate() {
+        variant[i] = match op {
+            Op::Load(b) => {
+                if live[i] && !loaded.contains(b) {
+                    loaded.push(*b);
+                }
+                true
+            }
+            other => operands(other).iter().any(|&(a, _)| variant[a as usize]),
+        };
+    }
+    loaded.sort_unstable();
+    Analysis {
+        live,
+        variant,
+        need_val,
+        need_mask,
+        loaded,
     }
 }
 

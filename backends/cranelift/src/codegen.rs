@@ -35,7 +35,7 @@ use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use optc_compiler::approx::{self, Arith};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
-use optc_compiler::kernel::{bf16, Kernel, Op, Rounding, Storage};
+use optc_compiler::kernel::{analyse, bf16, Analysis, Kernel, Op, Rounding, Storage};
 use std::collections::HashMap;
 
 use crate::prefetch::{self, Stubs};
@@ -66,81 +66,6 @@ fn heap() -> MemFlagsData {
 /// Reinterpretation between vector shapes of different lane counts.
 fn little() -> MemFlagsData {
     MemFlagsData::new().with_endianness(Endianness::Little)
-}
-
-/// What each op is needed for.
-struct Analysis {
-    /// Reaches a store or an accumulator.
-    live: Vec<bool>,
-    /// Depends on a load (otherwise computed once, before the loop).
-    variant: Vec<bool>,
-    /// Needed as an f32 value / as a lane mask.
-    need_val: Vec<bool>,
-    need_mask: Vec<bool>,
-    /// Buffers loaded by live loads, and the buffers stored.
-    loaded: Vec<u32>,
-}
-
-fn operands(op: &Op) -> Vec<(u32, bool)> {
-    // (operand, used as a mask)
-    match *op {
-        Op::Load(_) | Op::Scalar(_) | Op::Const(_) => vec![],
-        Op::Unary(UnaryOp::Not, a) => vec![(a, true)],
-        Op::Unary(_, a) => vec![(a, false)],
-        Op::Binary(BinaryOp::And | BinaryOp::Or, a, b) => vec![(a, true), (b, true)],
-        Op::Binary(_, a, b) => vec![(a, false), (b, false)],
-        Op::Select(c, a, b) => vec![(c, true), (a, false), (b, false)],
-        Op::Lerp(a, b, w) => vec![(a, false), (b, false), (w, false)],
-    }
-}
-
-fn analyse(kernel: &Kernel) -> Analysis {
-    let n = kernel.ops.len();
-    let mut live = vec![false; n];
-    let mut need_val = vec![false; n];
-    let mut need_mask = vec![false; n];
-    for &(_, op) in &kernel.stores {
-        live[op as usize] = true;
-        need_val[op as usize] = true;
-    }
-    for &(_, op) in &kernel.accumulators {
-        live[op as usize] = true;
-        need_val[op as usize] = true;
-    }
-    for i in (0..n).rev() {
-        if !live[i] {
-            continue;
-        }
-        for (a, as_mask) in operands(&kernel.ops[i]) {
-            live[a as usize] = true;
-            if as_mask {
-                need_mask[a as usize] = true;
-            } else {
-                need_val[a as usize] = true;
-            }
-        }
-    }
-    let mut variant = vec![false; n];
-    let mut loaded = Vec::new();
-    for (i, op) in kernel.ops.iter().enumerate() {
-        variant[i] = match op {
-            Op::Load(b) => {
-                if live[i] && !loaded.contains(b) {
-                    loaded.push(*b);
-                }
-                true
-            }
-            other => operands(other).iter().any(|&(a, _)| variant[a as usize]),
-        };
-    }
-    loaded.sort_unstable();
-    Analysis {
-        live,
-        variant,
-        need_val,
-        need_mask,
-        loaded,
-    }
 }
 
 /// An op's value in one vector copy: as f32 lanes, as a lane mask, or both.

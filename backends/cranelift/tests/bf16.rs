@@ -14,44 +14,6 @@ use optc_cranelift::{Jit, JitError};
 use proptest::prelude::*;
 use std::ops::Range;
 
-/// A buffer's contents in its storage type.
-#[derive(Clone, Debug)]
-enum Data {
-    F32(Vec<f32>),
-    Bf16(Vec<u16>),
-}
-
-impl Data {
-    fn view(&mut self) -> BufferMut<'_> {
-        match self {
-            Data::F32(v) => BufferMut::F32(v),
-            Data::Bf16(v) => BufferMut::Bf16(v),
-        }
-    }
-
-    /// The element values as f32 (bf16 widened).
-    fn widened(&self) -> Vec<f32> {
-        match self {
-            Data::F32(v) => v.clone(),
-            Data::Bf16(v) => v.iter().map(|&b| bf16::widen(b)).collect(),
-        }
-    }
-
-    /// The first element where `self` and `other` differ (NaNs all alike).
-    fn first_difference(&self, other: &Data) -> Option<usize> {
-        let bf16_same = |a: u16, b: u16| a == b || same(bf16::widen(a), bf16::widen(b));
-        match (self, other) {
-            (Data::F32(a), Data::F32(b)) => a.iter().zip(b).position(|(x, y)| !same(*x, *y)),
-            (Data::Bf16(a), Data::Bf16(b)) => a.iter().zip(b).position(|(x, y)| !bf16_same(*x, *y)),
-            _ => Some(0),
-        }
-    }
-}
-
-fn views(data: &mut [Data]) -> Vec<BufferMut<'_>> {
-    data.iter_mut().map(Data::view).collect()
-}
-
 /// f32 patterns at the edges of bf16 rounding: ties and their neighbours,
 /// the overflow threshold, subnormals, NaNs with payloads only in the low
 /// half (which truncation would turn into infinities).

@@ -35,7 +35,7 @@ use std::fmt::Write;
 
 use optc_compiler::approx::{self, Arith};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
-use optc_compiler::kernel::{bf16, Kernel, Op, Rounding, Storage};
+use optc_compiler::kernel::{analyse, bf16, Analysis, Kernel, Op, Rounding, Storage};
 
 /// The name of the generated function.
 pub const FUNCTION: &str = "optc_kernel";
@@ -110,75 +110,6 @@ struct Emitter {
     declarations: BTreeSet<String>,
     /// The operands of [`Arith`] values, by [`Val`].
     values: Vec<String>,
-}
-
-/// Per-op facts the emitter needs.
-struct Analysis {
-    live: Vec<bool>,
-    variant: Vec<bool>,
-    need_val: Vec<bool>,
-    need_mask: Vec<bool>,
-    /// Buffers loaded by live loads, increasing.
-    loaded: Vec<u32>,
-}
-
-/// `(operand, used as a mask)` of an op.
-fn operands(op: &Op) -> Vec<(u32, bool)> {
-    match *op {
-        Op::Load(_) | Op::Scalar(_) | Op::Const(_) => vec![],
-        Op::Unary(UnaryOp::Not, a) => vec![(a, true)],
-        Op::Unary(_, a) => vec![(a, false)],
-        Op::Binary(BinaryOp::And | BinaryOp::Or, a, b) => vec![(a, true), (b, true)],
-        Op::Binary(_, a, b) => vec![(a, false), (b, false)],
-        Op::Select(c, a, b) => vec![(c, true), (a, false), (b, false)],
-        Op::Lerp(a, b, w) => vec![(a, false), (b, false), (w, false)],
-    }
-}
-
-fn analyse(kernel: &Kernel) -> Analysis {
-    let n = kernel.ops.len();
-    let mut live = vec![false; n];
-    let mut need_val = vec![false; n];
-    let mut need_mask = vec![false; n];
-    let roots = kernel.stores.iter().map(|&(_, op)| op);
-    for op in roots.chain(kernel.accumulators.iter().map(|&(_, op)| op)) {
-        live[op as usize] = true;
-        need_val[op as usize] = true;
-    }
-    for i in (0..n).rev() {
-        if !live[i] {
-            continue;
-        }
-        for (a, as_mask) in operands(&kernel.ops[i]) {
-            live[a as usize] = true;
-            if as_mask {
-                need_mask[a as usize] = true;
-            } else {
-                need_val[a as usize] = true;
-            }
-        }
-    }
-    let mut variant = vec![false; n];
-    let mut loaded = Vec::new();
-    for (i, op) in kernel.ops.iter().enumerate() {
-        variant[i] = match op {
-            Op::Load(b) => {
-                if live[i] && !loaded.contains(b) {
-                    loaded.push(*b);
-                }
-                true
-            }
-            other => operands(other).iter().any(|&(a, _)| variant[a as usize]),
-        };
-    }
-    loaded.sort_unstable();
-    Analysis {
-        live,
-        variant,
-        need_val,
-        need_mask,
-        loaded,
-    }
 }
 
 /// LLVM's element type of a storage type.

@@ -12,27 +12,11 @@ mod common;
 use common::Rng;
 use common::*;
 use optc_compiler::backend::NativeKernel;
-use optc_compiler::kernel::{bf16, BufferMut, Kernel, Rounding, Storage};
+use optc_compiler::kernel::{bf16, Kernel, Rounding, Storage};
 use optc_cranelift::Jit;
 use optc_llvm::Llvm;
 use proptest::prelude::*;
 use std::ops::Range;
-
-/// One buffer's contents in its storage type.
-#[derive(Clone, Debug)]
-enum Data {
-    F32(Vec<f32>),
-    Bf16(Vec<u16>),
-}
-
-impl Data {
-    fn view(&mut self) -> BufferMut<'_> {
-        match self {
-            Data::F32(v) => BufferMut::F32(v),
-            Data::Bf16(v) => BufferMut::Bf16(v),
-        }
-    }
-}
 
 /// Random contents for `kernel`'s buffers, holding `range` and a margin.
 fn inputs(kernel: &Kernel, rng: &mut Rng, range: &Range<usize>) -> (Vec<Data>, Vec<f32>) {
@@ -65,9 +49,8 @@ fn run(
 ) -> (Vec<Data>, Vec<f64>) {
     let mut out = buffers.to_vec();
     let mut accs = identities(kernel);
-    let mut views: Vec<BufferMut> = out.iter_mut().map(Data::view).collect();
     compiled
-        .run_typed(&mut views, scalars, &mut accs, range)
+        .run_typed(&mut views(&mut out), scalars, &mut accs, range)
         .expect("arguments fit");
     (out, accs)
 }
@@ -76,14 +59,7 @@ fn run(
 /// on two NaNs returns depends on operand order, which LLVM may commute.
 fn same_bits(a: &[Data], b: &[Data]) -> Result<(), String> {
     for (k, (x, y)) in a.iter().zip(b).enumerate() {
-        let equal = match (x, y) {
-            (Data::F32(x), Data::F32(y)) => x.iter().zip(y).position(|(&p, &q)| !same(p, q)),
-            (Data::Bf16(x), Data::Bf16(y)) => x.iter().zip(y).position(|(&p, &q)| {
-                !(p == q || (bf16::widen(p).is_nan() && bf16::widen(q).is_nan()))
-            }),
-            _ => Some(0),
-        };
-        if let Some(i) = equal {
+        if let Some(i) = x.first_difference(y) {
             return Err(format!("buffer {k} differs at element {i}: {x:?} vs {y:?}"));
         }
     }

@@ -6,7 +6,9 @@ use optc_compiler::approx;
 use optc_compiler::backend::NativeKernel;
 use optc_compiler::interpret::{binary, lerp, select, unary};
 use optc_compiler::ir::{BinaryOp, ReduceOp, UnaryOp};
-use optc_compiler::kernel::{is_approximated, is_transcendental, Kernel, Op, Rounding, Storage};
+use optc_compiler::kernel::{
+    bf16, is_approximated, is_transcendental, BufferMut, Kernel, Op, Rounding, Storage,
+};
 use optc_cranelift::Jit;
 use proptest::prelude::*;
 use std::ops::Range;
@@ -273,6 +275,44 @@ pub fn accumulators_agree(
 
 fn load(b: u32) -> Op {
     Op::Load(b)
+}
+
+/// A buffer's contents in its storage type.
+#[derive(Clone, Debug)]
+pub enum Data {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+impl Data {
+    pub fn view(&mut self) -> BufferMut<'_> {
+        match self {
+            Data::F32(v) => BufferMut::F32(v),
+            Data::Bf16(v) => BufferMut::Bf16(v),
+        }
+    }
+
+    /// The element values as f32 (bf16 widened).
+    pub fn widened(&self) -> Vec<f32> {
+        match self {
+            Data::F32(v) => v.clone(),
+            Data::Bf16(v) => v.iter().map(|&b| bf16::widen(b)).collect(),
+        }
+    }
+
+    /// The first element where `self` and `other` differ (NaNs all alike).
+    pub fn first_difference(&self, other: &Data) -> Option<usize> {
+        let bf16_same = |a: u16, b: u16| a == b || same(bf16::widen(a), bf16::widen(b));
+        match (self, other) {
+            (Data::F32(a), Data::F32(b)) => a.iter().zip(b).position(|(x, y)| !same(*x, *y)),
+            (Data::Bf16(a), Data::Bf16(b)) => a.iter().zip(b).position(|(x, y)| !bf16_same(*x, *y)),
+            _ => Some(0),
+        }
+    }
+}
+
+pub fn views(data: &mut [Data]) -> Vec<BufferMut<'_>> {
+    data.iter_mut().map(Data::view).collect()
 }
 
 /// Builds kernels op by op.
