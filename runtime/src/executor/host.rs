@@ -81,7 +81,7 @@ impl HostExecutor {
         layout: &Layout,
         params: &mut Params<'_, '_>,
         grads: HostTensors<'_, '_>,
-    ) -> Result<Vec<Vec<SendPtr>>, Error> {
+    ) -> Result<PointerTable, Error> {
         let tensors = layout.tensors.len();
         let owned = match (&*params, &mut self.params) {
             (Params::Owned, Some(arena)) => Some(arena.pointers()),
@@ -95,18 +95,18 @@ impl HostExecutor {
             .iter_mut()
             .map(TypedArena::pointers)
             .collect();
-        Ok((0..tensors)
-            .map(|t| {
-                let p = match (&owned, &mut *params) {
-                    (Some(owned), _) => owned[t],
-                    (None, Params::Borrowed(borrowed)) => borrowed.pointer(t),
-                    (None, Params::Owned) => std::ptr::null_mut(),
-                };
-                let mut buffers = vec![SendPtr(p), SendPtr(grads.pointer(t))];
-                buffers.extend(state.iter().map(|slot| SendPtr(slot[t])));
-                buffers
-            })
-            .collect())
+        let stride = 2 + state.len();
+        let mut all = Vec::with_capacity(tensors * stride);
+        for t in 0..tensors {
+            let p = match (&owned, &mut *params) {
+                (Some(owned), _) => owned[t],
+                (None, Params::Borrowed(borrowed)) => borrowed.pointer(t),
+                (None, Params::Owned) => std::ptr::null_mut(),
+            };
+            all.extend([SendPtr(p), SendPtr(grads.pointer(t))]);
+            all.extend(state.iter().map(|slot| SendPtr(slot[t])));
+        }
+        Ok(PointerTable { stride, all })
     }
 }
 
@@ -315,10 +315,20 @@ fn identity(kernel: &Kernel) -> Vec<f64> {
 #[repr(transparent)]
 struct SendPtr(*mut f32);
 
-/// A tensor's buffer pointers as kernels take them.
-fn raw(pointers: &[SendPtr]) -> &[*mut f32] {
-    // SAFETY: `SendPtr` is a transparent wrapper of `*mut f32`.
-    unsafe { std::slice::from_raw_parts(pointers.as_ptr().cast::<*mut f32>(), pointers.len()) }
+/// Every tensor's buffer pointers, `stride` per tensor, in one allocation
+/// (a step with many small tensors would otherwise allocate per tensor).
+struct PointerTable {
+    stride: usize,
+    all: Vec<SendPtr>,
+}
+
+impl PointerTable {
+    /// Tensor `t`'s buffer pointers as kernels take them.
+    fn of(&self, t: usize) -> &[*mut f32] {
+        let pointers = &self.all[t * self.stride..(t + 1) * self.stride];
+        // SAFETY: `SendPtr` is a transparent wrapper of `*mut f32`.
+        unsafe { std::slice::from_raw_parts(pointers.as_ptr().cast::<*mut f32>(), pointers.len()) }
+    }
 }
 // SAFETY: threads only touch disjoint element ranges of the buffers.
 unsafe impl Send for SendPtr {}
@@ -331,7 +341,7 @@ fn run_pass(
     identity: &[f64],
     layout: &Layout,
     tensors: &[usize],
-    pointers: &[Vec<SendPtr>],
+    pointers: &PointerTable,
     scalars: &[Vec<f32>],
     pool: &Pool,
 ) -> Partials {
@@ -346,7 +356,7 @@ fn run_pass(
         .collect();
     let mut partials: Vec<Vec<f64>> = vec![identity.to_vec(); items.len()];
     let run_item = |(i, range): &(usize, Range<usize>), partial: &mut Vec<f64>| {
-        let buffers = raw(&pointers[tensors[*i]]);
+        let buffers = pointers.of(tensors[*i]);
         // SAFETY: the pointers come from live slices (or arenas) of the
         // tensor's length; the plan never stores to g; ranges of different
         // items are disjoint.
