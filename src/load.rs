@@ -118,14 +118,7 @@ pub fn builder(
             ))
         }
     };
-    let mut pairs = Vec::new();
-    for set in sets {
-        let (name, value) = set
-            .split_once('=')
-            .ok_or_else(|| format!("error: --set expects NAME=VALUE, got `{set}`"))?;
-        pairs.push((name.trim(), value));
-    }
-    let overrides = assignments(program, &rule, &pairs, "--set")?;
+    let overrides = set_values(program, &rule, sets)?;
     let mut groups = Vec::new();
     for text in &execution.groups {
         groups.push(group(program, &rule, text)?);
@@ -145,6 +138,22 @@ pub fn builder(
         builder = builder.group(group);
     }
     Ok(builder)
+}
+
+/// The `--set NAME=VALUE` assignments of a command, checked against `rule`.
+pub fn set_values(
+    program: &mut Program,
+    rule: &Rule,
+    sets: &[String],
+) -> Result<Vec<(String, ScalarExpr)>, Failure> {
+    let mut pairs = Vec::new();
+    for set in sets {
+        let (name, value) = set
+            .split_once('=')
+            .ok_or_else(|| format!("error: --set expects NAME=VALUE, got `{set}`"))?;
+        pairs.push((name.trim(), value));
+    }
+    assignments(program, rule, &pairs, "--set")
 }
 
 /// Builds the optimizer, with a CLI error.

@@ -3,6 +3,7 @@
 //! stderr); it never panics on bad input.
 
 mod bench;
+mod build;
 mod commands;
 mod derive;
 mod diff;
@@ -273,6 +274,31 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         backend: Option<String>,
     },
+    /// Compile a rule ahead of time into a shared library with a C ABI
+    /// (NAME_state_size, NAME_init, NAME_step over many tensors, hyperparameters
+    /// passed per call) and its header, with no dependency on optc or LLVM
+    /// (needs a build with the LLVM tier, and a C compiler to link).
+    #[command(after_help = "Examples:\n  optc build adamw -o libadamw.so\n  \
+                            optc build lion --set learning_rate=3e-4 -o out/liblion.so --header out/lion.h\n\n\
+                            Rules that run as one pass without reductions, keeping per-element state with \
+                            constant initial values, can be built (Adam, AdamW, Lion, SGD, ...). \
+                            --set changes the defaults the header lists. See docs/aot.md.")]
+    Build {
+        /// An .opt file or a standard-library optimizer name.
+        file: String,
+        /// Which optimizer of the file (default: the last one).
+        #[arg(long)]
+        rule: Option<String>,
+        /// NAME=VALUE: the header's default for a hyperparameter (repeatable).
+        #[arg(long, value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// The library to write (e.g. librule.so).
+        #[arg(short, long, value_name = "FILE")]
+        out: String,
+        /// The header to write (default: RULE.h beside the library).
+        #[arg(long, value_name = "FILE")]
+        header: Option<String>,
+    },
     /// List the standard-library optimizers with the first line of their documentation.
     #[command(after_help = "Example:\n  optc list")]
     List,
@@ -455,6 +481,13 @@ fn main() -> ExitCode {
             execution: &execution,
         }),
         Command::List => commands::list(),
+        Command::Build {
+            file,
+            rule,
+            set,
+            out,
+            header,
+        } => build::build(&file, rule.as_deref(), &set, &out, header.as_deref()),
         Command::Search { script, backend } => {
             match backend
                 .as_deref()

@@ -712,3 +712,17 @@ fn replay_compare_fails_above_a_tolerance() {
         "{stderr}"
     );
 }
+
+/// (With the tier, tests/aot.rs builds libraries.)
+#[cfg(not(feature = "llvm"))]
+#[test]
+fn build_without_the_llvm_tier_says_how_to_get_it() {
+    let out = std::env::temp_dir().join(format!("optc-cli-build-{}.so", std::process::id()));
+    let (code, _, stderr) = optc(&["build", "adam", "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("optc build needs the LLVM tier"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

@@ -11,7 +11,7 @@ use inkwell::memory_buffer::MemoryBuffer;
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{
-    CodeModel, InitializationConfig, RelocMode, Target as LlvmTarget, TargetMachine,
+    CodeModel, FileType, InitializationConfig, RelocMode, Target as LlvmTarget, TargetMachine,
 };
 use inkwell::OptimizationLevel;
 
@@ -143,4 +143,15 @@ impl Code {
             }
         }
     }
+}
+
+/// Compiles the module `text` for `target` into a position-independent
+/// object file at `path`.
+pub fn write_object(text: &str, target: &Target, path: &std::path::Path) -> Result<(), String> {
+    let machine = machine(target, RelocMode::PIC)?;
+    let context = Context::create();
+    let module = parse(&context, text, &machine)?;
+    machine
+        .write_to_file(&module, FileType::Object, path)
+        .map_err(|e| format!("LLVM could not write {}: {e}", path.display()))
 }

@@ -47,6 +47,7 @@
 //! context and JIT; its code is freed when the last [`NativeKernel`] of it
 //! goes.
 
+pub mod aot;
 mod codegen;
 mod jit;
 
@@ -67,6 +68,8 @@ pub enum LlvmError {
     InvalidKernel(String),
     /// LLVM rejected the generated IR or failed to compile it.
     Codegen(String),
+    /// What an ahead-of-time library cannot do (see [`aot`]).
+    Unsupported(String),
 }
 
 impl fmt::Display for LlvmError {
@@ -75,6 +78,7 @@ impl fmt::Display for LlvmError {
             LlvmError::Host(m) => write!(f, "unsupported host: {m}"),
             LlvmError::InvalidKernel(m) => write!(f, "invalid kernel: {m}"),
             LlvmError::Codegen(m) => write!(f, "code generation failed: {m}"),
+            LlvmError::Unsupported(m) => write!(f, "{m}"),
         }
     }
 }
@@ -133,6 +137,49 @@ impl Llvm {
         let code: Arc<dyn Send + Sync> = Arc::new(code);
         // SAFETY: as above.
         Ok(unsafe { NativeKernel::new(function, code, kernel) })
+    }
+}
+
+impl Llvm {
+    /// Writes `rule` as a shared library with a C ABI (see [`aot`]) to
+    /// `library`, and its header to `header`: an object file from LLVM,
+    /// linked by the system's C compiler (`cc`, or `$CC`) against libm.
+    pub fn build_library(
+        &self,
+        rule: &optc_compiler::ir::Rule,
+        defaults: &[Option<f64>],
+        library: &std::path::Path,
+        header: &std::path::Path,
+    ) -> Result<aot::Library, LlvmError> {
+        let built = aot::library(rule, &self.target, defaults).map_err(LlvmError::Unsupported)?;
+        let object = library.with_extension("o");
+        jit::write_object(&built.ir, &self.target, &object).map_err(LlvmError::Codegen)?;
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let linked = std::process::Command::new(&cc)
+            .arg("-shared")
+            .arg("-o")
+            .arg(library)
+            .arg(&object)
+            .arg("-lm")
+            .output();
+        let _ = std::fs::remove_file(&object);
+        match linked {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return Err(LlvmError::Codegen(format!(
+                    "`{cc} -shared` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+            Err(e) => {
+                return Err(LlvmError::Host(format!(
+                    "cannot run the C compiler `{cc}` to link the library: {e}"
+                )))
+            }
+        }
+        std::fs::write(header, &built.header)
+            .map_err(|e| LlvmError::Codegen(format!("cannot write {}: {e}", header.display())))?;
+        Ok(built)
     }
 }
 
