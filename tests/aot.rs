@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::optc;
+use common::{optc, Random};
 use optc_compiler::ir::{Node, Rule};
 use optc_runtime::{Backend, Elements, Optimizer};
 
@@ -25,16 +25,11 @@ fn rule(name: &str) -> Rule {
         .unwrap()
 }
 
-/// Deterministic values in (-1, 1) (a 64-bit LCG).
+/// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Random(seed);
     (0..n)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
+        .map(|_| (rng.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
         .collect()
 }
 

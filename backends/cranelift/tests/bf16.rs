@@ -124,28 +124,6 @@ fn run_widened_model(
     (out, accs, magnitude)
 }
 
-fn run_jit(
-    compiled: &NativeKernel,
-    kernel: &Kernel,
-    data: &[Data],
-    scalars: &[f32],
-    range: Range<usize>,
-) -> (Vec<Data>, Vec<f64>) {
-    let mut out = data.to_vec();
-    let mut accs = identities(kernel);
-    compiled
-        .run_typed(&mut views(&mut out), scalars, &mut accs, range)
-        .expect("arguments fit");
-    (out, accs)
-}
-
-fn first_mismatch(got: &[Data], want: &[Data]) -> Option<(usize, usize)> {
-    got.iter()
-        .zip(want)
-        .enumerate()
-        .find_map(|(b, (g, w))| g.first_difference(w).map(|i| (b, i)))
-}
-
 /// The JIT against the widened model, and for exact kernels against the
 /// reference `kernel::run_typed` too (which must agree with the model).
 fn compare(
@@ -155,7 +133,7 @@ fn compare(
     scalars: &[f32],
     range: Range<usize>,
 ) -> Result<(), String> {
-    let (got, got_accs) = run_jit(compiled, kernel, data, scalars, range.clone());
+    let (got, got_accs) = run_typed_copy(compiled, kernel, data, scalars, range.clone());
     let (model, model_accs, magnitude) = run_widened_model(kernel, data, scalars, range.clone());
     let mut references = vec![("model", model, model_accs)];
     if !approximates(kernel) {
@@ -391,7 +369,7 @@ fn stochastic_rounding_does_not_depend_on_range_splits() {
     let compiled = jit.compile(&kernel).unwrap();
     let n = 10_007;
     let (init, scalars) = adam_inputs(n, 0x1234_5678);
-    let (whole, _) = run_jit(&compiled, &kernel, &init, &scalars, 0..n);
+    let (whole, _) = run_typed_copy(&compiled, &kernel, &init, &scalars, 0..n);
     let (reference, _, _) = run_widened_model(&kernel, &init, &scalars, 0..n);
     assert_eq!(first_mismatch(&whole, &reference), None);
     let mut rng = Rng(23);
@@ -436,7 +414,7 @@ fn stochastic_rounding_does_not_depend_on_range_splits() {
     assert_eq!(first_mismatch(&whole, &threaded), None);
     // Another seed rounds differently.
     let (_, reseeded) = adam_inputs(n, 0x1234_5679);
-    let (other, _) = run_jit(&compiled, &kernel, &init, &reseeded, 0..n);
+    let (other, _) = run_typed_copy(&compiled, &kernel, &init, &reseeded, 0..n);
     assert!(first_mismatch(&whole, &other).is_some());
 }
 

@@ -11,7 +11,6 @@ mod common;
 
 use common::Rng;
 use common::*;
-use optc_compiler::backend::NativeKernel;
 use optc_compiler::kernel::{bf16, Kernel, Rounding, Storage};
 use optc_cranelift::Jit;
 use optc_llvm::Llvm;
@@ -40,30 +39,16 @@ fn inputs(kernel: &Kernel, rng: &mut Rng, range: &Range<usize>) -> (Vec<Data>, V
     (buffers, scalars)
 }
 
-fn run(
-    compiled: &NativeKernel,
-    kernel: &Kernel,
-    buffers: &[Data],
-    scalars: &[f32],
-    range: Range<usize>,
-) -> (Vec<Data>, Vec<f64>) {
-    let mut out = buffers.to_vec();
-    let mut accs = identities(kernel);
-    compiled
-        .run_typed(&mut views(&mut out), scalars, &mut accs, range)
-        .expect("arguments fit");
-    (out, accs)
-}
-
 /// Bit equality, except that any NaN equals any NaN: which NaN an operation
 /// on two NaNs returns depends on operand order, which LLVM may commute.
 fn same_bits(a: &[Data], b: &[Data]) -> Result<(), String> {
-    for (k, (x, y)) in a.iter().zip(b).enumerate() {
-        if let Some(i) = x.first_difference(y) {
-            return Err(format!("buffer {k} differs at element {i}: {x:?} vs {y:?}"));
-        }
+    match first_mismatch(a, b) {
+        None => Ok(()),
+        Some((k, i)) => Err(format!(
+            "buffer {k} differs at element {i}: {:?} vs {:?}",
+            a[k], b[k]
+        )),
     }
-    Ok(())
 }
 
 fn same_accumulators(a: &[f64], b: &[f64]) -> Result<(), String> {
@@ -93,8 +78,9 @@ fn tiers_agree(kernel: &Kernel, seed: u64) -> Result<(), String> {
             let start = rng.below(6) as usize;
             let range = start..start + len;
             let (data, scalars) = inputs(kernel, &mut rng, &range);
-            let (want, want_accs) = run(&cranelift, kernel, &data, &scalars, range.clone());
-            let (got, got_accs) = run(&llvm, kernel, &data, &scalars, range.clone());
+            let (want, want_accs) =
+                run_typed_copy(&cranelift, kernel, &data, &scalars, range.clone());
+            let (got, got_accs) = run_typed_copy(&llvm, kernel, &data, &scalars, range.clone());
             let context = |e: String| format!("{lanes} lanes, range {range:?}: {e}");
             same_bits(&got, &want).map_err(context)?;
             same_accumulators(&got_accs, &want_accs).map_err(context)?;
@@ -147,8 +133,8 @@ fn bf16_kernels_agree_on_every_pattern() {
         ];
         let cranelift = Jit::new().unwrap().compile(&kernel).unwrap();
         let llvm = Llvm::new().unwrap().compile(&kernel).unwrap();
-        let (want, want_accs) = run(&cranelift, &kernel, &buffers, &scalars, 0..n);
-        let (got, got_accs) = run(&llvm, &kernel, &buffers, &scalars, 0..n);
+        let (want, want_accs) = run_typed_copy(&cranelift, &kernel, &buffers, &scalars, 0..n);
+        let (got, got_accs) = run_typed_copy(&llvm, &kernel, &buffers, &scalars, 0..n);
         same_bits(&got, &want).unwrap();
         same_accumulators(&got_accs, &want_accs).unwrap();
     }

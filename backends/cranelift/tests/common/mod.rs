@@ -315,6 +315,30 @@ pub fn views(data: &mut [Data]) -> Vec<BufferMut<'_>> {
     data.iter_mut().map(Data::view).collect()
 }
 
+/// Runs a compiled kernel on copies of `data`: the buffers and accumulators after.
+pub fn run_typed_copy(
+    compiled: &NativeKernel,
+    kernel: &Kernel,
+    data: &[Data],
+    scalars: &[f32],
+    range: Range<usize>,
+) -> (Vec<Data>, Vec<f64>) {
+    let mut out = data.to_vec();
+    let mut accs = identities(kernel);
+    compiled
+        .run_typed(&mut views(&mut out), scalars, &mut accs, range)
+        .expect("arguments fit");
+    (out, accs)
+}
+
+/// The first (buffer, element) where `got` and `want` differ (NaNs all alike).
+pub fn first_mismatch(got: &[Data], want: &[Data]) -> Option<(usize, usize)> {
+    got.iter()
+        .zip(want)
+        .enumerate()
+        .find_map(|(b, (g, w))| g.first_difference(w).map(|i| (b, i)))
+}
+
 /// Builds kernels op by op.
 #[derive(Default)]
 pub struct KernelBuilder {
