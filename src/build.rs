@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use optc_compiler::ir::Node;
-
 use crate::load::{self, Failure};
 
 /// Writes `file`'s rule as the library `out` and the header beside it
@@ -29,11 +27,7 @@ pub fn build(
                 .find(|(name, _)| *name == hyper.name)
                 .map(|(_, e)| e)
                 .or(hyper.default.as_ref())?;
-            match expr.graph.node(expr.output) {
-                Node::Const(bits) => Some(f64::from_bits(*bits)),
-                Node::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-                _ => None,
-            }
+            expr.graph.node(expr.output).constant_value()
         })
         .collect();
     let library = Path::new(out);

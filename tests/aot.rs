@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::{optc, Random};
-use optc_compiler::ir::{Node, Rule};
+use optc_compiler::ir::Rule;
 use optc_runtime::{Backend, Elements, Optimizer};
 
 const NUMELS: [usize; 4] = [1, 17, 1000, 40_000];
@@ -108,11 +108,10 @@ fn libraries_match_the_interpreter() {
             .iter()
             .map(|h| {
                 let d = h.default.as_ref().expect("stdlib defaults");
-                match d.graph.node(d.output) {
-                    Node::Const(bits) => f64::from_bits(*bits),
-                    Node::Bool(b) => f64::from(u8::from(*b)),
-                    other => panic!("{name}: a non-constant default {other:?}"),
-                }
+                d.graph
+                    .node(d.output)
+                    .constant_value()
+                    .unwrap_or_else(|| panic!("{name}: a non-constant default"))
             })
             .collect();
         let params: Vec<Vec<f32>> = NUMELS

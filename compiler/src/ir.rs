@@ -234,6 +234,15 @@ impl Node {
         }
     }
 
+    /// The number a constant node stands for (a bool as 1 or 0).
+    pub fn constant_value(&self) -> Option<f64> {
+        match *self {
+            Node::Const(bits) => Some(f64::from_bits(bits)),
+            Node::Bool(b) => Some(if b { 1.0 } else { 0.0 }),
+            _ => None,
+        }
+    }
+
     /// Constants and inputs, which have no operands.
     pub fn is_leaf(&self) -> bool {
         matches!(self, Node::Const(_) | Node::Bool(_) | Node::Input(..))

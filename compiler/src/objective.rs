@@ -305,11 +305,7 @@ fn fold(graph: &Graph, roots: &[Handle]) -> (Graph, Vec<Handle>) {
 /// Folds a bool node: comparisons of constants, `&&`/`||`/`!` with a
 /// constant operand.
 fn fold_condition(graph: &mut Graph, node: Node) -> Handle {
-    let value = |graph: &Graph, h: Handle| match *graph.node(h) {
-        Node::Const(bits) => Some(f64::from_bits(bits)),
-        Node::Bool(b) => Some(if b { 1.0 } else { 0.0 }),
-        _ => None,
-    };
+    let value = |graph: &Graph, h: Handle| graph.node(h).constant_value();
     let folded = match node {
         Node::Unary(op, a) => value(graph, a).map(|x| interpret::unary(op, x)),
         Node::Binary(op, a, b) => match (value(graph, a), value(graph, b)) {

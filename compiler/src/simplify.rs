@@ -875,11 +875,7 @@ fn fold(graph: &Graph, node: &Node) -> Option<Node> {
     }
     let values: Vec<f64> = operands
         .iter()
-        .map(|&h| match *graph.node(h) {
-            Node::Const(bits) => Some(f64::from_bits(bits)),
-            Node::Bool(b) => Some(if b { 1.0 } else { 0.0 }),
-            _ => None,
-        })
+        .map(|&h| graph.node(h).constant_value())
         .collect::<Option<_>>()?;
     let value = match op {
         Op::Unary(op) => interpret::unary(op, values[0]),
