@@ -74,23 +74,32 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
         seed: 0,
     };
     let backend_name = settings.execution.backend.as_deref();
-    if !load::backend(backend_name)?.runs_kernels() {
+    if let Some(why) = optc_compiler::plan::unsupported(&rule) {
+        return Err(format!("error: optc bench times compiled kernels: {why}"));
+    }
+    if !load::backend(backend_name, &rule)?.runs_kernels() {
         return Err(
             "error: optc bench times compiled kernels against their data-movement \
                     floor, and the interpreter runs none (use --backend tiered, llvm, cranelift or reference)"
                 .into(),
         );
     }
-    let prototype = load::builder(&mut program, rule, settings.sets, settings.execution, false)?
-        .threads(settings.threads)
-        .precision(precision);
+    let prototype = load::builder(
+        &mut program,
+        rule.clone(),
+        settings.sets,
+        settings.execution,
+        false,
+    )?
+    .threads(settings.threads)
+    .precision(precision);
     // Compile time: plan and compile every kernel of both plans, with a fresh
     // backend (cold) and again with the same one (its kernel cache warm);
     // medians of several.
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     let mut built = None;
     for _ in 0..9 {
-        let backend = load::backend(backend_name)?;
+        let backend = load::backend(backend_name, &rule)?;
         for times in [&mut cold, &mut warm] {
             let start = Instant::now();
             let optimizer = load::build(prototype.clone().backend(backend.clone()))?;

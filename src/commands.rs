@@ -48,7 +48,9 @@ pub fn show(file: &str, rule: Option<&str>, ir: bool, plan: bool) -> Result<Stri
     if ir {
         out.push_str(&format!("\n{rule}"));
     }
-    if plan {
+    if let (true, Some(why)) = (plan, optc_compiler::plan::unsupported(&rule)) {
+        out.push_str(&format!("\nno pass plan: {why}\n"));
+    } else if plan {
         out.push_str(&format!(
             "\nplan (every step after the first):\n{}",
             Plan::new(&rule, false).describe(&rule)
@@ -94,6 +96,9 @@ fn signature(rule: &Rule) -> String {
         };
         let per = match slot.shape {
             Shape::Elem => "one number per element",
+            Shape::Rows => "one number per row",
+            Shape::Cols => "one number per column",
+            Shape::Gram => "a gram matrix per tensor",
             Shape::Tensor => "one scalar per tensor",
             Shape::Group => "one scalar per group",
         };
@@ -112,7 +117,26 @@ fn signature(rule: &Rule) -> String {
         4 * (words + 2),
         2 * (words + 2),
     ));
+    let axis_slots = |shape: Shape| rule.states.iter().filter(|s| s.shape == shape).count();
+    let (rows, cols) = (axis_slots(Shape::Rows), axis_slots(Shape::Cols));
+    if rows + cols > 0 {
+        out.push_str(&format!(
+            "  and per matrix of m rows and n columns, {} B in f32 ({rows} number{} per row, \
+             {cols} per column; a vector of n elements is 1 x n): O(m + n), not O(m n)\n",
+            axis_bytes(rows, cols),
+            if rows == 1 { "" } else { "s" },
+        ));
+    }
     out
+}
+
+/// `4 (r m + c n)` in words, for `r` per-row and `c` per-column f32 slots.
+fn axis_bytes(rows: usize, cols: usize) -> String {
+    match (rows, cols) {
+        (0, c) => format!("{} n", 4 * c),
+        (r, 0) => format!("{} m", 4 * r),
+        (r, c) => format!("{} m + {} n", 4 * r, 4 * c),
+    }
 }
 
 /// What `optc replay` was asked to do.
@@ -144,6 +168,9 @@ pub fn replay(settings: &ReplaySettings<'_>) -> Result<String, Failure> {
     let text = std::fs::read_to_string(trace_path)
         .map_err(|e| format!("error: cannot read {trace_path}: {e}"))?;
     let reference = Trace::from_json(&text).map_err(|e| format!("error: {trace_path}: {e}"))?;
+    let tensors = reference
+        .shaped_tensors()
+        .map_err(|e| format!("error: {trace_path}: {e}"))?;
     let builder = load::builder(
         &mut program,
         rule,
@@ -151,13 +178,7 @@ pub fn replay(settings: &ReplaySettings<'_>) -> Result<String, Failure> {
         settings.execution,
         settings.f64_elements,
     )?
-    .tensors(
-        reference
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name(i), t.p0.len())),
-    );
+    .shaped_tensors(tensors);
     let mut optimizer = load::build(builder)?;
     let result = trace::replay(&mut optimizer, &reference)
         .map_err(|e| format!("error: {trace_path}: {e}"))?;

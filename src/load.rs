@@ -91,11 +91,11 @@ pub enum Reductions {
     Across,
 }
 
-/// The backend `--backend` names, or the fastest one here.
-pub fn backend(name: Option<&str>) -> Result<Backend, Failure> {
+/// The backend `--backend` names, or the fastest one here that runs `rule`.
+pub fn backend(name: Option<&str>, rule: &Rule) -> Result<Backend, Failure> {
     match name {
         Some(name) => Backend::named(name).map_err(|e| format!("error: {e}")),
-        None => Ok(Backend::fastest()),
+        None => Ok(Backend::fastest_for(rule)),
     }
 }
 
@@ -110,7 +110,7 @@ pub fn builder(
     f64_elements: bool,
 ) -> Result<OptimizerBuilder, Failure> {
     let backend = match (f64_elements, execution.backend.as_deref()) {
-        (false, name) => backend(name)?,
+        (false, name) => backend(name, &rule)?,
         (true, None | Some("interp")) => Backend::interpreter(Elements::F64),
         (true, Some(other)) => {
             return Err(format!(

@@ -631,7 +631,8 @@ fn filetests_cover_the_language() {
         "*=", "/=",
     ];
     let words = [
-        "state", "let", "use", "fn", "if", "else", "true", "false", "t", "numel", "pi", "inf",
+        "state", "let", "use", "fn", "if", "else", "true", "false", "t", "numel", "rank", "nrows",
+        "ncols", "pi", "inf",
     ];
     for token in operators.iter().chain(&words) {
         if !tokens.iter().any(|t| t == token) {
@@ -646,7 +647,13 @@ fn filetests_cover_the_language() {
     if !negates {
         missing.push("unary -".into());
     }
-    for pair in [[":", "tensor"], [":", "group"], ["else", "if"]] {
+    for pair in [
+        [":", "tensor"],
+        [":", "group"],
+        [":", "rows"],
+        [":", "cols"],
+        ["else", "if"],
+    ] {
         if !used(pair) {
             missing.push(pair.join(" "));
         }

@@ -168,3 +168,44 @@ fn rmsprop_centered_is_the_momentum_variant_without_momentum() {
         "momentum matters"
     );
 }
+
+/// `muon_adamw` steps matrices as `muon` and every other tensor as `adamw`
+/// (with its `adam_` hyperparameters), bit for bit.
+#[test]
+fn muon_adamw_is_muon_on_matrices_and_adamw_elsewhere() {
+    let program = optc_stdlib::prelude();
+    let shapes = [("w", vec![3usize, 5]), ("b", vec![4])];
+    let run = |rule: &str, sets: &[(&str, f64)]| {
+        let mut builder = Optimizer::builder(Arc::new(program.compile(rule).unwrap()))
+            .shaped_tensors(shapes.clone());
+        for &(name, value) in sets {
+            builder = builder.set(name, value);
+        }
+        let mut optimizer = builder.build().unwrap();
+        let mut params: Vec<Vec<f32>> = vec![
+            (0..15).map(|i| (i as f32 * 0.37).sin()).collect(),
+            vec![0.5, -0.25, 1.0, 2.0],
+        ];
+        for step in 0..3 {
+            let grads: Vec<Vec<f32>> = params
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .enumerate()
+                        .map(|(i, x)| x * 0.5 + (i + step) as f32 * 0.1 - 0.3)
+                        .collect()
+                })
+                .collect();
+            let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+            let grad_views: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
+            optimizer.step(&mut views, &grad_views).unwrap();
+        }
+        params
+    };
+    let combined = run("muon_adamw", &[]);
+    let muon = run("muon", &[("learning_rate", 0.02)]);
+    let adamw = run("adamw", &[("learning_rate", 3e-4), ("weight_decay", 0.01)]);
+    assert_eq!(combined[0], muon[0], "the matrix steps as muon");
+    assert_eq!(combined[1], adamw[1], "the vector steps as adamw");
+    assert_ne!(combined[0], adamw[0]);
+}

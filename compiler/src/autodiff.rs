@@ -58,6 +58,7 @@
 //!     step: 1,
 //!     hypers: &[0.1],
 //!     state: None,
+//!     views: None,
 //! };
 //! let out = interpret::step(&rule, &inputs).unwrap();
 //! // d p_t / d learning_rate = -g, summed over the elements.
@@ -99,6 +100,7 @@
 //!     step: 2,
 //!     hypers: &[0.1],
 //!     state: Some(&state),
+//!     views: None,
 //! };
 //! let out = interpret::step(&rule, &inputs).unwrap();
 //! assert_eq!(out.state[1], Value::Elem(vec![vec![2.0]]), "d p_t / d p = 1");
@@ -163,7 +165,8 @@ pub fn vjp(graph: &mut Graph, seeds: &[(Handle, Handle)], wrt: &[Handle]) -> Vec
         let seed_shape = emit.graph.ty(seed).shape;
         let output_shape = emit.graph.ty(output).shape;
         let seed = Cotangent::plain(emit.term(seed));
-        let seed = emit.unbroadcast(seed, seed_shape.max(output_shape), output_shape);
+        let reader = seed_shape.join(output_shape).unwrap_or(output_shape);
+        let seed = emit.unbroadcast(seed, reader, output_shape);
         cotangents[output.index()] = emit.accumulate(cotangents[output.index()], seed);
     }
     for index in (0..original).rev() {
@@ -173,6 +176,16 @@ pub fn vjp(graph: &mut Graph, seeds: &[(Handle, Handle)], wrt: &[Handle]) -> Vec
         }
         let y = Handle::from_index(index);
         let node = *emit.graph.node(y);
+        // A scalar cotangent of a gram matrix is the matrix filled with it,
+        // which is symmetric: `transpose` makes it one for the products.
+        let ct = match ct {
+            Term::Node(c)
+                if emit.graph.ty(y).shape == Shape::Gram && emit.graph.ty(c).shape.is_scalar() =>
+            {
+                emit.transpose(ct)
+            }
+            _ => ct,
+        };
         let children = node.children();
         let wanted: Vec<bool> = children
             .iter()
@@ -182,10 +195,19 @@ pub fn vjp(graph: &mut Graph, seeds: &[(Handle, Handle)], wrt: &[Handle]) -> Vec
         if !wanted.contains(&true) {
             continue;
         }
-        // A reduction reads its operand once per element, broadcast.
-        let reader_shape = match node {
-            Node::Reduce(..) => Shape::Elem,
-            _ => emit.graph.ty(y).shape,
+        // A reduction reads its operand once per element, broadcast (a
+        // gram matrix's once per entry); matrix products read gram matrices
+        // as they are and other operands per element.
+        let node_shape = emit.graph.ty(y).shape;
+        let reader_shape = |child_shape: Shape| match node {
+            Node::Reduce(..) | Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => {
+                if child_shape == Shape::Gram {
+                    Shape::Gram
+                } else {
+                    Shape::Elem
+                }
+            }
+            _ => node_shape,
         };
         let partials = partials(
             &mut At {
@@ -199,7 +221,7 @@ pub fn vjp(graph: &mut Graph, seeds: &[(Handle, Handle)], wrt: &[Handle]) -> Vec
         for (child, partial) in children.into_iter().zip(partials) {
             let partial = emit.guard(partial, guard);
             let child_shape = emit.graph.ty(child).shape;
-            let contribution = emit.unbroadcast(partial, reader_shape, child_shape);
+            let contribution = emit.unbroadcast(partial, reader_shape(child_shape), child_shape);
             cotangents[child.index()] = emit.accumulate(cotangents[child.index()], contribution);
         }
     }
@@ -229,6 +251,12 @@ pub fn tangent(
         return None;
     }
     let mut emit = Emit { graph };
+    if let Some(total) = matrix_tangent(&mut emit, op, operand_tangents) {
+        return match total {
+            Term::Zero => None,
+            Term::Node(h) => Some(h),
+        };
+    }
     let mut total = Term::Zero;
     for (i, (tangent, differentiable)) in
         operand_tangents.iter().zip(differentiable(op)).enumerate()
@@ -365,6 +393,33 @@ impl Emit<'_> {
         self.add(Node::Select(cond, x, y))
     }
 
+    /// A matrix node of two terms (zero if either is).
+    fn matrix(&mut self, make: fn(Handle, Handle) -> Node, x: Term, y: Term) -> Term {
+        match (x, y) {
+            (Term::Node(x), Term::Node(y)) => self.add(make(x, y)),
+            _ => Term::Zero,
+        }
+    }
+
+    fn transpose(&mut self, x: Term) -> Term {
+        match x {
+            Term::Zero => Term::Zero,
+            Term::Node(x) => self.add(Node::Transpose(x)),
+        }
+    }
+
+    /// `x y^T` in the wide orientation: `matmul(x, transpose(y))` for a
+    /// gram matrix `y`, `gram(x, y)` for a per-element one.
+    fn times_transposed(&mut self, x: Term, y: Term) -> Term {
+        match y {
+            Term::Node(h) if self.graph.ty(h).shape == Shape::Gram => {
+                let yt = self.transpose(y);
+                self.matrix(Node::MatMul, x, yt)
+            }
+            _ => self.matrix(Node::Gram, x, y),
+        }
+    }
+
     fn sum(&mut self, scope: Scope, x: Term) -> Term {
         match x {
             Term::Zero => Term::Zero,
@@ -440,35 +495,70 @@ impl Emit<'_> {
     /// The cotangent of an operand of shape `to` read by a node of shape
     /// `from` (or an element-wise reduction): the sum of `ct` over the places
     /// the operand was broadcast to. A guard that is constant over those
-    /// places stays outside the sum. Summing per-tensor values over the group
-    /// goes through the elements, one share of `ct / numel` each, so tensors
-    /// without elements contribute nothing.
+    /// places stays outside the sum. The sum goes through the elements, each
+    /// place of `from` shared evenly by the elements it spans (a row's
+    /// `ct / ncols` each, a tensor's `ct / numel`), so tensors without
+    /// elements contribute nothing.
     fn unbroadcast(&mut self, cotangent: Cotangent, from: Shape, to: Shape) -> Cotangent {
-        if from <= to {
+        if from.fits(to) {
             return cotangent;
         }
         let cotangent = match cotangent.guard {
-            Some(guard) if self.graph.ty(guard).shape > to => {
+            Some(guard) if !self.graph.ty(guard).shape.fits(to) => {
                 Cotangent::plain(self.materialize(cotangent))
             }
             _ => cotangent,
         };
-        let per_element = if from == Shape::Elem {
-            cotangent.term
-        } else {
-            let numel = self.graph.add(Node::Input(Input::Numel, Type::TENSOR));
-            self.binary(BinaryOp::Div, cotangent.term, Term::Node(numel))
+        let span = match from {
+            Shape::Rows => Some(Input::Cols),
+            Shape::Cols => Some(Input::Rows),
+            Shape::Tensor => Some(Input::Numel),
+            // A gram matrix's reductions run over its entries.
+            Shape::Group | Shape::Elem | Shape::Gram => None,
         };
-        let scope = if to == Shape::Tensor {
-            Scope::Tensor
-        } else {
-            Scope::Group
+        let per_element = match span {
+            Some(count) => {
+                let count = self.graph.add(Node::Input(count, Type::TENSOR));
+                self.binary(BinaryOp::Div, cotangent.term, Term::Node(count))
+            }
+            None => cotangent.term,
+        };
+        let scope = match to {
+            Shape::Rows => Scope::Rows,
+            Shape::Cols => Scope::Cols,
+            Shape::Tensor => Scope::Tensor,
+            Shape::Group | Shape::Elem | Shape::Gram => Scope::Group,
         };
         Cotangent {
             term: self.sum(scope, per_element),
             ..cotangent
         }
     }
+}
+
+/// The tangent of a matrix product, gram matrix or transpose, by the product
+/// rule (they are bilinear or linear, not elementwise, so the partials of
+/// the table, which are transposed maps, do not give it); `None` for other
+/// nodes.
+fn matrix_tangent(emit: &mut Emit<'_>, op: Node, tangents: &[Option<Handle>]) -> Option<Term> {
+    let tangent = |k: usize| {
+        tangents
+            .get(k)
+            .copied()
+            .flatten()
+            .map_or(Term::Zero, Term::Node)
+    };
+    let bilinear = |emit: &mut Emit<'_>, make: fn(Handle, Handle) -> Node, a: Handle, b: Handle| {
+        let left = emit.matrix(make, tangent(0), Term::Node(b));
+        let right = emit.matrix(make, Term::Node(a), tangent(1));
+        emit.binary(BinaryOp::Add, left, right)
+    };
+    Some(match op {
+        Node::Gram(a, b) => bilinear(emit, Node::Gram, a, b),
+        Node::MatMul(a, b) => bilinear(emit, Node::MatMul, a, b),
+        Node::Transpose(_) => emit.transpose(tangent(0)),
+        _ => return None,
+    })
 }
 
 /// What a derivative rule sees: the node `y` (its value) and its cotangent
@@ -506,6 +596,22 @@ macro_rules! term {
         let x = term!($at; $x);
         let y = term!($at; $y);
         $at.emit.select(c, x, y)
+    }};
+    ($at:ident; (gram $x:tt $y:tt)) => { term!(@matrix $at, Gram, $x, $y) };
+    ($at:ident; (matmul $x:tt $y:tt)) => { term!(@matrix $at, MatMul, $x, $y) };
+    ($at:ident; (transpose $x:tt)) => {{
+        let x = term!($at; $x);
+        $at.emit.transpose(x)
+    }};
+    ($at:ident; (times_transposed $x:tt $y:tt)) => {{
+        let x = term!($at; $x);
+        let y = term!($at; $y);
+        $at.emit.times_transposed(x, y)
+    }};
+    (@matrix $at:ident, $node:ident, $x:tt, $y:tt) => {{
+        let x = term!($at; $x);
+        let y = term!($at; $y);
+        $at.emit.matrix(Node::$node, x, y)
     }};
     ($at:ident; (sum $scope:ident $x:tt)) => {{
         let x = term!($at; $x);
@@ -589,7 +695,7 @@ macro_rules! derivatives {
 
 // Short names for the patterns of the table.
 use BinaryOp as B;
-use Node::{Binary, Bool, Const, Lerp, Reduce, Select, Unary};
+use Node::{Binary, Bool, Const, Gram, Lerp, MatMul, Reduce, Select, Transpose, Unary};
 use ReduceOp as R;
 use UnaryOp as U;
 
@@ -621,9 +727,13 @@ derivatives! {
     "logic": Binary(B::And | B::Or, _, _) => [zero, zero];
     "select": Select(c, _, _) => [zero, (when c ct), (unless c ct)];
     "lerp": Lerp(a, b, w) => [(* ct (- 1 w)), (* ct w), (* ct (- b a))];
+    "bf16": Unary(U::Bf16, _) => [ct];
     "sum": Reduce(R::Sum, _, _) => [ct];
     "max/min reduction": Reduce(R::Max | R::Min, scope, a) => [
         (when (== a y) (/ ct (sum scope (select (== a y) 1 0))))
     ];
+    "gram": Gram(a, b) => [(matmul ct b), (matmul (transpose ct) a)];
+    "matmul": MatMul(a, b) => [(times_transposed ct b), (matmul (transpose a) ct)];
+    "transpose": Transpose(_) => [(transpose ct)];
     "leaf": Const(_) | Bool(_) | Node::Input(..) => [];
 }

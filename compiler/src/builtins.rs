@@ -18,6 +18,12 @@ pub enum Builtin {
     Norm(Scope),
     /// `dot(x, y) = sum(x * y)`.
     Dot(Scope),
+    /// `gram(x, y)`, a gram matrix (`gram(x) = gram(x, x)`).
+    Gram,
+    /// `matmul(a, b)`, a gram matrix times a gram matrix or an element value.
+    MatMul,
+    /// `transpose(a)` of a gram matrix.
+    Transpose,
 }
 
 /// `(name, arity, meaning)`. A name may appear with several arities (`max`).
@@ -33,6 +39,7 @@ pub const BUILTINS: &[(&str, usize, Builtin)] = &[
     ("cos", 1, Builtin::Unary(UnaryOp::Cos)),
     ("cbrt", 1, Builtin::Unary(UnaryOp::Cbrt)),
     ("floor", 1, Builtin::Unary(UnaryOp::Floor)),
+    ("bf16", 1, Builtin::Unary(UnaryOp::Bf16)),
     ("pow", 2, Builtin::Binary(BinaryOp::Pow)),
     ("min", 2, Builtin::Binary(BinaryOp::Min)),
     ("max", 2, Builtin::Binary(BinaryOp::Max)),
@@ -51,6 +58,22 @@ pub const BUILTINS: &[(&str, usize, Builtin)] = &[
     ("group_mean", 1, Builtin::Mean(Scope::Group)),
     ("group_norm", 1, Builtin::Norm(Scope::Group)),
     ("group_dot", 2, Builtin::Dot(Scope::Group)),
+    ("row_sum", 1, Builtin::Reduce(ReduceOp::Sum, Scope::Rows)),
+    ("row_max", 1, Builtin::Reduce(ReduceOp::Max, Scope::Rows)),
+    ("row_min", 1, Builtin::Reduce(ReduceOp::Min, Scope::Rows)),
+    ("row_mean", 1, Builtin::Mean(Scope::Rows)),
+    ("row_norm", 1, Builtin::Norm(Scope::Rows)),
+    ("row_dot", 2, Builtin::Dot(Scope::Rows)),
+    ("col_sum", 1, Builtin::Reduce(ReduceOp::Sum, Scope::Cols)),
+    ("col_max", 1, Builtin::Reduce(ReduceOp::Max, Scope::Cols)),
+    ("col_min", 1, Builtin::Reduce(ReduceOp::Min, Scope::Cols)),
+    ("col_mean", 1, Builtin::Mean(Scope::Cols)),
+    ("col_norm", 1, Builtin::Norm(Scope::Cols)),
+    ("col_dot", 2, Builtin::Dot(Scope::Cols)),
+    ("gram", 2, Builtin::Gram),
+    ("gram", 1, Builtin::Gram),
+    ("matmul", 2, Builtin::MatMul),
+    ("transpose", 1, Builtin::Transpose),
 ];
 
 /// The arities under which `name` is a built-in (empty: not a built-in).
@@ -79,4 +102,6 @@ pub fn lookup(name: &str, arity: usize) -> Option<Builtin> {
 }
 
 /// Names with a fixed meaning inside optimizer bodies.
-pub const RESERVED_NAMES: &[&str] = &["p", "g", "t", "numel", "pi", "inf"];
+pub const RESERVED_NAMES: &[&str] = &[
+    "p", "g", "t", "numel", "rank", "nrows", "ncols", "pi", "inf",
+];

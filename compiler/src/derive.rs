@@ -74,6 +74,7 @@
 //!     step: 2,
 //!     hypers: &[0.1, 0.01],
 //!     state: Some(&state),
+//!     views: None,
 //! };
 //! let out = interpret::step(&hd_sgd, &inputs).unwrap();
 //! let learning_rate = 0.1 + 0.01 * (3.0 * 2.0 + 4.0 * -1.0);
@@ -92,6 +93,7 @@
 //!     step: 2,
 //!     hypers: &[0.1],
 //!     state: Some(&state),
+//!     views: None,
 //! };
 //! let out = interpret::step(&adjoint_sgd.rule, &inputs).unwrap();
 //! assert_eq!(out.params, vec![vec![1.0, 1.0]], "p is left as it was");

@@ -510,9 +510,8 @@ impl<'r> Body<'r> {
             Unit::Declare(i) => {
                 let slot = &self.rule.states[i];
                 let shape = match slot.shape {
-                    Shape::Elem => "",
-                    Shape::Tensor => ": tensor",
-                    Shape::Group => ": group",
+                    Shape::Elem => String::new(),
+                    shape => format!(": {shape}"),
                 };
                 format!("state {}{shape} = {};", slot.name, expression(root))
             }
@@ -709,7 +708,9 @@ impl InputNames<'_> {
             Input::Param => "p".to_string(),
             Input::Grad => "g".to_string(),
             Input::Step => "t".to_string(),
-            Input::Numel => "numel".to_string(),
+            Input::Numel | Input::Rank | Input::Rows | Input::Cols => {
+                input.size_name().unwrap_or_default().to_string()
+            }
             Input::Hyper(i) => self
                 .rule
                 .hypers
@@ -788,6 +789,9 @@ impl Printer<'_> {
             },
             Node::Unary(op, a) => self.call(Builtin::Unary(op), &[a]),
             Node::Binary(op, a, b) => self.binary(op, a, b),
+            Node::Gram(a, b) => self.call(Builtin::Gram, &[a, b]),
+            Node::MatMul(a, b) => self.call(Builtin::MatMul, &[a, b]),
+            Node::Transpose(a) => self.call(Builtin::Transpose, &[a]),
             Node::Select(c, a, b) => {
                 let otherwise = match self.inline_node(b) {
                     Some(Node::Select(..)) => self.print(b, false).text,

@@ -7,7 +7,8 @@
 //! elements alike, and reductions are plain in-order f64 sums.
 
 use crate::ir::{
-    BinaryOp, Graph, Handle, Input, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape, UnaryOp,
+    BinaryOp, Graph, Handle, Input, MatrixView, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape,
+    UnaryOp,
 };
 
 /// Element arithmetic: f32 (what kernels compute) or f64 (checking mode).
@@ -33,6 +34,13 @@ pub trait Real: Copy + PartialOrd + std::fmt::Debug + Send + Sync + 'static {
     fn min(self, o: Self) -> Self;
     fn max(self, o: Self) -> Self;
     fn is_nan(self) -> bool;
+    /// The nearest bfloat16 (ties to even; of its f32 value for an f64).
+    fn bf16(self) -> Self {
+        let x = self.to_f64() as f32;
+        Self::from_f64(f64::from(crate::kernel::bf16::widen(
+            crate::kernel::bf16::round_nearest_even(x),
+        )))
+    }
 }
 
 macro_rules! real {
@@ -141,6 +149,7 @@ pub fn unary<F: Real>(op: UnaryOp, x: F) -> F {
         UnaryOp::Cos => x.cos(),
         UnaryOp::Cbrt => x.cbrt(),
         UnaryOp::Floor => x.floor(),
+        UnaryOp::Bf16 => x.bf16(),
     }
 }
 
@@ -183,8 +192,14 @@ pub enum Value<F> {
     Group(f64),
     /// One per tensor.
     Tensor(Vec<f64>),
+    /// One vector per tensor, of its rows' values.
+    Rows(Vec<Vec<F>>),
+    /// One vector per tensor, of its columns' values.
+    Cols(Vec<Vec<F>>),
     /// One vector per tensor.
     Elem(Vec<Vec<F>>),
+    /// One k x k gram matrix per tensor, row-major.
+    Gram(Vec<Vec<F>>),
 }
 
 impl<F: Real> Value<F> {
@@ -193,32 +208,54 @@ impl<F: Real> Value<F> {
         match self {
             Value::Group(x) => *x,
             Value::Tensor(xs) => xs[i],
-            Value::Elem(_) => unreachable_shape(),
+            Value::Rows(_) | Value::Cols(_) | Value::Elem(_) | Value::Gram(_) => {
+                unreachable_shape()
+            }
         }
     }
 
-    /// Element `j` of tensor `i`, broadcasting scalars (rounded to `F`).
-    fn at(&self, i: usize, j: usize) -> F {
+    /// The value at position `k` of a value of shape `shape` for tensor `i`
+    /// (of matrix `view`), broadcasting this value to it: scalars are
+    /// rounded to `F`, a row's value spreads along the row and a column's
+    /// down the column. Lowering guarantees this value's shape fits `shape`.
+    fn at(&self, i: usize, shape: Shape, k: usize, view: MatrixView) -> F {
         match self {
             Value::Group(x) => F::from_f64(*x),
             Value::Tensor(xs) => F::from_f64(xs[i]),
-            Value::Elem(xs) => xs[i][j],
+            Value::Rows(xs) if shape == Shape::Elem => xs[i][k / view.cols],
+            Value::Cols(xs) if shape == Shape::Elem => xs[i][k % view.cols],
+            Value::Rows(xs) | Value::Cols(xs) | Value::Elem(xs) | Value::Gram(xs) => xs[i][k],
         }
     }
 
-    /// This value broadcast to `shape` for tensors of the given sizes.
-    pub fn broadcast(&self, shape: Shape, numels: &[usize]) -> Value<F> {
+    /// A vector per tensor of `shape` (rows, columns or elements).
+    pub fn vectors(shape: Shape, xs: Vec<Vec<F>>) -> Value<F> {
+        match shape {
+            Shape::Rows => Value::Rows(xs),
+            Shape::Cols => Value::Cols(xs),
+            Shape::Gram => Value::Gram(xs),
+            _ => Value::Elem(xs),
+        }
+    }
+
+    /// This value broadcast to `shape` for tensors of the given views.
+    pub fn broadcast(&self, shape: Shape, views: &[MatrixView]) -> Value<F> {
         match shape {
             Shape::Group => self.clone(),
             Shape::Tensor => match self {
-                Value::Group(x) => Value::Tensor(vec![*x; numels.len()]),
+                Value::Group(x) => Value::Tensor(vec![*x; views.len()]),
                 other => other.clone(),
             },
-            Shape::Elem => Value::Elem(
-                numels
+            Shape::Rows | Shape::Cols | Shape::Elem | Shape::Gram => Value::vectors(
+                shape,
+                views
                     .iter()
                     .enumerate()
-                    .map(|(i, &n)| (0..n).map(|j| self.at(i, j)).collect())
+                    .map(|(i, &view)| {
+                        (0..view.len(shape))
+                            .map(|k| self.at(i, shape, k, view))
+                            .collect()
+                    })
                     .collect(),
             ),
         }
@@ -228,8 +265,39 @@ impl<F: Real> Value<F> {
         match self {
             Value::Group(_) => Shape::Group,
             Value::Tensor(_) => Shape::Tensor,
+            Value::Rows(_) => Shape::Rows,
+            Value::Cols(_) => Shape::Cols,
             Value::Elem(_) => Shape::Elem,
+            Value::Gram(_) => Shape::Gram,
         }
+    }
+
+    /// Every number it holds, in order (tensor after tensor), widened to f64.
+    pub fn flatten(&self) -> Vec<f64> {
+        match self {
+            Value::Group(x) => vec![*x],
+            Value::Tensor(xs) => xs.clone(),
+            Value::Rows(xs) | Value::Cols(xs) | Value::Elem(xs) | Value::Gram(xs) => {
+                xs.iter().flatten().map(|x| x.to_f64()).collect()
+            }
+        }
+    }
+
+    /// Whether this value has the shape and lengths of a `shape` value for
+    /// tensors of these views.
+    pub fn fits(&self, shape: Shape, views: &[MatrixView]) -> bool {
+        self.shape() == shape
+            && match self {
+                Value::Group(_) => true,
+                Value::Tensor(xs) => xs.len() == views.len(),
+                Value::Rows(xs) | Value::Cols(xs) | Value::Elem(xs) | Value::Gram(xs) => {
+                    xs.len() == views.len()
+                        && xs
+                            .iter()
+                            .zip(views)
+                            .all(|(x, view)| x.len() == view.len(shape))
+                }
+            }
     }
 }
 
@@ -248,6 +316,9 @@ pub struct StepInputs<'a, F> {
     pub hypers: &'a [f64],
     /// Each state slot before the step; `None` on the first step.
     pub state: Option<&'a [Value<F>]>,
+    /// Each tensor as a matrix (rows and columns of the parameter's shape);
+    /// `None`: every tensor is a vector.
+    pub views: Option<&'a [MatrixView]>,
 }
 
 /// What one step produces.
@@ -319,7 +390,13 @@ fn apply<X: Real>(node: &Node, get: impl Fn(Handle) -> X) -> X {
         Node::Binary(op, a, b) => binary(op, get(a), get(b)),
         Node::Select(c, a, b) => select(get(c), get(a), get(b)),
         Node::Lerp(a, b, w) => lerp(get(a), get(b), get(w)),
-        Node::Const(_) | Node::Bool(_) | Node::Input(..) | Node::Reduce(..) => X::ZERO,
+        Node::Const(_)
+        | Node::Bool(_)
+        | Node::Input(..)
+        | Node::Reduce(..)
+        | Node::Gram(..)
+        | Node::MatMul(..)
+        | Node::Transpose(_) => X::ZERO,
     }
 }
 
@@ -337,6 +414,15 @@ pub fn step_with<F: Real>(
     scalars: Scalars,
 ) -> Result<StepOutputs<F>, String> {
     let numels: Vec<usize> = inputs.params.iter().map(|p| p.len()).collect();
+    let views = match inputs.views {
+        Some(views) => views.to_vec(),
+        None => MatrixView::vectors(&numels),
+    };
+    let views_fit =
+        views.len() == numels.len() && views.iter().zip(&numels).all(|(v, &n)| v.numel() == n);
+    if !views_fit {
+        return Err("tensor shapes do not match the parameters' lengths".into());
+    }
     let grads_fit = inputs.grads.len() == numels.len()
         && inputs.grads.iter().zip(&numels).all(|(g, &n)| g.len() == n);
     if !grads_fit {
@@ -351,36 +437,29 @@ pub fn step_with<F: Real>(
     }
     if let Some(state) = inputs.state {
         let fits = state.len() == rule.states.len()
-            && state.iter().zip(&rule.states).all(|(value, slot)| {
-                value.shape() == slot.shape
-                    && match value {
-                        Value::Group(_) => true,
-                        Value::Tensor(xs) => xs.len() == numels.len(),
-                        Value::Elem(xs) => {
-                            xs.len() == numels.len()
-                                && xs.iter().zip(&numels).all(|(x, &n)| x.len() == n)
-                        }
-                    }
-            });
+            && state
+                .iter()
+                .zip(&rule.states)
+                .all(|(value, slot)| value.fits(slot.shape, &views));
         if !fits {
             return Err("state does not match the rule and parameters".into());
         }
     }
-    let values = evaluate_with(&rule.graph, &numels, scalars, |input, values| match input {
+    let values = evaluate_with(&rule.graph, &views, scalars, |input, values| match input {
         Input::Param => Value::Elem(inputs.params.iter().map(|p| p.to_vec()).collect()),
         Input::Grad => Value::Elem(inputs.grads.iter().map(|g| g.to_vec()).collect()),
         Input::Step => Value::Group(inputs.step as f64),
-        Input::Numel => Value::Tensor(numels.iter().map(|&n| n as f64).collect()),
         Input::Hyper(i) => Value::Group(inputs.hypers[i as usize]),
         Input::State(i) => {
             let slot = &rule.states[i as usize];
             match inputs.state {
                 Some(state) => state[i as usize].clone(),
-                None => values[slot.init.index()].broadcast(slot.shape, &numels),
+                None => values[slot.init.index()].broadcast(slot.shape, &views),
             }
         }
+        Input::Numel | Input::Rank | Input::Rows | Input::Cols => Value::Group(f64::NAN),
     });
-    let output = |handle: Handle, shape: Shape| values[handle.index()].broadcast(shape, &numels);
+    let output = |handle: Handle, shape: Shape| values[handle.index()].broadcast(shape, &views);
     let params = match output(rule.param_out, Shape::Elem) {
         Value::Elem(params) => params,
         _ => Vec::new(),
@@ -405,22 +484,23 @@ pub fn scalar(expr: &ScalarExpr, step: u64, hypers: &[f64]) -> f64 {
     values[expr.output.index()].scalar(0)
 }
 
-/// Evaluates every node of `graph`, in arena order, for tensors of sizes
-/// `numels`; `input` gives each input node's value (it also sees the values
-/// computed so far). Rules go through [`step`]; graphs that are not rules
-/// (objectives) call this directly.
+/// Evaluates every node of `graph`, in arena order, for tensors of matrix
+/// views `views`; `input` gives each input node's value (it also sees the
+/// values computed so far), except the tensors' sizes (`numel`, `rank`,
+/// `nrows`, `ncols`), which come from `views`. Rules go through [`step`];
+/// graphs that are not rules (objectives) call this directly.
 pub fn evaluate<F: Real>(
     graph: &Graph,
-    numels: &[usize],
+    views: &[MatrixView],
     input: impl FnMut(Input, &[Value<F>]) -> Value<F>,
 ) -> Vec<Value<F>> {
-    evaluate_with(graph, numels, Scalars::F64, input)
+    evaluate_with(graph, views, Scalars::F64, input)
 }
 
 /// [`evaluate`] with group and tensor values computed as `scalars` says.
 pub fn evaluate_with<F: Real>(
     graph: &Graph,
-    numels: &[usize],
+    views: &[MatrixView],
     scalars: Scalars,
     mut input: impl FnMut(Input, &[Value<F>]) -> Value<F>,
 ) -> Vec<Value<F>> {
@@ -432,13 +512,28 @@ pub fn evaluate_with<F: Real>(
         let value = match *node {
             Node::Const(bits) => Value::Group(f64::from_bits(bits)),
             Node::Bool(b) => Value::Group(truth(b)),
-            Node::Input(which, _) => input(which, &values),
-            Node::Reduce(op, scope, a) => reduce(op, scope, &values[a.index()], numels, in_f32),
-            _ => elementwise(node, shape, &values, numels, in_f32),
+            Node::Input(which, _) => match size(which) {
+                Some(size) => Value::Tensor(views.iter().map(|v| size(v) as f64).collect()),
+                None => input(which, &values),
+            },
+            Node::Reduce(op, scope, a) => reduce(op, scope, &values[a.index()], views, in_f32),
+            Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => matrix(node, &values, views),
+            _ => elementwise(node, shape, &values, views, in_f32),
         };
         values.push(value);
     }
     values
+}
+
+/// The inputs that are sizes of the current tensor, as functions of its view.
+fn size(input: Input) -> Option<fn(&MatrixView) -> usize> {
+    match input {
+        Input::Numel => Some(MatrixView::numel),
+        Input::Rank => Some(|v| v.rank),
+        Input::Rows => Some(|v| v.rows),
+        Input::Cols => Some(|v| v.cols),
+        _ => None,
+    }
 }
 
 /// Evaluates a node whose value at each position depends only on its
@@ -447,23 +542,24 @@ fn elementwise<F: Real>(
     node: &Node,
     shape: Shape,
     values: &[Value<F>],
-    numels: &[usize],
+    views: &[MatrixView],
     in_f32: bool,
 ) -> Value<F> {
     match shape {
         Shape::Group => Value::Group(host_apply(in_f32, node, |h| values[h.index()].scalar(0))),
         Shape::Tensor => Value::Tensor(
-            (0..numels.len())
+            (0..views.len())
                 .map(|i| host_apply(in_f32, node, |h| values[h.index()].scalar(i)))
                 .collect(),
         ),
-        Shape::Elem => Value::Elem(
-            numels
+        Shape::Rows | Shape::Cols | Shape::Elem | Shape::Gram => Value::vectors(
+            shape,
+            views
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| {
-                    (0..n)
-                        .map(|j| apply(node, |h| values[h.index()].at(i, j)))
+                .map(|(i, &view)| {
+                    (0..view.len(shape))
+                        .map(|k| apply(node, |h| values[h.index()].at(i, shape, k, view)))
                         .collect()
                 })
                 .collect(),
@@ -477,14 +573,16 @@ fn elementwise<F: Real>(
 /// its results do not depend on the thread count.
 pub const CHUNK: usize = 1 << 15;
 
-/// f64 accumulation by chunks of [`CHUNK`] elements in element order, then
-/// chunk order, then tensor order (each tensor's result, and the group's,
-/// rounded to f32 where `in_f32` says).
+/// f64 accumulation: a tensor's elements (or a row's) by chunks of
+/// [`CHUNK`] elements, each in element order, then the chunks in order,
+/// then (for the group) the tensors in order; a column's elements in row
+/// order. Each tensor's result, and the group's, is rounded to f32 where
+/// `in_f32` says; a row's or a column's to `F`.
 fn reduce<F: Real>(
     op: ReduceOp,
     scope: Scope,
     arg: &Value<F>,
-    numels: &[usize],
+    views: &[MatrixView],
     in_f32: bool,
 ) -> Value<F> {
     let (start, combine): (f64, fn(f64, f64) -> f64) = match op {
@@ -492,25 +590,115 @@ fn reduce<F: Real>(
         ReduceOp::Max => (f64::NEG_INFINITY, f64::max),
         ReduceOp::Min => (f64::INFINITY, f64::min),
     };
-    let per_tensor: Vec<f64> = numels
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            (0..n)
-                .step_by(CHUNK)
-                .map(|first| {
-                    (first..(first + CHUNK).min(n))
-                        .fold(start, |acc, j| combine(acc, arg.at(i, j).to_f64()))
-                })
-                .fold(start, combine)
-        })
-        .map(|x| host_keep(in_f32, x))
-        .collect();
+    // A gram matrix's reductions run over its own entries; every other
+    // value's over the elements it broadcasts to.
+    let over = if arg.shape() == Shape::Gram {
+        Shape::Gram
+    } else {
+        Shape::Elem
+    };
+    let element = |i: usize, j: usize| arg.at(i, over, j, views[i]).to_f64();
+    let chunked = |i: usize, elements: std::ops::Range<usize>| {
+        elements
+            .clone()
+            .step_by(CHUNK)
+            .map(|first| {
+                (first..(first + CHUNK).min(elements.end))
+                    .fold(start, |acc, j| combine(acc, element(i, j)))
+            })
+            .fold(start, combine)
+    };
+    let per_axis = |len: fn(&MatrixView) -> usize,
+                    line: &dyn Fn(usize, usize, MatrixView) -> f64| {
+        views
+            .iter()
+            .enumerate()
+            .map(|(i, &view)| {
+                (0..len(&view))
+                    .map(|k| F::from_f64(line(i, k, view)))
+                    .collect()
+            })
+            .collect()
+    };
+    let per_tensor = || -> Vec<f64> {
+        views
+            .iter()
+            .enumerate()
+            .map(|(i, view)| host_keep(in_f32, chunked(i, 0..view.len(over))))
+            .collect()
+    };
     match scope {
-        Scope::Tensor => Value::Tensor(per_tensor),
+        Scope::Rows => Value::Rows(per_axis(|v| v.rows, &|i, row, view| {
+            chunked(i, row * view.cols..(row + 1) * view.cols)
+        })),
+        Scope::Cols => Value::Cols(per_axis(|v| v.cols, &|i, col, view| {
+            (0..view.rows).fold(start, |acc, row| {
+                combine(acc, element(i, row * view.cols + col))
+            })
+        })),
+        Scope::Tensor => Value::Tensor(per_tensor()),
         Scope::Group => Value::Group(host_keep(
             in_f32,
-            per_tensor.into_iter().fold(start, combine),
+            per_tensor().into_iter().fold(start, combine),
         )),
+    }
+}
+
+/// A matrix product, gram matrix or transpose (see
+/// [`crate::ir::MatrixView`]): in the wide orientation `Y` of each tensor,
+/// every entry an f64 sum of products in index order, rounded to `F`.
+fn matrix<F: Real>(node: &Node, values: &[Value<F>], views: &[MatrixView]) -> Value<F> {
+    let get = |h: crate::ir::Handle, shape: Shape, i: usize, k: usize, view: MatrixView| {
+        values[h.index()].at(i, shape, k, view).to_f64()
+    };
+    let dot = |terms: &mut dyn Iterator<Item = f64>| F::from_f64(terms.sum());
+    let per_tensor = |shape: Shape, entry: &dyn Fn(usize, MatrixView, usize) -> F| {
+        Value::vectors(
+            shape,
+            views
+                .iter()
+                .enumerate()
+                .map(|(i, &view)| (0..view.len(shape)).map(|k| entry(i, view, k)).collect())
+                .collect(),
+        )
+    };
+    match *node {
+        Node::Gram(a, b) => per_tensor(Shape::Gram, &|i, view, k| {
+            let (r, c, wide) = (k / view.small(), k % view.small(), view.large());
+            dot(&mut (0..wide).map(|t| {
+                get(a, Shape::Elem, i, view.wide(r, t), view)
+                    * get(b, Shape::Elem, i, view.wide(c, t), view)
+            }))
+        }),
+        Node::MatMul(a, b) if values[b.index()].shape() == Shape::Gram => {
+            per_tensor(Shape::Gram, &|i, view, k| {
+                let (side, r, c) = (view.small(), k / view.small(), k % view.small());
+                dot(&mut (0..side).map(|t| {
+                    get(a, Shape::Gram, i, r * side + t, view)
+                        * get(b, Shape::Gram, i, t * side + c, view)
+                }))
+            })
+        }
+        Node::MatMul(a, b) => {
+            // Element k is entry (r, c) of the wide orientation.
+            per_tensor(Shape::Elem, &|i, view, k| {
+                let (row, col) = (k / view.cols.max(1), k % view.cols.max(1));
+                let (r, c) = if view.rows <= view.cols {
+                    (row, col)
+                } else {
+                    (col, row)
+                };
+                let side = view.small();
+                dot(&mut (0..side).map(|t| {
+                    get(a, Shape::Gram, i, r * side + t, view)
+                        * get(b, Shape::Elem, i, view.wide(t, c), view)
+                }))
+            })
+        }
+        Node::Transpose(a) => per_tensor(Shape::Gram, &|i, view, k| {
+            let side = view.small();
+            F::from_f64(get(a, Shape::Gram, i, (k % side) * side + k / side, view))
+        }),
+        _ => Value::Group(unreachable_shape()),
     }
 }

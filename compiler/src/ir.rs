@@ -36,12 +36,54 @@ impl fmt::Display for Handle {
 }
 
 /// How many values a node has per step: one for the whole group of tensors,
-/// one per tensor, or one per element. Ordered: `Group < Tensor < Elem`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// one per tensor, one per row or per column of the tensor seen as a matrix
+/// ([`MatrixView`]), one per element, or one per entry of the tensor's
+/// *gram* matrix, k x k for the smaller side k of the matrix. Partially
+/// ordered by broadcasting: `Group < Tensor < Rows < Elem`,
+/// `Tensor < Cols < Elem` and `Tensor < Gram`, with rows and columns
+/// incomparable (a per-row value times a per-column one is an outer product,
+/// per element) and gram matrices incomparable with the rest (they combine
+/// with elements only through matrix products).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shape {
     Group,
     Tensor,
+    Rows,
+    Cols,
     Elem,
+    Gram,
+}
+
+impl Shape {
+    /// Whether a value of this shape broadcasts to `to`.
+    pub fn fits(self, to: Shape) -> bool {
+        self.join(to) == Some(to)
+    }
+
+    /// The smallest shape both broadcast to: the shape of an elementwise
+    /// operation on operands of these shapes; `None` for a gram matrix and
+    /// a value per row, column or element.
+    pub fn join(self, other: Shape) -> Option<Shape> {
+        use Shape::*;
+        match (self, other) {
+            (a, b) if a == b => Some(a),
+            (Group, x) | (x, Group) => Some(x),
+            (Tensor, x) | (x, Tensor) => Some(x),
+            (Gram, _) | (_, Gram) => None,
+            _ => Some(Elem),
+        }
+    }
+
+    /// One value per row or per column: a vector per tensor, smaller than
+    /// its elements.
+    pub fn is_axis(self) -> bool {
+        matches!(self, Shape::Rows | Shape::Cols)
+    }
+
+    /// One value per group or per tensor: computed on the host.
+    pub fn is_scalar(self) -> bool {
+        matches!(self, Shape::Group | Shape::Tensor)
+    }
 }
 
 impl fmt::Display for Shape {
@@ -49,8 +91,99 @@ impl fmt::Display for Shape {
         f.write_str(match self {
             Shape::Group => "group",
             Shape::Tensor => "tensor",
+            Shape::Rows => "rows",
+            Shape::Cols => "cols",
             Shape::Elem => "elem",
+            Shape::Gram => "gram",
         })
+    }
+}
+
+/// A tensor as a rule sees it: a matrix of `rows` x `cols` elements in
+/// row-major order. A matrix is itself; a vector of n elements is one row
+/// of n columns (so its per-column values are per element and its one row
+/// spans it); a tensor of higher rank folds its leading dimensions into the
+/// rows (the last dimension is the columns); a scalar is 1 x 1. `rank` is
+/// the number of dimensions, which rules may branch on.
+///
+/// Matrix products work on the *wide* orientation `Y` of the matrix: `Y` is
+/// the matrix itself when it has no more rows than columns, else its
+/// transpose, so `Y` is k x l with k = min(rows, cols) <= l. A gram matrix
+/// (`gram(x, y) = Yx Yy^T`) is k x k, and `matmul(A, x)` is `A Yx` turned
+/// back to the matrix's own orientation (Muon's Newton-Schulz iteration
+/// works on the smaller side this way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatrixView {
+    pub rank: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl MatrixView {
+    /// The view of a tensor of these dimensions (row-major).
+    pub fn of_dims(dims: &[usize]) -> MatrixView {
+        match dims.split_last() {
+            None => MatrixView {
+                rank: 0,
+                rows: 1,
+                cols: 1,
+            },
+            Some((&cols, leading)) => MatrixView {
+                rank: dims.len(),
+                rows: leading.iter().product(),
+                cols,
+            },
+        }
+    }
+
+    /// A vector of `numel` elements.
+    pub fn vector(numel: usize) -> MatrixView {
+        MatrixView {
+            rank: 1,
+            rows: 1,
+            cols: numel,
+        }
+    }
+
+    /// Vectors of these sizes.
+    pub fn vectors(numels: &[usize]) -> Vec<MatrixView> {
+        numels.iter().map(|&n| MatrixView::vector(n)).collect()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// The side of its gram matrix: min(rows, cols).
+    pub fn small(&self) -> usize {
+        self.rows.min(self.cols)
+    }
+
+    /// The length of the wide orientation's rows: max(rows, cols).
+    pub fn large(&self) -> usize {
+        self.rows.max(self.cols)
+    }
+
+    /// The element (row-major index) at row `i`, column `j` of the wide
+    /// orientation `Y`.
+    pub fn wide(&self, i: usize, j: usize) -> usize {
+        if self.rows <= self.cols {
+            i * self.cols + j
+        } else {
+            j * self.cols + i
+        }
+    }
+
+    /// How many values a value of `shape` holds for this tensor (1 for the
+    /// scalar shapes).
+    pub fn len(&self, shape: Shape) -> usize {
+        match shape {
+            Shape::Group | Shape::Tensor => 1,
+            Shape::Rows => self.rows,
+            Shape::Cols => self.cols,
+            Shape::Elem => self.numel(),
+            Shape::Gram => self.small() * self.small(),
+        }
     }
 }
 
@@ -101,11 +234,37 @@ pub enum Input {
     Step,
     /// `numel`, the current tensor's element count.
     Numel,
+    /// `rank`, the current tensor's number of dimensions.
+    Rank,
+    /// `nrows` and `ncols`, the rows and columns of its [`MatrixView`].
+    Rows,
+    Cols,
     /// A hyperparameter, by index into [`Rule::hypers`].
     Hyper(u32),
     /// A state slot before the step, by index into [`Rule::states`]. On the
     /// first step it takes the value of the slot's `init` node.
     State(u32),
+}
+
+/// The inputs that are sizes of the current tensor (`tensor` values), by
+/// their names in the language.
+pub const SIZES: &[(&str, Input)] = &[
+    ("numel", Input::Numel),
+    ("rank", Input::Rank),
+    ("nrows", Input::Rows),
+    ("ncols", Input::Cols),
+];
+
+impl Input {
+    /// The name of a size input (`numel`, `rank`, `nrows`, `ncols`).
+    pub fn size_name(self) -> Option<&'static str> {
+        SIZES.iter().find(|(_, i)| *i == self).map(|(n, _)| *n)
+    }
+
+    /// The size input of this name.
+    pub fn size(name: &str) -> Option<Input> {
+        SIZES.iter().find(|(n, _)| *n == name).map(|(_, i)| *i)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,6 +282,8 @@ pub enum UnaryOp {
     Cos,
     Cbrt,
     Floor,
+    /// Rounds to the nearest bfloat16 (ties to even), kept as a float.
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -188,18 +349,34 @@ pub enum ReduceOp {
     Min,
 }
 
-/// What a reduction runs over: the current tensor, or every tensor of the step.
+/// What a reduction runs over: each row of the current tensor (giving one
+/// value per row), each column, the whole tensor, or every tensor of the step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scope {
+    Rows,
+    Cols,
     Tensor,
     Group,
 }
 
 impl Scope {
+    /// The shape of the reduction's result.
     pub fn shape(self) -> Shape {
         match self {
+            Scope::Rows => Shape::Rows,
+            Scope::Cols => Shape::Cols,
             Scope::Tensor => Shape::Tensor,
             Scope::Group => Shape::Group,
+        }
+    }
+
+    /// The prefix of the reduction's name in the language (`row_sum`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Scope::Rows => "row_",
+            Scope::Cols => "col_",
+            Scope::Tensor => "",
+            Scope::Group => "group_",
         }
     }
 }
@@ -217,6 +394,14 @@ pub enum Node {
     /// `lerp(a, b, w) = a + w (b - a)`.
     Lerp(Handle, Handle, Handle),
     Reduce(ReduceOp, Scope, Handle),
+    /// `gram(x, y) = Yx Yy^T` (k x k; see [`MatrixView`]) of two
+    /// per-element values.
+    Gram(Handle, Handle),
+    /// `matmul(a, b)`: a gram matrix times a gram matrix (k x k), or times
+    /// a per-element value (`a Yb`, per element).
+    MatMul(Handle, Handle),
+    /// `transpose(a)` of a gram matrix.
+    Transpose(Handle),
 }
 
 impl Node {
@@ -228,8 +413,8 @@ impl Node {
     pub fn children(&self) -> Vec<Handle> {
         match *self {
             Node::Const(_) | Node::Bool(_) | Node::Input(..) => Vec::new(),
-            Node::Unary(_, a) | Node::Reduce(_, _, a) => vec![a],
-            Node::Binary(_, a, b) => vec![a, b],
+            Node::Unary(_, a) | Node::Reduce(_, _, a) | Node::Transpose(a) => vec![a],
+            Node::Binary(_, a, b) | Node::Gram(a, b) | Node::MatMul(a, b) => vec![a, b],
             Node::Select(a, b, c) | Node::Lerp(a, b, c) => vec![a, b, c],
         }
     }
@@ -258,6 +443,9 @@ impl Node {
             Node::Select(c, a, b) => Node::Select(f(c), f(a), f(b)),
             Node::Lerp(a, b, w) => Node::Lerp(f(a), f(b), f(w)),
             Node::Reduce(op, scope, a) => Node::Reduce(op, scope, f(a)),
+            Node::Gram(a, b) => Node::Gram(f(a), f(b)),
+            Node::MatMul(a, b) => Node::MatMul(f(a), f(b)),
+            Node::Transpose(a) => Node::Transpose(f(a)),
         }
     }
 }
@@ -303,8 +491,8 @@ impl Graph {
             handles
                 .iter()
                 .map(|&h| self.ty(h).shape)
-                .max()
-                .unwrap_or(Shape::Group)
+                .try_fold(Shape::Group, Shape::join)
+                .unwrap_or(Shape::Elem)
         };
         match *node {
             Node::Const(_) => Type::GROUP,
@@ -339,6 +527,18 @@ impl Graph {
             },
             Node::Reduce(_, scope, _) => Type {
                 shape: scope.shape(),
+                kind: Kind::Float,
+            },
+            Node::Gram(..) | Node::Transpose(_) => Type {
+                shape: Shape::Gram,
+                kind: Kind::Float,
+            },
+            Node::MatMul(_, b) => Type {
+                shape: if self.ty(b).shape == Shape::Gram {
+                    Shape::Gram
+                } else {
+                    Shape::Elem
+                },
                 kind: Kind::Float,
             },
         }
@@ -383,7 +583,9 @@ impl Graph {
                 Input::Param => f.write_str("p"),
                 Input::Grad => f.write_str("g"),
                 Input::Step => f.write_str("t"),
-                Input::Numel => f.write_str("numel"),
+                Input::Numel | Input::Rank | Input::Rows | Input::Cols => {
+                    f.write_str(input.size_name().unwrap_or("?"))
+                }
                 Input::Hyper(i) => write!(f, "hyper {}", names.hyper(i)),
                 Input::State(i) => write!(f, "state {}", names.state(i)),
             },
@@ -392,12 +594,16 @@ impl Graph {
             Node::Select(c, a, b) => write!(f, "select {c}, {a}, {b}"),
             Node::Lerp(a, b, w) => write!(f, "lerp {a}, {b}, {w}"),
             Node::Reduce(op, scope, a) => {
-                let prefix = match scope {
-                    Scope::Tensor => "",
-                    Scope::Group => "group_",
-                };
-                write!(f, "{prefix}{} {a}", format!("{op:?}").to_lowercase())
+                write!(
+                    f,
+                    "{}{} {a}",
+                    scope.prefix(),
+                    format!("{op:?}").to_lowercase()
+                )
             }
+            Node::Gram(a, b) => write!(f, "gram {a}, {b}"),
+            Node::MatMul(a, b) => write!(f, "matmul {a}, {b}"),
+            Node::Transpose(a) => write!(f, "transpose {a}"),
         }?;
         writeln!(f)
     }

@@ -11,7 +11,7 @@ use optc_grammar::{Diagnostic, Span};
 use crate::builtins::{self, Builtin, RESERVED_NAMES};
 use crate::diagnostics::closest;
 use crate::ir::{
-    BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, ReduceOp, Rule, ScalarExpr, Shape,
+    BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape,
     StateSlot, Type, UnaryOp,
 };
 use crate::objective::{self, Objective, ObjectiveParam};
@@ -65,6 +65,9 @@ struct Lowerer<'p> {
     /// Functions and rules being inlined, outermost first.
     active: Vec<String>,
     work: usize,
+    /// Whether values' shapes are checked to combine (not while a function
+    /// is checked on its own: its parameters' shapes are its callers').
+    check_shapes: bool,
 }
 
 /// Compiles the optimizer `name`.
@@ -278,6 +281,7 @@ pub(crate) fn function(program: &Program, item: &ast::Item) -> Lowered<()> {
     let mut bools = vec![false; item.params.len()];
     loop {
         let mut lowerer = Lowerer::new(program);
+        lowerer.check_shapes = false;
         lowerer.active.push(item.name.name.clone());
         let mut frame = Frame::default();
         for (index, (param, &is_bool)) in item.params.iter().zip(&bools).enumerate() {
@@ -380,7 +384,10 @@ fn per(shape: Shape) -> &'static str {
     match shape {
         Shape::Group => "one value per step",
         Shape::Tensor => "one value per tensor",
+        Shape::Rows => "one value per row",
+        Shape::Cols => "one value per column",
         Shape::Elem => "one value per element",
+        Shape::Gram => "a gram matrix (k x k for the tensor's smaller side k)",
     }
 }
 
@@ -416,6 +423,7 @@ impl<'p> Lowerer<'p> {
             g,
             active: Vec::new(),
             work: 0,
+            check_shapes: true,
         }
     }
 
@@ -651,6 +659,8 @@ impl<'p> Lowerer<'p> {
             None | Some(StateShape::Elem) => Shape::Elem,
             Some(StateShape::Tensor) => Shape::Tensor,
             Some(StateShape::Group) => Shape::Group,
+            Some(StateShape::Rows) => Shape::Rows,
+            Some(StateShape::Cols) => Shape::Cols,
         };
         let init_value = self.expr(init, frame)?;
         self.expect_kind(init_value, Kind::Float, init.span)?;
@@ -678,7 +688,7 @@ impl<'p> Lowerer<'p> {
 
     fn expect_fits(&self, value: Handle, shape: Shape, state: &str, span: Span) -> Lowered<()> {
         let found = self.graph.ty(value).shape;
-        if found <= shape {
+        if found.fits(shape) {
             return Ok(());
         }
         Err(Diagnostic::error(
@@ -686,10 +696,13 @@ impl<'p> Lowerer<'p> {
             span,
             format!("this is {}", per(found)),
         )
-        .with_hint(match shape {
-            Shape::Tensor => "reduce it first (`sum`, `mean`, `norm`, `max`, `dot`), or declare the state per element",
-            Shape::Group => "reduce it over the group first (`group_sum`, `group_norm`, ...), or declare the state `: tensor` or per element",
-            Shape::Elem => "",
+        .with_hint(match (shape, found) {
+            (Shape::Rows, Shape::Cols) | (Shape::Cols, Shape::Rows) => "rows and columns do not convert: reduce it over the tensor first (`mean`, `max`, ...), or declare the state to match it",
+            (Shape::Tensor, _) => "reduce it first (`sum`, `mean`, `norm`, `max`, `dot`), or declare the state per element",
+            (Shape::Group, _) => "reduce it over the group first (`group_sum`, `group_norm`, ...), or declare the state `: tensor` or per element",
+            (Shape::Rows, _) => "reduce each row first (`row_sum`, `row_mean`, `row_max`, ...), or declare the state per element",
+            (Shape::Cols, _) => "reduce each column first (`col_sum`, `col_mean`, `col_max`, ...), or declare the state per element",
+            (Shape::Elem | Shape::Gram, _) => "",
         }))
     }
 
@@ -892,6 +905,62 @@ impl<'p> Lowerer<'p> {
         self.graph.add(node)
     }
 
+    /// Checks that values of these shapes combine elementwise: a gram
+    /// matrix meets values per row, column or element only through
+    /// `matmul`.
+    fn expect_compatible(&self, operands: &[(Handle, Span)]) -> Lowered<()> {
+        if !self.check_shapes {
+            return Ok(());
+        }
+        let mut shape = Shape::Group;
+        for &(value, span) in operands {
+            let found = self.graph.ty(value).shape;
+            shape = shape.join(found).ok_or_else(|| {
+                let (matrix, other) = if found == Shape::Gram { (found, shape) } else { (shape, found) };
+                Diagnostic::error(
+                    format!("{} and {} do not combine elementwise", per(matrix), per(other)),
+                    span,
+                    format!("this is {}", per(found)),
+                )
+                .with_hint("a gram matrix reaches the elements through `matmul(a, x)`; reduce it first (`sum`, `norm`, ...) for a scalar")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks that `value` is a gram matrix (the first operand of `matmul`,
+    /// `transpose`'s operand).
+    fn expect_gram(&self, value: Handle, span: Span, what: &str) -> Lowered<()> {
+        let found = self.graph.ty(value).shape;
+        if found == Shape::Gram || !self.check_shapes {
+            return Ok(());
+        }
+        Err(Diagnostic::error(
+            format!("{what} takes a gram matrix, not {}", per(found)),
+            span,
+            format!("this is {}", per(found)),
+        )
+        .with_hint(
+            "make one with `gram(x)` (x x^T on the smaller side of the matrix) or `gram(x, y)`",
+        ))
+    }
+
+    /// Checks that `value` is not a gram matrix (an operand of `gram`, or an
+    /// axis reduction's).
+    fn expect_not_gram(&self, value: Handle, span: Span, what: &str) -> Lowered<()> {
+        if self.graph.ty(value).shape != Shape::Gram || !self.check_shapes {
+            return Ok(());
+        }
+        Err(Diagnostic::error(
+            format!("{what} takes values per element, not a gram matrix"),
+            span,
+            "this is a gram matrix",
+        )
+        .with_hint(
+            "`matmul(a, x)` turns a gram matrix `a` and per-element `x` into per-element values",
+        ))
+    }
+
     fn expr(&mut self, expr: &ast::Expr, frame: &Frame) -> Lowered<Handle> {
         self.work += 1;
         if self.work > MAX_WORK {
@@ -935,6 +1004,7 @@ impl<'p> Lowerer<'p> {
                 self.expect_kind(left, operand_kind, a.span)?;
                 let right = self.expr(b, frame)?;
                 self.expect_kind(right, operand_kind, b.span)?;
+                self.expect_compatible(&[(left, a.span), (right, b.span)])?;
                 Ok(self.add(Node::Binary(op, left, right)))
             }
             ExprKind::If {
@@ -948,6 +1018,7 @@ impl<'p> Lowerer<'p> {
                 let b = self.expr(otherwise, frame)?;
                 let kind = self.graph.ty(a).kind;
                 self.expect_kind(b, kind, otherwise.span)?;
+                self.expect_compatible(&[(c, cond.span), (a, then.span), (b, otherwise.span)])?;
                 Ok(self.add(Node::Select(c, a, b)))
             }
             ExprKind::Call { func, args } => self.call(func, args, expr.span, frame),
@@ -959,10 +1030,12 @@ impl<'p> Lowerer<'p> {
             return Ok(handle);
         }
         if frame.body != Body::Function {
+            if let Some(size) = Input::size(name) {
+                return Ok(self.add(Node::Input(size, Type::TENSOR)));
+            }
             match (name, frame.body) {
                 ("p", Body::Optimizer) => return Ok(self.p),
                 ("g", Body::Optimizer) => return Ok(self.g),
-                ("numel", _) => return Ok(self.add(Node::Input(Input::Numel, Type::TENSOR))),
                 ("t", Body::Objective) => {
                     return Err(Diagnostic::error(
                         "an objective cannot read the step `t`",
@@ -1046,12 +1119,17 @@ impl<'p> Lowerer<'p> {
                 _ => diagnostic,
             });
         };
-        self.enter(&func.name, span)?;
         let bound = match_args(&item.params, args, &func.name, span)?;
+        // The arguments belong to the caller: `f(f(x))` is two calls, not recursion.
+        let mut values = Vec::with_capacity(bound.len());
+        for arg in bound {
+            values.push(arg.map(|arg| self.expr(arg, frame)).transpose()?);
+        }
+        self.enter(&func.name, span)?;
         let mut inner = Frame::default();
-        for (param, arg) in item.params.iter().zip(bound) {
-            let value = match (arg, &param.default) {
-                (Some(arg), _) => self.expr(arg, frame)?,
+        for (param, value) in item.params.iter().zip(values) {
+            let value = match (value, &param.default) {
+                (Some(value), _) => value,
                 (None, Some(default)) => self.expr(default, &inner)?,
                 (None, None) => {
                     return Err(Diagnostic::error(
@@ -1132,6 +1210,32 @@ impl<'p> Lowerer<'p> {
             let kind = self.graph.ty(values[1]).kind;
             self.expect_kind(values[2], kind, args[2].value.span)?;
         }
+        let operands: Vec<(Handle, Span)> = values
+            .iter()
+            .zip(args)
+            .map(|(&v, a)| (v, a.value.span))
+            .collect();
+        match builtin {
+            Builtin::Gram => {
+                for &(value, span) in &operands {
+                    self.expect_not_gram(value, span, "`gram`")?;
+                }
+            }
+            Builtin::MatMul => {
+                self.expect_gram(values[0], args[0].value.span, "`matmul`")?;
+            }
+            Builtin::Transpose => self.expect_gram(values[0], args[0].value.span, "`transpose`")?,
+            Builtin::Reduce(_, Scope::Rows | Scope::Cols)
+            | Builtin::Mean(Scope::Rows | Scope::Cols)
+            | Builtin::Norm(Scope::Rows | Scope::Cols)
+            | Builtin::Dot(Scope::Rows | Scope::Cols) => {
+                for &(value, span) in &operands {
+                    self.expect_not_gram(value, span, &format!("`{}`", func.name))?;
+                }
+                self.expect_compatible(&operands)?;
+            }
+            _ => self.expect_compatible(&operands)?,
+        }
         Ok(match builtin {
             Builtin::Unary(op) => self.add(Node::Unary(op, values[0])),
             Builtin::Binary(op) => self.add(Node::Binary(op, values[0], values[1])),
@@ -1157,6 +1261,9 @@ impl<'p> Lowerer<'p> {
                 let product = self.add(Node::Binary(BinaryOp::Mul, values[0], values[1]));
                 self.add(Node::Reduce(ReduceOp::Sum, scope, product))
             }
+            Builtin::Gram => self.add(Node::Gram(values[0], values[values.len() - 1])),
+            Builtin::MatMul => self.add(Node::MatMul(values[0], values[1])),
+            Builtin::Transpose => self.add(Node::Transpose(values[0])),
         })
     }
 }

@@ -22,7 +22,7 @@ use std::fmt::Write;
 
 use crate::emit;
 use crate::interpret::{self, Real, Value};
-use crate::ir::{BinaryOp, Graph, Handle, Hyper, Input, Kind, Node, Shape, UnaryOp};
+use crate::ir::{BinaryOp, Graph, Handle, Hyper, Input, Kind, MatrixView, Node, Shape, UnaryOp};
 
 /// The name of the element index inside an objective.
 pub const INDEX_NAME: &str = "index";
@@ -164,18 +164,21 @@ impl Objective {
     /// Every node's value, one tensor of `numel` elements; without `params`
     /// they read as NaN (initial values do not read them).
     fn run<F: Real>(&self, numel: usize, hypers: &[f64], params: Option<&[&[F]]>) -> Vec<Value<F>> {
-        interpret::evaluate(&self.graph, &[numel], |input, _| match input {
-            Input::State(0) => {
-                Value::Elem(vec![(0..numel).map(|j| F::from_f64(j as f64)).collect()])
-            }
-            Input::State(slot) => match params {
-                Some(params) => Value::Elem(vec![params[slot as usize - 1].to_vec()]),
-                None => Value::Group(f64::NAN),
+        interpret::evaluate(
+            &self.graph,
+            &[MatrixView::vector(numel)],
+            |input, _| match input {
+                Input::State(0) => {
+                    Value::Elem(vec![(0..numel).map(|j| F::from_f64(j as f64)).collect()])
+                }
+                Input::State(slot) => match params {
+                    Some(params) => Value::Elem(vec![params[slot as usize - 1].to_vec()]),
+                    None => Value::Group(f64::NAN),
+                },
+                Input::Hyper(i) => Value::Group(hypers[i as usize]),
+                _ => Value::Group(f64::NAN),
             },
-            Input::Numel => Value::Tensor(vec![numel as f64]),
-            Input::Hyper(i) => Value::Group(hypers[i as usize]),
-            Input::Param | Input::Grad | Input::Step => Value::Group(f64::NAN),
-        })
+        )
     }
 
     /// The objective as text: its doc, signature, loss and each param's
@@ -249,7 +252,9 @@ impl Objective {
             Input::State(0) => INDEX_NAME.to_string(),
             Input::State(slot) => self.params[slot as usize - 1].name.clone(),
             Input::Hyper(i) => self.hypers[i as usize].name.clone(),
-            Input::Numel => "numel".to_string(),
+            Input::Numel | Input::Rank | Input::Rows | Input::Cols => {
+                input.size_name().unwrap_or_default().to_string()
+            }
             Input::Param => "p".to_string(),
             Input::Grad => "g".to_string(),
             Input::Step => "t".to_string(),
@@ -277,7 +282,7 @@ fn shared_nodes(graph: &Graph, roots: &[Handle]) -> Vec<Handle> {
 
 /// A value as `numel` elements of one tensor.
 fn elements<F: Real>(value: &Value<F>, numel: usize) -> Vec<F> {
-    match value.broadcast(Shape::Elem, &[numel]) {
+    match value.broadcast(Shape::Elem, &[MatrixView::vector(numel)]) {
         Value::Elem(mut tensors) => tensors.pop().unwrap_or_default(),
         _ => Vec::new(),
     }

@@ -53,8 +53,30 @@ pub struct Plan {
     pub fill: Vec<Option<f32>>,
 }
 
+/// Why pass plans cannot run `rule` yet, if they cannot: per-row and
+/// per-column values (`row_*`/`col_*` reductions, `: rows`/`: cols` state)
+/// need kernels that index a tensor by row and column, gram matrices and
+/// matrix products a GEMM between passes, neither of which the kernel IR
+/// has; the interpreter runs such rules.
+pub fn unsupported(rule: &Rule) -> Option<String> {
+    let graph = &rule.graph;
+    let has = |what: fn(Shape) -> bool| graph.iter().any(|(h, _)| what(graph.ty(h).shape));
+    let what = if has(|shape| shape == Shape::Gram) {
+        "gram matrices and matrix products (`gram`, `matmul`)"
+    } else if has(Shape::is_axis) {
+        "per-row or per-column values (row_/col_ reductions, `: rows`/`: cols` state)"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "`{}` has {what}, which compiled kernels do not run yet; the interpreter backend \
+         (`interp`) runs it",
+        rule.name
+    ))
+}
+
 impl Plan {
-    /// Plans `rule`; `first_step` substitutes each state's initialiser for its
+    /// Plans `rule` (one [`unsupported`] does not refuse); `first_step` substitutes each state's initialiser for its
     /// stored value, as the first step does.
     pub fn new(rule: &Rule, first_step: bool) -> Plan {
         let graph = &rule.graph;
@@ -293,6 +315,8 @@ fn build_pass(
                 }
             }
             Node::Input(..) | Node::Const(_) | Node::Bool(_) | Node::Reduce(..) => continue,
+            // Rules with these are not planned (`unsupported`).
+            Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => continue,
             Node::Unary(op, a) => Op::Unary(op, operand(&mut ops, &mut op_of, a)),
             Node::Binary(op, a, b) => {
                 let a = operand(&mut ops, &mut op_of, a);

@@ -245,7 +245,7 @@ pub struct Cost {
 impl Cost {
     fn of(op: Op, shape: Shape) -> Cost {
         let weight = u64::from(op.weight());
-        if shape == Shape::Elem || matches!(op, Op::Reduce(..)) {
+        if !shape.is_scalar() || matches!(op, Op::Reduce(..)) {
             Cost {
                 per_element: weight,
                 per_step: 0,
@@ -500,9 +500,18 @@ enum Op {
     Select,
     Lerp,
     Reduce(ReduceOp, Scope),
+    Gram,
+    MatMul,
+    Transpose,
 }
 
 impl Op {
+    /// Whether each value of the result depends on the operands' values at
+    /// its own position only (no reduction, no matrix product).
+    fn is_elementwise(self) -> bool {
+        !matches!(self, Op::Reduce(..) | Op::Gram | Op::MatMul | Op::Transpose)
+    }
+
     /// The operation of `node` and its operands; `None` for leaves.
     fn of(node: &Node) -> Option<(Op, Vec<Handle>)> {
         match *node {
@@ -512,6 +521,9 @@ impl Op {
             Node::Select(c, a, b) => Some((Op::Select, vec![c, a, b])),
             Node::Lerp(a, b, w) => Some((Op::Lerp, vec![a, b, w])),
             Node::Reduce(op, scope, a) => Some((Op::Reduce(op, scope), vec![a])),
+            Node::Gram(a, b) => Some((Op::Gram, vec![a, b])),
+            Node::MatMul(a, b) => Some((Op::MatMul, vec![a, b])),
+            Node::Transpose(a) => Some((Op::Transpose, vec![a])),
         }
     }
 
@@ -523,6 +535,9 @@ impl Op {
             Op::Select => Node::Select(operands[0], operands[1], operands[2]),
             Op::Lerp => Node::Lerp(operands[0], operands[1], operands[2]),
             Op::Reduce(op, scope) => Node::Reduce(op, scope, operands[0]),
+            Op::Gram => Node::Gram(operands[0], operands[1]),
+            Op::MatMul => Node::MatMul(operands[0], operands[1]),
+            Op::Transpose => Node::Transpose(operands[0]),
         }
     }
 
@@ -546,6 +561,7 @@ impl Op {
     fn weight(self) -> u32 {
         match self {
             Op::Unary(UnaryOp::Neg | UnaryOp::Not | UnaryOp::Abs) => 1,
+            Op::Unary(UnaryOp::Bf16) => 2,
             Op::Unary(UnaryOp::Sign | UnaryOp::Floor) => 2,
             Op::Unary(UnaryOp::Sqrt) => 4,
             Op::Unary(UnaryOp::Rsqrt) => 5,
@@ -564,6 +580,9 @@ impl Op {
             Op::Select => 1,
             Op::Lerp => 5,
             Op::Reduce(..) => 3,
+            // Per entry: a sum of k products.
+            Op::Gram | Op::MatMul => 20,
+            Op::Transpose => 1,
         }
     }
 }
@@ -606,17 +625,17 @@ impl Pattern {
             Pattern::Var(i) => constant_vars.contains(i),
             Pattern::Input(_) => false,
             Pattern::Const(_) | Pattern::Bool(_) => true,
-            Pattern::Apply(Op::Reduce(..), _) => false,
+            Pattern::Apply(op, _) if !op.is_elementwise() => false,
             Pattern::Apply(_, operands) => operands.iter().all(|p| p.is_constant(constant_vars)),
         }
     }
 }
 
-/// The type of the inputs patterns name (`t` and `numel`).
+/// The type of the inputs patterns name (`t` and the sizes).
 fn input_type(input: Input) -> Type {
-    match input {
-        Input::Numel => Type::TENSOR,
-        _ => Type::GROUP,
+    match input.size_name() {
+        Some(_) => Type::TENSOR,
+        None => Type::GROUP,
     }
 }
 
@@ -725,14 +744,15 @@ fn pattern_of(
             otherwise,
         } => Pattern::Apply(Op::Select, operands(&[cond, then, otherwise])?),
         ExprKind::Name(name) if name == "t" => Pattern::Input(Input::Step),
-        ExprKind::Name(name) if name == "numel" => Pattern::Input(Input::Numel),
-        ExprKind::Name(name) => match variables.iter().position(|v| v == name) {
-            Some(index) => Pattern::Var(index),
-            None if binds => {
+        ExprKind::Name(name) => match (Input::size(name), variables.iter().position(|v| v == name))
+        {
+            (Some(size), _) => Pattern::Input(size),
+            (None, Some(index)) => Pattern::Var(index),
+            (None, None) if binds => {
                 variables.push(name.clone());
                 Pattern::Var(variables.len() - 1)
             }
-            None => return Err(format!("`{name}` is not bound by the pattern")),
+            (None, None) => return Err(format!("`{name}` is not bound by the pattern")),
         },
         ExprKind::Call { func, args } => {
             let op = match builtins::lookup(&func.name, args.len()) {
@@ -778,7 +798,7 @@ struct Facts {
 
 /// Elements compute in f32 (or f64 in checking mode), scalars in f64.
 fn precision(shape: Shape) -> bool {
-    shape == Shape::Elem
+    !shape.is_scalar()
 }
 
 /// A graph being built, with the facts known about each of its nodes.
@@ -824,7 +844,7 @@ impl Builder {
                 value.is_nan() || value > 0.0 || bits == 0
             }
             Node::Bool(_) => true,
-            Node::Input(input, _) => matches!(input, Input::Step | Input::Numel),
+            Node::Input(input, _) => input == Input::Step || input.size_name().is_some(),
             Node::Unary(op, a) => match op {
                 UnaryOp::Abs | UnaryOp::Exp | UnaryOp::Sigmoid | UnaryOp::Not => true,
                 UnaryOp::Sqrt
@@ -832,7 +852,8 @@ impl Builder {
                 | UnaryOp::Floor
                 | UnaryOp::Tanh
                 | UnaryOp::Sign
-                | UnaryOp::Cbrt => nonnegative(a),
+                | UnaryOp::Cbrt
+                | UnaryOp::Bf16 => nonnegative(a),
                 UnaryOp::Neg | UnaryOp::Log | UnaryOp::Cos => false,
             },
             Node::Binary(op, a, b) => match op {
@@ -847,6 +868,7 @@ impl Builder {
             Node::Select(_, a, b) => nonnegative(a) && nonnegative(b),
             Node::Lerp(..) => false,
             Node::Reduce(op, _, a) => op != ReduceOp::Max && nonnegative(a),
+            Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => false,
         };
         let never_negative_zero_here = nonnegative_here
             || match *graph.node(handle) {
@@ -870,7 +892,7 @@ impl Builder {
 /// evaluated exactly as the interpreter evaluates scalar nodes.
 fn fold(graph: &Graph, node: &Node) -> Option<Node> {
     let (op, operands) = Op::of(node)?;
-    if matches!(op, Op::Reduce(..)) {
+    if !op.is_elementwise() {
         return None;
     }
     let values: Vec<f64> = operands
@@ -882,13 +904,13 @@ fn fold(graph: &Graph, node: &Node) -> Option<Node> {
         Op::Binary(op) => interpret::binary(op, values[0], values[1]),
         Op::Select => interpret::select(values[0], values[1], values[2]),
         Op::Lerp => interpret::lerp(values[0], values[1], values[2]),
-        Op::Reduce(..) => return None,
+        Op::Reduce(..) | Op::Gram | Op::MatMul | Op::Transpose => return None,
     };
     let is_bool = match op {
         Op::Unary(op) => op == UnaryOp::Not,
         Op::Binary(op) => op.is_comparison() || op.is_logical(),
         Op::Select => graph.ty(operands[1]).kind == Kind::Bool,
-        Op::Lerp | Op::Reduce(..) => false,
+        Op::Lerp | Op::Reduce(..) | Op::Gram | Op::MatMul | Op::Transpose => false,
     };
     Some(if is_bool {
         Node::Bool(value != 0.0)
@@ -1167,11 +1189,12 @@ impl Pass<'_> {
             Pattern::Const(_) | Pattern::Bool(_) => (Shape::Group, true, Cost::default()),
             Pattern::Apply(op, operands) => {
                 let mut shape = Shape::Group;
-                let mut constant = !matches!(op, Op::Reduce(..));
+                let mut constant = op.is_elementwise();
                 let mut cost = Cost::default();
                 for operand in operands {
                     let (s, c, k) = self.plan(operand, bindings, new_shapes);
-                    shape = shape.max(s);
+                    // Replacements are elementwise or reductions: shapes join.
+                    shape = shape.join(s).unwrap_or(Shape::Elem);
                     constant &= c;
                     cost = cost + k;
                 }

@@ -12,8 +12,8 @@
 mod common;
 
 use common::{
-    check_every_variable, default_hypers, dot, group, objective_difference, run_from, stdlib_rule,
-    variables, warm_up, Point, Random, Values, Variable, NUMELS, TOLERANCE,
+    check_every_variable, default_hypers, dot, group, numels, objective_difference, rounds_to_bf16,
+    run_from, stdlib_rule, variables, warm_up, Point, Random, Values, Variable, TOLERANCE,
 };
 use optc_compiler::autodiff::{vjp, DERIVATIVE_RULES};
 use optc_compiler::interpret::Value;
@@ -23,7 +23,7 @@ use optc_compiler::{Origin, Program};
 impl Random {
     /// One value per element of every tensor, uniform in `[low, high]`.
     fn tensors(&mut self, low: f64, high: f64) -> Vec<Vec<f64>> {
-        NUMELS
+        numels()
             .iter()
             .map(|&n| (0..n).map(|_| self.uniform(low, high)).collect())
             .collect()
@@ -38,13 +38,6 @@ impl Random {
             }
         }
         tensors
-    }
-}
-
-impl Point {
-    /// The size of every tensor.
-    fn numels(&self) -> Vec<usize> {
-        self.params.iter().map(Vec::len).collect()
     }
 }
 
@@ -136,7 +129,7 @@ fn reverse(rule: &Rule, point: &Point, seeds: &[Value<f64>], wrt: &[Variable]) -
             .chain(seeds)
             .cloned()
             .chain(wrt.iter().map(|&v| {
-                Value::Group(0.0).broadcast(variable_type(rule, v).shape, &point.numels())
+                Value::Group(0.0).broadcast(variable_type(rule, v).shape, &point.views())
             }))
             .collect();
     let out = run_from(&probe, point, Some(&state));
@@ -203,13 +196,15 @@ impl Tally {
 }
 
 /// Compiles `statements` in a rule with hyperparameters `h`, `k` and state of
-/// every shape (`m` per element, `s` per tensor, `z` per group), and checks
-/// the derivatives of all its outputs with respect to all its inputs at
-/// random positive points.
+/// every shape (`m` per element, `r` per row, `c` per column, `s` per
+/// tensor, `z` per group), and checks the derivatives of all its outputs
+/// with respect to all its inputs at random positive points.
 fn check_case(tally: &mut Tally, random: &mut Random, statements: &str) {
     let rule = compile(&format!(
         "optimizer case(h = 0.7, k = 1.3) {{
             state m = 1;
+            state r: rows = 1;
+            state c: cols = 1;
             state s: tensor = 1;
             state z: group = 1;
             {statements}
@@ -252,8 +247,8 @@ fn check_cases(cases: &[&str]) {
     );
     assert_eq!(
         tally.checked,
-        7 * cases.len(),
-        "p, g, m, s, z, h and k of each case"
+        9 * cases.len(),
+        "p, g, m, r, c, s, z, h and k of each case"
     );
 }
 
@@ -341,6 +336,37 @@ fn reductions_match_finite_differences() {
     ]);
 }
 
+#[test]
+fn row_and_column_values_match_finite_differences() {
+    check_cases(&[
+        "p = row_sum(p * g) * col_mean(g);",
+        "p = p * r + c * g;",
+        "r = row_mean(p * g) * r;",
+        "c = col_sum(p - g) + col_norm(m) * c;",
+        "r = row_max(p * g) + row_min(m);",
+        "c = col_max(p + g * c) * col_min(m * r);",
+        "p = r * c / max(mean(r), h) * g;",
+        "m = row_dot(p, g) * col_dot(m, g);",
+        "s = mean(r) * sum(c) + norm(r * c);",
+        "z = group_sum(r) * group_max(c) + group_norm(row_sum(p));",
+        "r = r * s + z * row_sum(c * nrows) / ncols;",
+        "p = select(rank >= 2, r * c, c) * g;",
+    ]);
+}
+
+#[test]
+fn gram_matrices_and_products_match_finite_differences() {
+    check_cases(&[
+        "p = matmul(gram(p, g), m) * h;",
+        "p = matmul(gram(p) * s + z, g);",
+        "m = matmul(transpose(gram(p, m)), g) + r;",
+        "p = matmul(matmul(gram(g), gram(p, m)), p) / (1 + norm(p));",
+        "s = sum(gram(p, g)) + norm(matmul(gram(m), c * g)) * h;",
+        "z = group_sum(matmul(gram(p), gram(g, r * m)) * k);",
+        "p = matmul(3 * gram(p) - transpose(gram(m, g)) * gram(g), p + c);",
+    ]);
+}
+
 /// A realistic point of step 4 of `rule` (see [`warm_up`]) from random
 /// parameters, magnitudes in `[0.2, 2]`.
 fn warmed_up(rule: &Rule, random: &mut Random) -> Point {
@@ -367,6 +393,11 @@ fn every_stdlib_optimizer_matches_finite_differences() {
         let rule = program
             .compile(name)
             .unwrap_or_else(|d| panic!("{name}: {}", d.message));
+        if rounds_to_bf16(&rule) {
+            // Straight-through: finite differences see the rounding's steps
+            // (`bf16_rounding_passes_the_cotangent_through` checks it).
+            continue;
+        }
         check_every_variable(&rule, |pending| {
             let point = warmed_up(&rule, &mut random);
             tally.check(&rule, &point, pending, &mut random, name)
@@ -383,14 +414,37 @@ fn every_stdlib_optimizer_matches_finite_differences() {
     assert!(names.len() >= 40, "{} optimizers", names.len());
 }
 
+#[test]
+fn bf16_rounding_passes_the_cotangent_through() {
+    let mut rule = compile("optimizer o() { p = bf16(p * g) * 3; }");
+    let seed = rule.graph.add(Node::constant(1.0));
+    let p = rule.graph.add(Node::Input(Input::Param, Type::ELEM));
+    let d = vjp(&mut rule.graph, &[(rule.param_out, seed)], &[p])[0];
+    // d/dp (3 bf16(p g)) taken through the rounding: 3 g.
+    let point = Point {
+        params: vec![vec![1.5, -2.0]],
+        grads: vec![vec![0.25, 3.0]],
+        step: 1,
+        hypers: Vec::new(),
+        state: Vec::new(),
+    };
+    rule.states.push(StateSlot {
+        name: "probe".into(),
+        shape: Shape::Elem,
+        init: d,
+    });
+    rule.state_out.push(d);
+    let out = run_from(&rule, &point, None);
+    assert_eq!(out.state[0], Value::Elem(vec![vec![0.75, 9.0]]));
+}
+
 /// Seeds: `v` for the new parameters, 0 for every new state.
 fn seeds_on_params(rule: &Rule, point: &Point, v: Value<f64>) -> Vec<Value<f64>> {
-    let numels = point.numels();
     std::iter::once(v)
         .chain(
             rule.states
                 .iter()
-                .map(|slot| Value::Group(0.0).broadcast(slot.shape, &numels)),
+                .map(|slot| Value::Group(0.0).broadcast(slot.shape, &point.views())),
         )
         .collect()
 }
@@ -460,7 +514,7 @@ fn seeded_with_ones(
         hypers,
         state: Vec::new(),
     };
-    let ones = Value::Group(1.0).broadcast(Shape::Elem, &point.numels());
+    let ones = Value::Group(1.0).broadcast(Shape::Elem, &point.views());
     reverse(&rule, &point, &[ones], wrt)
 }
 

@@ -333,9 +333,18 @@ fn expr(rng: &mut Random, scope: &Scope, shape: Shape, depth: usize) -> String {
     let leaf = |rng: &mut Random| -> String {
         let mut names: Vec<&str> = scope.group.iter().map(String::as_str).collect();
         names.extend(["t", "h", "k", "0.5", "2", "1e-3", "-1.5", "0"]);
-        if shape >= Shape::Tensor {
+        if Shape::Tensor.fits(shape) {
             names.extend(scope.tensor.iter().map(String::as_str));
-            names.push("numel");
+            names.extend(["numel", "rank", "nrows", "ncols"]);
+        }
+        if Shape::Rows.fits(shape) {
+            names.extend(scope.rows.iter().map(String::as_str));
+        }
+        if Shape::Cols.fits(shape) {
+            names.extend(scope.cols.iter().map(String::as_str));
+        }
+        if shape == Shape::Gram {
+            names.extend(scope.gram.iter().map(String::as_str));
         }
         if shape == Shape::Elem {
             names.extend(scope.elem.iter().map(String::as_str));
@@ -347,7 +356,7 @@ fn expr(rng: &mut Random, scope: &Scope, shape: Shape, depth: usize) -> String {
         return leaf(rng);
     }
     let sub = |rng: &mut Random| expr(rng, scope, shape, depth - 1);
-    match rng.below(14) {
+    match rng.below(18) {
         0..=3 => {
             let (a, b) = (sub(rng), sub(rng));
             format!("({a} {} {b})", ["+", "-", "*", "/"][rng.below(4)])
@@ -375,7 +384,7 @@ fn expr(rng: &mut Random, scope: &Scope, shape: Shape, depth: usize) -> String {
         ),
         9 => format!("-{}", sub(rng)),
         10 => format!("({})^{}", sub(rng), sub(rng)),
-        11 if shape >= Shape::Tensor => {
+        11 if Shape::Tensor.fits(shape) => {
             let f = ["sum", "mean", "norm", "max", "min"];
             format!(
                 "{}({})",
@@ -391,11 +400,40 @@ fn expr(rng: &mut Random, scope: &Scope, shape: Shape, depth: usize) -> String {
                 expr(rng, scope, Shape::Elem, depth - 1)
             )
         }
-        13 if shape >= Shape::Tensor => format!(
+        13 if Shape::Tensor.fits(shape) => format!(
             "dot({}, {})",
             expr(rng, scope, Shape::Elem, depth - 1),
             expr(rng, scope, Shape::Elem, depth - 1)
         ),
+        16 if shape == Shape::Gram => {
+            let x = expr(rng, scope, Shape::Elem, depth - 1);
+            match rng.below(3) {
+                0 => format!("gram({x})"),
+                1 => format!("matmul(gram({x}), {} + gram({x}, g))", sub(rng)),
+                _ => format!(
+                    "transpose(gram({x}, {}))",
+                    expr(rng, scope, Shape::Elem, depth - 1)
+                ),
+            }
+        }
+        17 if shape == Shape::Elem => format!(
+            "matmul(gram({}) + {}, {})",
+            sub(rng),
+            expr(rng, scope, Shape::Gram, depth - 1),
+            sub(rng)
+        ),
+        14 | 15 => {
+            let (axis, prefix) = [(Shape::Rows, "row_"), (Shape::Cols, "col_")][rng.below(2)];
+            if !axis.fits(shape) {
+                return sub(rng);
+            }
+            let f = ["sum", "mean", "norm", "max", "min"];
+            format!(
+                "{prefix}{}({})",
+                f[rng.below(f.len())],
+                expr(rng, scope, Shape::Elem, depth - 1)
+            )
+        }
         _ => sub(rng),
     }
 }
@@ -423,11 +461,28 @@ fn condition(rng: &mut Random, scope: &Scope, shape: Shape, depth: usize) -> Str
 #[derive(Default)]
 struct Scope {
     elem: Vec<String>,
+    rows: Vec<String>,
+    cols: Vec<String>,
+    gram: Vec<String>,
     tensor: Vec<String>,
     group: Vec<String>,
 }
 
-/// A random optimizer: three state slots of each shape, declared among `let`s
+impl Scope {
+    /// The names of values of `shape`.
+    fn of(&mut self, shape: Shape) -> &mut Vec<String> {
+        match shape {
+            Shape::Elem => &mut self.elem,
+            Shape::Rows => &mut self.rows,
+            Shape::Cols => &mut self.cols,
+            Shape::Gram => &mut self.gram,
+            Shape::Tensor => &mut self.tensor,
+            Shape::Group => &mut self.group,
+        }
+    }
+}
+
+/// A random optimizer: a state slot of each shape, declared among `let`s
 /// and assignments (plain and compound) to `p`, `g` and the state.
 fn random_rule(rng: &mut Random, index: usize) -> String {
     let mut scope = Scope::default();
@@ -436,6 +491,8 @@ fn random_rule(rng: &mut Random, index: usize) -> String {
         ("s_elem", Shape::Elem),
         ("s_tensor", Shape::Tensor),
         ("s_group", Shape::Group),
+        ("s_rows", Shape::Rows),
+        ("s_cols", Shape::Cols),
     ];
     let mut declared = 0;
     let mut lets = 0;
@@ -444,30 +501,29 @@ fn random_rule(rng: &mut Random, index: usize) -> String {
         if choice == 0 && declared < states.len() {
             let (name, shape) = states[declared];
             let annotation = match shape {
-                Shape::Elem => "",
-                Shape::Tensor => ": tensor",
-                Shape::Group => ": group",
+                Shape::Elem => String::new(),
+                shape => format!(": {shape}"),
             };
             body.push(format!(
                 "state {name}{annotation} = {};",
                 expr(rng, &scope, shape, 2)
             ));
-            match shape {
-                Shape::Elem => scope.elem.push(name.to_string()),
-                Shape::Tensor => scope.tensor.push(name.to_string()),
-                Shape::Group => scope.group.push(name.to_string()),
-            }
+            scope.of(shape).push(name.to_string());
             declared += 1;
         } else if choice == 1 {
-            let shape = [Shape::Elem, Shape::Tensor, Shape::Group][rng.below(3)];
+            let shapes = [
+                Shape::Elem,
+                Shape::Tensor,
+                Shape::Group,
+                Shape::Rows,
+                Shape::Cols,
+                Shape::Gram,
+            ];
+            let shape = shapes[rng.below(shapes.len())];
             let name = format!("l{lets}");
             lets += 1;
             body.push(format!("let {name} = {};", expr(rng, &scope, shape, 3)));
-            match shape {
-                Shape::Elem => scope.elem.push(name),
-                Shape::Tensor => scope.tensor.push(name),
-                Shape::Group => scope.group.push(name),
-            }
+            scope.of(shape).push(name);
         } else {
             let mut targets = vec![("p", Shape::Elem), ("g", Shape::Elem)];
             targets.extend(states[..declared].iter().copied());

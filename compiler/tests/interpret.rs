@@ -4,7 +4,7 @@
 
 use expect_test::expect;
 use optc_compiler::interpret::{self, StepInputs, StepOutputs, Value};
-use optc_compiler::ir::Rule;
+use optc_compiler::ir::{MatrixView, Rule};
 use optc_compiler::{Origin, Program};
 
 fn compile(source: &str) -> Rule {
@@ -38,6 +38,18 @@ fn run<F: interpret::Real>(
     step: u64,
     state: Option<&[Value<F>]>,
 ) -> StepOutputs<F> {
+    run_shaped(rule, params, grads, step, state, None).unwrap()
+}
+
+/// [`run`] for tensors of the given shapes (`None`: vectors).
+fn run_shaped<F: interpret::Real>(
+    rule: &Rule,
+    params: &[Vec<F>],
+    grads: &[Vec<F>],
+    step: u64,
+    state: Option<&[Value<F>]>,
+    views: Option<&[MatrixView]>,
+) -> Result<StepOutputs<F>, String> {
     let params: Vec<&[F]> = params.iter().map(Vec::as_slice).collect();
     let grads: Vec<&[F]> = grads.iter().map(Vec::as_slice).collect();
     interpret::step(
@@ -48,9 +60,9 @@ fn run<F: interpret::Real>(
             step,
             hypers: &defaults(rule),
             state,
+            views,
         },
     )
-    .unwrap()
 }
 
 #[test]
@@ -350,4 +362,160 @@ fn a_used_rules_later_defaults_read_the_values_its_use_binds() {
     );
     // Unbound, `a` stays a hyperparameter and `b` one whose default reads it.
     assert_eq!(step("optimizer outer() { use inner(); }"), (2, -2.0));
+}
+
+/// A 2 x 3 matrix and a vector of 2 (one row of 2 columns).
+fn matrix_and_vector() -> [MatrixView; 2] {
+    [MatrixView::of_dims(&[2, 3]), MatrixView::of_dims(&[2])]
+}
+
+#[test]
+fn row_and_column_reductions_see_a_tensor_as_a_matrix() {
+    let rule = compile(
+        "optimizer o() {
+            state rs: rows = 0;
+            state cs: cols = 0;
+            state rm: rows = 0;
+            state cm: cols = 0;
+            state sizes: tensor = 0;
+            rs = row_sum(g);
+            cs = col_sum(g);
+            rm = row_max(g);
+            cm = col_mean(g);
+            sizes = 100 * rank + 10 * nrows + ncols;
+        }",
+    );
+    let grads = [vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], vec![7.0, 8.0]];
+    let params = [vec![0.0f32; 6], vec![0.0; 2]];
+    let out = run_shaped(&rule, &params, &grads, 1, None, Some(&matrix_and_vector())).unwrap();
+    assert_eq!(out.state[0], Value::Rows(vec![vec![6.0, 15.0], vec![15.0]]));
+    assert_eq!(
+        out.state[1],
+        Value::Cols(vec![vec![5.0, 7.0, 9.0], vec![7.0, 8.0]])
+    );
+    assert_eq!(out.state[2], Value::Rows(vec![vec![3.0, 6.0], vec![8.0]]));
+    assert_eq!(
+        out.state[3],
+        Value::Cols(vec![vec![2.5, 3.5, 4.5], vec![7.0, 8.0]])
+    );
+    assert_eq!(out.state[4], Value::Tensor(vec![223.0, 112.0]));
+}
+
+#[test]
+fn a_row_value_times_a_column_value_is_their_outer_product() {
+    let rule = compile(
+        "optimizer o() {
+            p = row_sum(g) * col_max(g) + mean(row_sum(g));
+        }",
+    );
+    let grads = [vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], vec![7.0, 8.0]];
+    let params = [vec![0.0f32; 6], vec![0.0; 2]];
+    let out = run_shaped(&rule, &params, &grads, 1, None, Some(&matrix_and_vector())).unwrap();
+    // Row sums (6, 15) and column maxima (4, 5, 6); the mean of the row sums
+    // broadcast over the elements is 10.5.
+    assert_eq!(
+        out.params,
+        vec![
+            vec![34.5, 40.5, 46.5, 70.5, 85.5, 100.5],
+            vec![15.0 * 7.0 + 15.0, 15.0 * 8.0 + 15.0],
+        ]
+    );
+}
+
+#[test]
+fn tensors_without_shapes_are_vectors() {
+    let rule = compile(
+        "optimizer o() { state r: rows = 0; state c: cols = 0; r = row_sum(g); c = col_sum(g); }",
+    );
+    let out = run::<f32>(&rule, &[vec![0.0; 3]], &[vec![1.0, 2.0, 4.0]], 1, None);
+    assert_eq!(out.state[0], Value::Rows(vec![vec![7.0]]));
+    assert_eq!(out.state[1], Value::Cols(vec![vec![1.0, 2.0, 4.0]]));
+    let wrong = [MatrixView::of_dims(&[2, 2])];
+    let error = run_shaped(
+        &rule,
+        &[vec![0.0f32; 3]],
+        &[vec![0.0; 3]],
+        1,
+        None,
+        Some(&wrong),
+    )
+    .unwrap_err();
+    assert_eq!(error, "tensor shapes do not match the parameters' lengths");
+    // State of a per-row slot must have one value per row.
+    let state = [
+        Value::Rows(vec![vec![1.0, 2.0]]),
+        Value::Cols(vec![vec![0.0; 3]]),
+    ];
+    let error = run_shaped(
+        &rule,
+        &[vec![0.0f32; 3]],
+        &[vec![0.0; 3]],
+        2,
+        Some(&state),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(error, "state does not match the rule and parameters");
+}
+
+#[test]
+fn higher_ranks_fold_their_leading_dimensions_into_rows() {
+    assert_eq!(
+        MatrixView::of_dims(&[2, 3, 4]),
+        MatrixView {
+            rank: 3,
+            rows: 6,
+            cols: 4
+        }
+    );
+    assert_eq!(
+        MatrixView::of_dims(&[]),
+        MatrixView {
+            rank: 0,
+            rows: 1,
+            cols: 1
+        }
+    );
+    assert_eq!(MatrixView::of_dims(&[5]), MatrixView::vector(5));
+    assert_eq!(MatrixView::of_dims(&[0, 3]).numel(), 0);
+}
+
+#[test]
+fn gram_matrices_and_products_work_on_the_wide_orientation() {
+    let rule = compile(
+        "optimizer o() {
+            state trace: tensor = 0;
+            let a = gram(g);
+            trace = sum(a * 0 + transpose(gram(g, p)));
+            p = matmul(a, g);
+        }",
+    );
+    // A 2 x 3 matrix and its transpose, 3 x 2: the same wide orientation.
+    let x = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let xt = vec![1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0];
+    let views = [MatrixView::of_dims(&[2, 3]), MatrixView::of_dims(&[3, 2])];
+    let params = [vec![1.0f32; 6], vec![1.0; 6]];
+    let out = run_shaped(&rule, &params, &[x, xt], 1, None, Some(&views)).unwrap();
+    // gram = [[14, 32], [32, 77]]; gram times the matrix, in its own orientation.
+    assert_eq!(
+        out.params,
+        vec![
+            vec![142.0, 188.0, 234.0, 340.0, 449.0, 558.0],
+            vec![142.0, 340.0, 188.0, 449.0, 234.0, 558.0],
+        ]
+    );
+    // gram(g, p) with p all ones: row sums of the wide g, (6, 15), in each row.
+    assert_eq!(out.state[0], Value::Tensor(vec![42.0, 42.0]));
+}
+
+#[test]
+fn bf16_rounds_to_nearest_even() {
+    let rule = compile("optimizer o() { p = bf16(g); }");
+    let grads = vec![1.0f32 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -3.0e38, f32::NAN];
+    let out = run::<f32>(&rule, &[vec![0.0; 4]], &[grads], 1, None);
+    // 1 + 2^-8 is a tie (to 1), 1 + 3 2^-8 rounds up to 1 + 2^-6; a NaN stays NaN.
+    assert_eq!(out.params[0][0], 1.0);
+    assert_eq!(out.params[0][1], 1.0 + 1.0 / 64.0);
+    assert_eq!(out.params[0][2], f32::from_bits(0xFF62_0000));
+    assert!(out.params[0][3].is_nan());
 }

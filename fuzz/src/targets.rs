@@ -305,6 +305,7 @@ fn opt(input: &[u8]) {
                 step: 1,
                 hypers: &hypers,
                 state: None,
+                views: None,
             },
         );
     }

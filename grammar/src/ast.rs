@@ -68,6 +68,8 @@ pub enum StateShape {
     Elem,
     Tensor,
     Group,
+    Rows,
+    Cols,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -75,6 +75,8 @@ pub(crate) fn state_shape<'s>(ident: &Ident) -> Built<'s, StateShape> {
         "elem" => Ok(StateShape::Elem),
         "tensor" => Ok(StateShape::Tensor),
         "group" => Ok(StateShape::Group),
+        "rows" => Ok(StateShape::Rows),
+        "cols" => Ok(StateShape::Cols),
         other => Err(ParseError::User {
             error: SyntaxError::UnknownShape(other.to_string(), ident.span),
         }),

@@ -100,7 +100,7 @@ fn diagnostic(
             SyntaxError::UnknownShape(name, span) => Diagnostic::error(
                 format!("unknown state shape `{name}`"),
                 span,
-                "expected `elem`, `tensor` or `group`",
+                "expected `elem`, `rows`, `cols`, `tensor` or `group`",
             ),
         },
     }

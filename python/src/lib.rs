@@ -314,6 +314,12 @@ impl Engine {
         seed: u32,
     ) -> PyResult<Engine> {
         let compiled = rule.get();
+        if let Some(why) = optc_compiler::plan::unsupported(&compiled.rule) {
+            return Err(refused(format!(
+                "{why}; the Python package steps rules on compiled kernels and passes tensors \
+                 without their shapes, so it does not run this rule yet"
+            )));
+        }
         let mut builder = Optimizer::builder(compiled.rule.clone())
             .overrides(compiled.values(&overrides)?)
             .tensors(tensors)
@@ -464,7 +470,7 @@ impl Engine {
         let mut scalars = Vec::new();
         for (value, out) in values.iter().zip(&outs) {
             match (value, out) {
-                (SlotValues::Elem(tensors), Some(addresses))
+                (SlotValues::Vectors(tensors), Some(addresses))
                     if addresses.len() == tensors.len() =>
                 {
                     let buffers: Vec<_> = tensors
@@ -493,7 +499,7 @@ impl Engine {
                 (SlotValues::Tensor(xs) | SlotValues::Group(xs), None) => {
                     scalars.push(Some(xs.clone()))
                 }
-                (SlotValues::Elem(tensors), None) if tensors.is_empty() => scalars.push(None),
+                (SlotValues::Vectors(tensors), None) if tensors.is_empty() => scalars.push(None),
                 _ => return Err(refused("state outputs of another shape than the state")),
             }
         }
@@ -533,7 +539,7 @@ impl Engine {
                         .collect();
                     check_buffers(&buffers, size)?;
                     // SAFETY: checked by the caller's Python half and check_buffers.
-                    SlotValues::Elem(
+                    SlotValues::Vectors(
                         addresses
                             .iter()
                             .zip(&numels)

@@ -200,6 +200,13 @@ def test_bad_gradients_raise_and_change_nothing(digits, spoil, message):
             assert torch.equal(v, after["state"][i][k])
 
 
+def test_matrix_shaped_rules_are_refused_until_kernels_run_them():
+    w = torch.zeros(4, 3, requires_grad=True)
+    for rule in ("adafactor", "sm3", "muon"):
+        with pytest.raises(optc.OptimizerError, match="does not run this rule yet"):
+            ot.Optimizer([w], rule=rule)
+
+
 def test_cuda_tensors_and_unknown_hyperparameters_are_refused():
     w = torch.zeros(3, requires_grad=True)
     with pytest.raises(TypeError, match="unknown hyperparameter lookahead"):

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use optc_compiler::derive::{self, Adjoint};
 use optc_compiler::interpret::Value;
-use optc_compiler::ir::{Rule, ScalarExpr, Shape};
+use optc_compiler::ir::{MatrixView, Rule, ScalarExpr, Shape};
 
 use crate::{Backend, Error, Optimizer};
 
@@ -78,11 +78,8 @@ impl AdjointStep {
         }
         let numels: Vec<usize> = params.iter().map(|p| p.len()).collect();
         let cotangent_params: Vec<Vec<f32>> = cotangent_params.iter().map(|c| c.to_vec()).collect();
-        let zeros = |shape: Shape| match shape {
-            Shape::Group => Value::Group(0.0),
-            Shape::Tensor => Value::Tensor(vec![0.0; numels.len()]),
-            Shape::Elem => Value::Elem(numels.iter().map(|&n| vec![0.0; n]).collect()),
-        };
+        let vectors = MatrixView::vectors(&numels);
+        let zeros = |shape: Shape| Value::Group(0.0).broadcast(shape, &vectors);
         let mut slots: Vec<Value<f32>> = state.to_vec();
         slots.push(Value::Elem(cotangent_params));
         slots.extend(cotangent_state.iter().cloned());
@@ -103,7 +100,9 @@ impl AdjointStep {
             .map(|i| {
                 let values = read(first + 2 + i)?;
                 Ok(match self.layout.rule.states[first + 2 + i].shape {
-                    Shape::Elem => Value::Elem(values),
+                    shape @ (Shape::Rows | Shape::Cols | Shape::Elem | Shape::Gram) => {
+                        Value::vectors(shape, values)
+                    }
                     Shape::Tensor => {
                         Value::Tensor(values.iter().map(|v| f64::from(v[0])).collect())
                     }

@@ -277,13 +277,31 @@ impl Backend {
                     )),
                 })
             }
-            Kind::Kernels(_) => Ok(Box::new(HostExecutor::new(
-                rule.clone(),
-                self.clone(),
-                precision,
-                scalars,
-                threads,
-            )?)),
+            Kind::Kernels(_) => {
+                if let Some(why) = optc_compiler::plan::unsupported(rule) {
+                    return Err(Error::Unsupported(format!(
+                        "the `{}` backend: {why}",
+                        self.name
+                    )));
+                }
+                Ok(Box::new(HostExecutor::new(
+                    rule.clone(),
+                    self.clone(),
+                    precision,
+                    scalars,
+                    threads,
+                )?))
+            }
+        }
+    }
+
+    /// The fastest backend that runs `rule`: [`Backend::fastest`], or the
+    /// interpreter for rules compiled kernels do not run yet
+    /// ([`optc_compiler::plan::unsupported`]).
+    pub fn fastest_for(rule: &Rule) -> Backend {
+        match optc_compiler::plan::unsupported(rule) {
+            Some(_) => Backend::interpreter(Elements::F32),
+            None => Backend::fastest(),
         }
     }
 }

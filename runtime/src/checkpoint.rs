@@ -9,7 +9,7 @@
 //! * The metadata records the format, the rule (name and a hash of its IR),
 //!   the precision, every group (name, steps of its most advanced tensor,
 //!   frozen, hyperparameter values as source text) and every tensor (name,
-//!   size, group, steps), and a checksum
+//!   size, its matrix view unless it is a vector, group, steps), and a checksum
 //!   (FNV-1a over the whole file with the checksum's own digits zeroed), so
 //!   a changed byte anywhere is detected.
 //! * Saving goes through [`crate::files::write_atomically`]: a failed save
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::executor::{Layout, SlotValues, Stored};
 use crate::optimizer::Optimizer;
 use crate::Error;
-use optc_compiler::ir::Shape;
+use optc_compiler::ir::{MatrixView, Shape};
 
 const FORMAT: &str = "optc-checkpoint-2";
 /// What the checksum's digits are while it is computed.
@@ -62,8 +62,20 @@ struct GroupRecord {
 struct TensorRecord {
     name: String,
     numel: usize,
+    /// The tensor's matrix view (rank, rows, columns); absent for vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    matrix: Option<(usize, usize, usize)>,
     group: usize,
     steps: u64,
+}
+
+impl TensorRecord {
+    fn view(&self) -> MatrixView {
+        match self.matrix {
+            Some((rank, rows, cols)) => MatrixView { rank, rows, cols },
+            None => MatrixView::vector(self.numel),
+        }
+    }
 }
 
 fn dtype_of(stored: &Stored) -> Dtype {
@@ -159,7 +171,7 @@ impl Optimizer {
         let mut data: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
         for (slot, values) in self.rule().states.iter().zip(&state) {
             match values {
-                SlotValues::Elem(tensors) => {
+                SlotValues::Vectors(tensors) => {
                     for (t, (info, stored)) in layout.tensors.iter().zip(tensors).enumerate() {
                         if stepped(t) {
                             let name = format!("tensor/{}/{}", slot.name, info.name);
@@ -200,6 +212,11 @@ impl Optimizer {
             .map(|(i, t)| TensorRecord {
                 name: t.name.clone(),
                 numel: t.numel,
+                matrix: (t.view != MatrixView::vector(t.numel)).then_some((
+                    t.view.rank,
+                    t.view.rows,
+                    t.view.cols,
+                )),
                 group: t.group,
                 steps: steps.get(i).copied().unwrap_or(0),
             })
@@ -296,6 +313,7 @@ impl Optimizer {
                 .map(|t| crate::executor::TensorInfo {
                     name: t.name.clone(),
                     numel: t.numel,
+                    view: t.view(),
                     group: t.group,
                 })
                 .collect(),
@@ -304,14 +322,21 @@ impl Optimizer {
         let file_names: Vec<String> = tensors.iter().map(|t| t.name.clone()).collect();
         let expected = match self.layout() {
             Some(own) => own.clone(),
-            None => self.resolve(&file_names, &layout.numels())?,
+            None => self.resolve(&file_names, &layout.views())?,
         };
         if expected != layout {
             let show = |l: &Layout| {
                 let tensors: Vec<String> = l
                     .tensors
                     .iter()
-                    .map(|t| format!("{} ({}, group {})", t.name, t.numel, l.groups[t.group]))
+                    .map(|t| {
+                        let size = if t.view == MatrixView::vector(t.numel) {
+                            t.numel.to_string()
+                        } else {
+                            format!("{} x {}", t.view.rows, t.view.cols)
+                        };
+                        format!("{} ({size}, group {})", t.name, l.groups[t.group])
+                    })
                     .collect();
                 tensors.join(", ")
             };
@@ -321,7 +346,7 @@ impl Optimizer {
                 show(&expected)
             )));
         }
-        self.ensure_memory(&layout.numels())?;
+        self.ensure_memory(&layout.views())?;
         let read = |name: &str, len: usize, dtype: &str| -> Result<Stored, Error> {
             let view = file
                 .tensor(name)
@@ -358,7 +383,9 @@ impl Optimizer {
                     .collect::<Result<Vec<_>, Error>>()
             };
             state.push(match slot.shape {
-                Shape::Elem => SlotValues::Elem(per_tensor(&|t| layout.tensors[t].numel, &dtype)?),
+                shape @ (Shape::Rows | Shape::Cols | Shape::Elem | Shape::Gram) => {
+                    SlotValues::Vectors(per_tensor(&|t| layout.tensors[t].view.len(shape), &dtype)?)
+                }
                 Shape::Tensor => {
                     SlotValues::Tensor(per_tensor(&|_| 1, "f64")?.into_iter().map(f64_of).collect())
                 }
@@ -381,7 +408,7 @@ impl Optimizer {
         }
         // Everything checked: now change the optimizer.
         if self.layout().is_none() {
-            self.bind(&file_names, &layout.numels())?;
+            self.bind(&file_names, &layout.views())?;
         }
         let steps: Vec<u64> = tensors.iter().map(|t| t.steps).collect();
         self.restore(&state, &steps)

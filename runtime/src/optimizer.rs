@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use optc_compiler::interpret::{Scalars, Value};
-use optc_compiler::ir::{Rule, ScalarExpr, Shape};
+use optc_compiler::ir::{MatrixView, Rule, ScalarExpr, Shape};
 use optc_compiler::plan::Plan;
 
 use crate::backend::Backend;
@@ -118,7 +118,7 @@ pub struct OptimizerBuilder {
     rule: Arc<Rule>,
     overrides: Vec<(String, ScalarExpr)>,
     groups: Vec<Group>,
-    tensors: Option<Vec<(String, usize)>>,
+    tensors: Option<Vec<(String, MatrixView)>>,
     precision: Precision,
     scalars: Scalars,
     backend: Option<Backend>,
@@ -147,13 +147,36 @@ impl OptimizerBuilder {
     }
 
     /// Declares the tensors a step takes, in order: their names (for groups
-    /// and checkpoints) and element counts. Without this, the first step
-    /// fixes the sizes and the tensors are named by index (`0`, `1`, ...).
+    /// and checkpoints) and element counts; each is a vector. Without this,
+    /// the first step fixes the sizes and the tensors are named by index
+    /// (`0`, `1`, ...).
     pub fn tensors<S: Into<String>>(
         mut self,
         tensors: impl IntoIterator<Item = (S, usize)>,
     ) -> Self {
-        self.tensors = Some(tensors.into_iter().map(|(n, k)| (n.into(), k)).collect());
+        self.tensors = Some(
+            tensors
+                .into_iter()
+                .map(|(n, k)| (n.into(), MatrixView::vector(k)))
+                .collect(),
+        );
+        self
+    }
+
+    /// Declares the tensors a step takes with their shapes (dimensions,
+    /// row-major), which rules with per-row and per-column values
+    /// (`row_mean`, `: rows` state, `rank`) see: a matrix is factored as
+    /// itself, a vector as one row ([`MatrixView`]).
+    pub fn shaped_tensors<S: Into<String>, D: AsRef<[usize]>>(
+        mut self,
+        tensors: impl IntoIterator<Item = (S, D)>,
+    ) -> Self {
+        self.tensors = Some(
+            tensors
+                .into_iter()
+                .map(|(n, dims)| (n.into(), MatrixView::of_dims(dims.as_ref())))
+                .collect(),
+        );
         self
     }
 
@@ -170,7 +193,7 @@ impl OptimizerBuilder {
         self
     }
 
-    /// What runs the steps (default: [`Backend::fastest`]).
+    /// What runs the steps (default: [`Backend::fastest_for`] the rule).
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = Some(backend);
         self
@@ -234,7 +257,9 @@ impl OptimizerBuilder {
                 frozen: group.frozen,
             });
         }
-        let backend = self.backend.unwrap_or_else(Backend::fastest);
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Backend::fastest_for(&self.rule));
         let executor = backend.executor(&self.rule, self.precision, self.scalars, self.threads)?;
         let mut optimizer = Optimizer {
             rule: self.rule,
@@ -251,8 +276,8 @@ impl OptimizerBuilder {
             sharded: false,
         };
         if let Some(declared) = optimizer.declared.clone() {
-            let (names, numels): (Vec<String>, Vec<usize>) = declared.into_iter().unzip();
-            optimizer.bind(&names, &numels)?;
+            let (names, views): (Vec<String>, Vec<MatrixView>) = declared.into_iter().unzip();
+            optimizer.bind(&names, &views)?;
         }
         Ok(optimizer)
     }
@@ -278,7 +303,7 @@ pub struct Optimizer {
     reductions: GroupReductions,
     groups: Vec<GroupState>,
     /// Tensors declared when it was built.
-    declared: Option<Vec<(String, usize)>>,
+    declared: Option<Vec<(String, MatrixView)>>,
     /// Fixed by the first step, upload or checkpoint load.
     layout: Option<Layout>,
     /// The layout's tensor sizes (every step checks against them).
@@ -569,8 +594,8 @@ impl Optimizer {
             .run_floor(layout, Params::Owned, P::tensors(grads))
     }
 
-    /// The value of a state slot after the last step: per-element slots as
-    /// one vector per tensor, scalar slots as one value per tensor (a group
+    /// The value of a state slot after the last step: per-element (per-row,
+    /// per-column) slots as one vector per tensor, scalar slots as one value per tensor (a group
     /// slot's value is its group's). `None` for an unknown slot.
     pub fn state(&self, name: &str) -> Option<Vec<Vec<f32>>> {
         let slot = self.rule.states.iter().position(|s| s.name == name)?;
@@ -578,7 +603,7 @@ impl Optimizer {
             return Some(Vec::new());
         };
         Some(match &self.executor.state(layout)[slot] {
-            SlotValues::Elem(tensors) => tensors.iter().map(Stored::to_f32).collect(),
+            SlotValues::Vectors(tensors) => tensors.iter().map(Stored::to_f32).collect(),
             SlotValues::Tensor(xs) => xs.iter().map(|&x| vec![x as f32]).collect(),
             SlotValues::Group(xs) => layout
                 .tensors
@@ -617,7 +642,9 @@ impl Optimizer {
             .map(|value| match value {
                 Value::Group(x) => SlotValues::Group(vec![*x; groups]),
                 Value::Tensor(xs) => SlotValues::Tensor(xs.clone()),
-                Value::Elem(xs) => SlotValues::Elem(xs.iter().cloned().map(Stored::F32).collect()),
+                Value::Rows(xs) | Value::Cols(xs) | Value::Elem(xs) | Value::Gram(xs) => {
+                    SlotValues::Vectors(xs.iter().cloned().map(Stored::F32).collect())
+                }
             })
             .collect();
         self.load_state(&vec![steps_taken; numels.len()], values)
@@ -665,13 +692,13 @@ impl Optimizer {
             let fits = match value {
                 SlotValues::Group(xs) => slot.shape == Shape::Group && xs.len() == groups,
                 SlotValues::Tensor(xs) => slot.shape == Shape::Tensor && xs.len() == tensors,
-                SlotValues::Elem(xs) => {
-                    slot.shape == Shape::Elem
+                SlotValues::Vectors(xs) => {
+                    !slot.shape.is_scalar()
                         && xs.len() == tensors
                         && xs
                             .iter()
                             .zip(&layout.tensors)
-                            .all(|(x, t)| x.len() == t.numel)
+                            .all(|(x, t)| x.len() == t.view.len(slot.shape))
                 }
             };
             if !fits {
@@ -709,50 +736,48 @@ impl Optimizer {
         self.groups.len()
     }
 
-    /// Fixes the layout for tensors `names` of sizes `numels` and binds the
+    /// Fixes the layout for tensors `names` of shapes `views` and binds the
     /// executor. On error nothing changes.
-    pub(crate) fn bind(&mut self, names: &[String], numels: &[usize]) -> Result<(), Error> {
-        let layout = self.resolve(names, numels)?;
-        // Per-element state, in its storage type, before it is allocated.
-        let elements = numels
-            .iter()
-            .try_fold(0u128, |sum, &n| sum.checked_add(n as u128));
-        let bytes_per_element =
-            (self.rule.elem_state_slots() * self.precision.state.bytes()) as u128;
-        let bytes = elements.and_then(|e| e.checked_mul(bytes_per_element));
-        crate::memory::ensure(bytes, "the optimizer's state")?;
+    pub(crate) fn bind(&mut self, names: &[String], views: &[MatrixView]) -> Result<(), Error> {
+        let layout = self.resolve(names, views)?;
+        self.ensure_memory(views)?;
         self.executor.bind(&layout)?;
+        self.numels = layout.numels();
+        self.tensor_steps = vec![0; views.len()];
         self.layout = Some(layout);
-        self.numels = numels.to_vec();
-        self.tensor_steps = vec![0; numels.len()];
         Ok(())
     }
 
-    /// Checks, before it is allocated, that the per-element state of tensors
-    /// of sizes `numels` fits in the memory available.
-    pub(crate) fn ensure_memory(&self, numels: &[usize]) -> Result<(), Error> {
-        let elements = numels
+    /// Checks, before it is allocated, that the per-element (per-row,
+    /// per-column) state of tensors of shapes `views` fits in the memory
+    /// available (counting 8 bytes a value, as the f64 interpreter stores).
+    pub(crate) fn ensure_memory(&self, views: &[MatrixView]) -> Result<(), Error> {
+        let values = self
+            .rule
+            .states
             .iter()
-            .try_fold(0u128, |sum, &n| sum.checked_add(n as u128));
-        let bytes_per_element =
-            (self.rule.elem_state_slots() * self.precision.state.bytes().max(8)) as u128;
-        let bytes = elements.and_then(|e| e.checked_mul(bytes_per_element));
+            .filter(|slot| !slot.shape.is_scalar())
+            .flat_map(|slot| views.iter().map(|view| view.len(slot.shape)))
+            .try_fold(0u128, |sum, n| sum.checked_add(n as u128));
+        let bytes_per_value = self.precision.state.bytes().max(8) as u128;
+        let bytes = values.and_then(|v| v.checked_mul(bytes_per_value));
         crate::memory::ensure(bytes, "the optimizer's state")
     }
 
-    /// The layout of tensors `names` of sizes `numels`: each in the first
+    /// The layout of tensors `names` of shapes `views`: each in the first
     /// group that selects it, else the default group.
-    pub(crate) fn resolve(&self, names: &[String], numels: &[usize]) -> Result<Layout, Error> {
+    pub(crate) fn resolve(&self, names: &[String], views: &[MatrixView]) -> Result<Layout, Error> {
         let mut seen = std::collections::HashSet::new();
         if let Some(name) = names.iter().find(|n| !seen.insert(n.as_str())) {
             return Err(Error::Groups(format!("two tensors are called `{name}`")));
         }
         let tensors: Vec<TensorInfo> = names
             .iter()
-            .zip(numels)
-            .map(|(name, &numel)| TensorInfo {
+            .zip(views)
+            .map(|(name, &view)| TensorInfo {
                 name: name.clone(),
-                numel,
+                numel: view.numel(),
+                view,
                 group: self
                     .groups
                     .iter()
@@ -787,9 +812,9 @@ impl Optimizer {
         let fixed = self.layout.is_some().then_some(self.numels.as_slice());
         crate::bind::check_shapes(fixed, numels, grad_lengths)?;
         if self.layout.is_none() {
-            // Not declared: named by index.
+            // Not declared: named by index, vectors.
             let names: Vec<String> = (0..numels.len()).map(|i| i.to_string()).collect();
-            self.bind(&names, numels)?;
+            self.bind(&names, &MatrixView::vectors(numels))?;
         }
         Ok(())
     }

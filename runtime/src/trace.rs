@@ -122,6 +122,38 @@ impl TraceTensor {
             None => i.to_string(),
         }
     }
+
+    /// Its dimensions: the `shape` field, else a vector of its elements.
+    pub fn dims(&self) -> Vec<usize> {
+        if self.shape.is_empty() {
+            vec![self.p0.len()]
+        } else {
+            self.shape.clone()
+        }
+    }
+}
+
+impl Trace {
+    /// Every tensor's name and dimensions, for
+    /// [`crate::OptimizerBuilder::shaped_tensors`]; an error where a
+    /// `shape` does not hold as many elements as its `p0`.
+    pub fn shaped_tensors(&self) -> Result<Vec<(String, Vec<usize>)>, TraceError> {
+        self.tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let dims = t.dims();
+                let elements = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if elements != Some(t.p0.len()) {
+                    return Err(TraceError::Invalid(format!(
+                        "tensor {i} has shape {dims:?} and {} elements in p0",
+                        t.p0.len()
+                    )));
+                }
+                Ok((t.name(i), dims))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]

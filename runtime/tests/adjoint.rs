@@ -6,7 +6,7 @@
 
 use optc_compiler::derive;
 use optc_compiler::interpret::{self, StepInputs, Value};
-use optc_compiler::ir::Shape;
+use optc_compiler::ir::{MatrixView, Shape};
 use optc_runtime::adjoint::{AdjointStep, Cotangents};
 use optc_runtime::{Backend, BACKENDS};
 
@@ -37,6 +37,9 @@ fn state_value(shape: Shape, seed: u32) -> Value<f32> {
                 .map(|t| t.into_iter().map(f32::abs).collect())
                 .collect(),
         ),
+        Shape::Rows | Shape::Cols | Shape::Gram => {
+            Value::Group(0.3).broadcast(shape, &MatrixView::vectors(&NUMELS))
+        }
     }
 }
 
@@ -77,11 +80,7 @@ fn adjoint_of(name: &str, backend: &Backend) -> (Cotangents, Vec<Value<f32>>) {
     slots.push(Value::Elem(view(&cotangent)));
     slots.extend(cotangent_state.iter().cloned());
     for slot in &layout.rule.states[layout.adjoint_of_param..] {
-        slots.push(match slot.shape {
-            Shape::Group => Value::Group(0.0),
-            Shape::Tensor => Value::Tensor(vec![0.0; NUMELS.len()]),
-            Shape::Elem => Value::Elem(NUMELS.iter().map(|&n| vec![0.0; n]).collect()),
-        });
+        slots.push(Value::Group(0.0).broadcast(slot.shape, &MatrixView::vectors(&NUMELS)));
     }
     let hypers: Vec<f64> = layout
         .rule
@@ -97,6 +96,7 @@ fn adjoint_of(name: &str, backend: &Backend) -> (Cotangents, Vec<Value<f32>>) {
             step: 3,
             hypers: &hypers,
             state: Some(&slots),
+            views: None,
         },
     )
     .unwrap();

@@ -325,3 +325,48 @@ fn checkpoints_with_impossible_records_are_refused() {
     );
     std::fs::remove_file(&path).ok();
 }
+
+/// Per-row and per-column state (Adafactor's) is one number per row and
+/// column of each declared shape; a checkpoint keeps the shapes, resumes bit
+/// for bit, and refuses an optimizer whose tensors have other shapes.
+#[test]
+fn matrix_shaped_state_checkpoints_with_its_shapes() {
+    let shapes = [("w", vec![3usize, 4]), ("b", vec![5])];
+    let build = |shapes: &[(&str, Vec<usize>)]| {
+        Optimizer::builder(rule("adafactor"))
+            .shaped_tensors(shapes.to_vec())
+            .build()
+            .unwrap()
+    };
+    let mut optimizer = build(&shapes);
+    let mut params = common::sized_values(&[12, 5]);
+    common::steps(&mut optimizer, &mut params, 0, 2);
+    let lengths = |name: &str, optimizer: &Optimizer| -> Vec<usize> {
+        optimizer
+            .state(name)
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect()
+    };
+    assert_eq!(lengths("row_var", &optimizer), vec![3, 1]);
+    assert_eq!(lengths("col_var", &optimizer), vec![4, 5]);
+    let path = common::temp("matrix-state");
+    optimizer.save(&path).unwrap();
+    let mut resumed = build(&shapes);
+    resumed.load(&path).unwrap();
+    let mut resumed_params = params.clone();
+    common::steps(&mut optimizer, &mut params, 2, 4);
+    common::steps(&mut resumed, &mut resumed_params, 2, 4);
+    assert_eq!(params, resumed_params);
+    // The same sizes as other shapes: refused, and nothing changes.
+    let mut other = build(&[("w", vec![4, 3]), ("b", vec![5])]);
+    let message = other.load(&path).unwrap_err().to_string();
+    assert!(
+        message.contains("checkpoint tensors w (3 x 4, group default)")
+            && message.contains("this optimizer's w (4 x 3, group default)"),
+        "{message}"
+    );
+    assert_eq!(lengths("row_var", &other), vec![4, 1]);
+    let _ = std::fs::remove_file(&path);
+}

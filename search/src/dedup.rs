@@ -91,6 +91,9 @@ fn node_hashes(rule: &Rule, state_label: impl Fn(u32) -> u64) -> Vec<u64> {
                 Input::Grad => mix(4, shape),
                 Input::Step => mix(5, shape),
                 Input::Numel => mix(6, shape),
+                Input::Rank => mix(15, shape),
+                Input::Rows => mix(16, shape),
+                Input::Cols => mix(17, shape),
                 Input::Hyper(i) => mix(mix(7, shape), i as u64),
                 Input::State(i) => mix(mix(8, shape), state_label(i)),
             },
@@ -106,6 +109,9 @@ fn node_hashes(rule: &Rule, state_label: impl Fn(u32) -> u64) -> Vec<u64> {
             Node::Select(c, a, b) => mix(mix(mix(12, h(c)), h(a)), h(b)),
             Node::Lerp(a, b, w) => mix(mix(mix(13, h(a)), h(b)), h(w)),
             Node::Reduce(op, scope, a) => mix(mix(mix(14, op as u64), scope as u64), h(a)),
+            Node::Gram(a, b) => mix(mix(18, h(a)), h(b)),
+            Node::MatMul(a, b) => mix(mix(19, h(a)), h(b)),
+            Node::Transpose(a) => mix(20, h(a)),
         };
         hashes.push(hash);
     }

@@ -72,12 +72,13 @@ pub fn probe(rule: &Rule) -> Result<Probe, String> {
                     step,
                     hypers: &hypers,
                     state: state.as_deref(),
+                    views: None,
                 },
             )?;
             steps.push(ProbeStep {
                 param_before: params.concat(),
                 param_after: out.params.concat(),
-                state_after: out.state.iter().flat_map(flatten).collect(),
+                state_after: out.state.iter().flat_map(Value::flatten).collect(),
             });
             params = out.params;
             state = Some(out.state);
@@ -102,12 +103,4 @@ pub fn hyper_values(rule: &Rule, step: u64, scale: f64) -> Result<Vec<f64>, Stri
         });
     }
     Ok(values)
-}
-
-fn flatten(value: &Value<f64>) -> Vec<f64> {
-    match value {
-        Value::Group(x) => vec![*x],
-        Value::Tensor(xs) => xs.clone(),
-        Value::Elem(xs) => xs.concat(),
-    }
 }

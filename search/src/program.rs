@@ -159,6 +159,7 @@ pub enum WarmStartError {
     NotPerElementState(String),
     StateInitNotAtom(String),
     HyperWithoutDefault(String),
+    MatrixShaped(String),
 }
 
 impl fmt::Display for WarmStartError {
@@ -176,6 +177,10 @@ impl fmt::Display for WarmStartError {
             WarmStartError::StateInitNotAtom(name) => write!(
                 f,
                 "state `{name}` starts from a computed value; the search space allows a constant, `p`, `g`, `t`, `numel` or a hyperparameter"
+            ),
+            WarmStartError::MatrixShaped(name) => write!(
+                f,
+                "`{name}` sees tensors as matrices (per-row or per-column values, gram matrices, `rank`, `nrows`, `ncols`); the search space is elementwise"
             ),
             WarmStartError::HyperWithoutDefault(name) => write!(
                 f,
@@ -201,6 +206,18 @@ impl Candidate {
     /// assignment per output. Slots are padded to [`MAX_STATE_SLOTS`].
     pub fn from_rule(rule: &Rule) -> Result<Candidate, WarmStartError> {
         let rule = simplify::simplify(rule, Tier::Exact);
+        let matrix_shaped = rule.graph.iter().any(|(h, node)| {
+            !matches!(
+                rule.graph.ty(h).shape,
+                Shape::Group | Shape::Tensor | Shape::Elem
+            ) || matches!(
+                node,
+                Node::Input(Input::Rank | Input::Rows | Input::Cols, _)
+            )
+        });
+        if matrix_shaped {
+            return Err(WarmStartError::MatrixShaped(rule.name.clone()));
+        }
         if rule.states.len() > MAX_STATE_SLOTS {
             return Err(WarmStartError::TooManyStateSlots(rule.states.len()));
         }
@@ -513,6 +530,8 @@ fn leaf_operand(node: &Node) -> Option<Operand> {
             Input::Numel => Var::Numel,
             Input::Hyper(i) => Var::Hyper(i as usize),
             Input::State(i) => Var::State(i as usize),
+            // Refused by `Candidate::from_rule`: the search space is elementwise.
+            Input::Rank | Input::Rows | Input::Cols => return None,
         })),
         _ => None,
     }
@@ -528,6 +547,8 @@ fn node_expr(node: &Node, operand: impl Fn(Handle) -> Operand) -> Option<Expr> {
         Node::Lerp(a, b, w) => Expr::Lerp(operand(a), operand(b), operand(w)),
         Node::Reduce(op, scope, a) => Expr::Reduce(op, scope, operand(a)),
         Node::Const(_) | Node::Bool(_) | Node::Input(..) => return None,
+        // Refused by `Candidate::from_rule`: the search space is elementwise.
+        Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => return None,
     })
 }
 

@@ -685,6 +685,7 @@ fn interpret_steps(
                 step,
                 hypers: &hypers.values(step),
                 state: state.as_deref(),
+                views: None,
             },
         )?;
         params = out.params;
@@ -693,7 +694,7 @@ fn interpret_steps(
             let per_tensor = match value {
                 Value::Group(x) => vec![vec![*x as f32]; params.len()],
                 Value::Tensor(xs) => xs.iter().map(|&x| vec![x as f32]).collect(),
-                Value::Elem(xs) => xs.clone(),
+                Value::Rows(xs) | Value::Cols(xs) | Value::Elem(xs) | Value::Gram(xs) => xs.clone(),
             };
             snapshot.push((slot.name.clone(), per_tensor));
         }
@@ -767,6 +768,7 @@ pub fn compare_backends(
     let expected = interpret_steps(rule, overrides, &inputs)
         .map_err(|e| format!("{label}: interpreter: {e}"))?;
     let mut observed = Vec::new();
+    let interpreter_only = optc_compiler::plan::unsupported(rule);
     for Entry {
         name,
         backend,
@@ -774,6 +776,18 @@ pub fn compare_backends(
         errors,
     } in &mut backends.list
     {
+        if let (Some(why), true) = (&interpreter_only, backend.runs_kernels()) {
+            // Every kernel backend refuses it, saying why; the interpreter runs it.
+            match fused_steps(rule, overrides, &inputs, backend, 1, errors.as_ref()) {
+                Err(e) if e.contains(why.as_str()) => continue,
+                Err(e) => {
+                    return Err(format!(
+                        "{label}: backend `{name}` refused it otherwise: {e}"
+                    ))
+                }
+                Ok(_) => return Err(format!("{label}: backend `{name}` ran it: {why}")),
+            }
+        }
         let tolerance = if *approximates {
             setup.tolerance
         } else {

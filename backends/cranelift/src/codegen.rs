@@ -570,6 +570,13 @@ impl Gen<'_, '_> {
 
     fn unary(&mut self, op: UnaryOp, x: Value) -> Value {
         match op {
+            UnaryOp::Bf16 => {
+                let pattern = self.round_bf16(x, None);
+                let bits = self.b.ins().ishl_imm_u(pattern, 16);
+                self.b
+                    .ins()
+                    .bitcast(types::F32X4, MemFlagsData::new(), bits)
+            }
             UnaryOp::Neg => self.b.ins().fneg(x),
             UnaryOp::Abs => self.b.ins().fabs(x),
             UnaryOp::Sqrt => self.b.ins().sqrt(x),

@@ -53,6 +53,9 @@ pub fn library(rule: &Rule, target: &Target, defaults: &[Option<f64>]) -> Result
             rule.name
         ))
     };
+    if let Some(why) = optc_compiler::plan::unsupported(rule) {
+        return refuse(&why);
+    }
     let steady = Plan::new(rule, false);
     let first = Plan::new(rule, true);
     if steady.passes.len() != 1 {
@@ -326,7 +329,12 @@ impl Host<'_> {
                 ));
                 self.def(&format!("load double, ptr {at}, align 8"))
             }
-            Node::Input(..) | Node::Reduce(..) => {
+            Node::Input(..)
+            | Node::Reduce(..)
+            | Node::Gram(..)
+            | Node::MatMul(..)
+            | Node::Transpose(_)
+            | Node::Unary(UnaryOp::Bf16, _) => {
                 return Err(format!(
                     "`{}` has a per-tensor value the library cannot compute",
                     self.rule.name
@@ -352,8 +360,11 @@ impl Host<'_> {
         Ok(v)
     }
 
+    /// A unary operation on an f64 host value (`bf16` is refused by
+    /// [`Self::value`] before it gets here, and left as it is).
     fn unary(&mut self, op: UnaryOp, x: &str) -> String {
         match op {
+            UnaryOp::Bf16 => x.to_string(),
             UnaryOp::Neg => self.def(&format!("fneg double {x}")),
             UnaryOp::Not => {
                 let zero = self.def(&format!("fcmp oeq double {x}, 0.0"));

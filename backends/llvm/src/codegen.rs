@@ -353,6 +353,12 @@ impl Emitter {
     fn unary(&mut self, op: UnaryOp, x: &str) -> String {
         let (vf, vi) = (self.vf(), self.vi());
         match op {
+            UnaryOp::Bf16 => {
+                let top = self.round_bf16_lanes(x, None);
+                let sixteen = self.i32s(16);
+                let bits = self.def(&format!("shl {vi} {top}, {sixteen}"));
+                self.def(&format!("bitcast {vi} {bits} to {vf}"))
+            }
             UnaryOp::Neg => self.def(&format!("fneg {vf} {x}")),
             UnaryOp::Abs => self.vf_intrinsic("fabs", x),
             UnaryOp::Sqrt => self.vf_intrinsic("sqrt", x),
@@ -459,6 +465,12 @@ impl Emitter {
     /// `v` rounded to bf16 patterns: [`bf16::round_stochastic`] with the
     /// 16-bit lanes of `random`, or [`bf16::round_nearest_even`] without.
     fn round_bf16(&mut self, v: &str, random: Option<String>) -> String {
+        let top = self.round_bf16_lanes(v, random);
+        self.def(&format!("trunc {} {top} to {}", self.vi(), self.vec("i16")))
+    }
+
+    /// [`Gen::round_bf16`]'s patterns, one per i32 lane.
+    fn round_bf16_lanes(&mut self, v: &str, random: Option<String>) -> String {
         let (vf, vi, vm) = (self.vf(), self.vi(), self.vm());
         let bits = self.def(&format!("bitcast {vf} {v} to {vi}"));
         let increment = match random {
@@ -483,8 +495,7 @@ impl Emitter {
         let bits = self.def(&format!("or {vi} {bits}, {quiet}"));
         let rounded = self.def(&format!("add {vi} {bits}, {increment}"));
         let sixteen = self.i32s(16);
-        let top = self.def(&format!("lshr {vi} {rounded}, {sixteen}"));
-        self.def(&format!("trunc {vi} {top} to {}", self.vec("i16")))
+        self.def(&format!("lshr {vi} {rounded}, {sixteen}"))
     }
 
     /// Combines `x` into `acc` (vectors or scalars of type `ty`, doubles):

@@ -8,7 +8,7 @@
 #![allow(dead_code)] // each test crate uses its own part
 
 use optc_compiler::interpret::{self, Real, StepInputs, StepOutputs, Value};
-use optc_compiler::ir::{Kind, Rule, Shape};
+use optc_compiler::ir::{Kind, MatrixView, Rule, Shape};
 use optc_compiler::{Origin, Program};
 
 /// A small deterministic generator (splitmix64).
@@ -69,6 +69,11 @@ pub enum Inputs {
     /// Values of magnitude 0.5 to 2 only: no overflow, and rounding errors
     /// stay near the values' own size.
     Benign,
+    /// Benign values in tensors of several elements: on one element a trust
+    /// ratio's step is |p| sign(u) (LAMB), whose derivatives are exactly 0
+    /// as a difference of large terms, so any reordering changes them by
+    /// rounding noise of those terms' size.
+    BenignSeveral,
 }
 
 /// The inputs of several steps: initial parameters, a gradient per step,
@@ -88,11 +93,12 @@ impl Case {
         let lengths: &[usize] = match inputs {
             Inputs::Awkward => &[7, 1, 33, 0, 2],
             Inputs::Benign => &[5, 1, 17],
+            Inputs::BenignSeveral => &[5, 2, 17],
         };
         let value = |rng: &mut Random| match inputs {
             Inputs::Awkward if rng.below(3) == 0 => SPECIALS[rng.below(SPECIALS.len())],
             Inputs::Awkward => rng.magnitude(3.0),
-            Inputs::Benign => rng.magnitude(0.3),
+            Inputs::Benign | Inputs::BenignSeveral => rng.magnitude(0.3),
         };
         let tensors = |rng: &mut Random| -> Vec<Vec<f64>> {
             lengths
@@ -154,6 +160,7 @@ pub fn run<F: Real>(rule: &Rule, case: &Case) -> Trajectory<F> {
                 step: step as u64 + 1,
                 hypers,
                 state: state.as_deref(),
+                views: None,
             },
         )
         .unwrap_or_else(|e| panic!("{}: {e}", rule.name));
@@ -193,14 +200,6 @@ impl Agreement {
     }
 }
 
-fn flatten<F: Real>(value: &Value<F>) -> Vec<f64> {
-    match value {
-        Value::Group(x) => vec![*x],
-        Value::Tensor(xs) => xs.clone(),
-        Value::Elem(xs) => xs.iter().flatten().map(|x| x.to_f64()).collect(),
-    }
-}
-
 /// Checks that `b` agrees with `a` on the parameters of every step and on
 /// every state slot both have (a simplified rule may have dropped some).
 pub fn compare<F: Real>(
@@ -211,8 +210,8 @@ pub fn compare<F: Real>(
     for (step, ((params_a, state_a), (params_b, state_b))) in a.iter().zip(b).enumerate() {
         let mut pairs: Vec<(String, Vec<f64>, Vec<f64>)> = vec![(
             "p".to_string(),
-            flatten(&Value::Elem(params_a.clone())),
-            flatten(&Value::Elem(params_b.clone())),
+            Value::Elem(params_a.clone()).flatten(),
+            Value::Elem(params_b.clone()).flatten(),
         )];
         for (name, value_b) in state_b {
             let value_a = state_a
@@ -220,7 +219,7 @@ pub fn compare<F: Real>(
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v)
                 .ok_or(format!("state `{name}` is new"))?;
-            pairs.push((name.clone(), flatten(value_a), flatten(value_b)));
+            pairs.push((name.clone(), value_a.flatten(), value_b.flatten()));
         }
         for (name, xs, ys) in pairs {
             if xs.len() != ys.len() {
@@ -313,9 +312,31 @@ pub fn stdlib_rules() -> Vec<Rule> {
 
 // ---- derivative checks in f64 (autodiff and derive tests) ----------------
 
-/// Tensor sizes of every step: a single-element tensor between two others,
-/// so per-tensor and group reductions differ.
-pub const NUMELS: [usize; 3] = [4, 1, 3];
+/// Tensor shapes of every step: a 2 x 3 matrix (so rows and columns
+/// differ), then a single-element tensor and a vector of 3, so per-tensor
+/// and group reductions differ.
+pub const VIEWS: [MatrixView; 3] = [
+    MatrixView {
+        rank: 2,
+        rows: 2,
+        cols: 3,
+    },
+    MatrixView {
+        rank: 1,
+        rows: 1,
+        cols: 1,
+    },
+    MatrixView {
+        rank: 1,
+        rows: 1,
+        cols: 3,
+    },
+];
+
+/// The element counts of [`VIEWS`].
+pub fn numels() -> Vec<usize> {
+    VIEWS.iter().map(MatrixView::numel).collect()
+}
 /// Largest accepted relative error between a derivative and its
 /// (Richardson-extrapolated) central difference.
 pub const TOLERANCE: f64 = 1e-6;
@@ -326,11 +347,11 @@ impl Random {
         low + (high - low) * self.unit()
     }
 
-    /// A value of `shape` over [`NUMELS`], each number uniform in
+    /// A value of `shape` over [`VIEWS`], each number uniform in
     /// `[low, high]`.
     pub fn value(&mut self, shape: Shape, low: f64, high: f64) -> Value<f64> {
         Value::Group(0.0)
-            .broadcast(shape, &NUMELS)
+            .broadcast(shape, &VIEWS)
             .map(|_| self.uniform(low, high))
     }
 }
@@ -350,11 +371,14 @@ impl Values for Value<f64> {
         match self {
             Value::Group(x) => Value::Group(f(*x)),
             Value::Tensor(xs) => Value::Tensor(xs.iter().map(|&x| f(x)).collect()),
-            Value::Elem(xs) => Value::Elem(
-                xs.iter()
-                    .map(|x| x.iter().map(|&x| f(x)).collect())
-                    .collect(),
-            ),
+            Value::Rows(xs) | Value::Cols(xs) | Value::Elem(xs) | Value::Gram(xs) => {
+                Value::vectors(
+                    self.shape(),
+                    xs.iter()
+                        .map(|x| x.iter().map(|&x| f(x)).collect())
+                        .collect(),
+                )
+            }
         }
     }
 
@@ -363,9 +387,13 @@ impl Values for Value<f64> {
         match (self, other) {
             (Value::Group(x), Value::Group(y)) => Value::Group(f(*x, *y)),
             (Value::Tensor(x), Value::Tensor(y)) => Value::Tensor(zip(x, y)),
-            (Value::Elem(x), Value::Elem(y)) => {
-                Value::Elem(x.iter().zip(y).map(|(x, y)| zip(x, y)).collect())
-            }
+            (Value::Rows(x), Value::Rows(y))
+            | (Value::Cols(x), Value::Cols(y))
+            | (Value::Elem(x), Value::Elem(y))
+            | (Value::Gram(x), Value::Gram(y)) => Value::vectors(
+                self.shape(),
+                x.iter().zip(y).map(|(x, y)| zip(x, y)).collect(),
+            ),
             _ => panic!("shapes differ: {self:?} and {other:?}"),
         }
     }
@@ -376,7 +404,7 @@ impl Values for Value<f64> {
         match self {
             Value::Group(x) => *x,
             Value::Tensor(xs) => xs.iter().sum(),
-            Value::Elem(xs) => xs
+            Value::Rows(xs) | Value::Cols(xs) | Value::Elem(xs) | Value::Gram(xs) => xs
                 .iter()
                 .map(|x| x.iter().fold(0.0, |a, b| a + b))
                 .fold(0.0, |a, b| a + b),
@@ -395,6 +423,18 @@ pub fn group(value: &Value<f64>) -> f64 {
         Value::Group(x) => *x,
         other => panic!("{other:?} is not one number"),
     }
+}
+
+/// Whether the rule rounds values to bfloat16 (Muon's iteration), whose
+/// derivative is passed through: finite differences see the rounding's
+/// steps instead, so the stdlib's finite-difference checks skip such rules.
+pub fn rounds_to_bf16(rule: &Rule) -> bool {
+    rule.graph.iter().any(|(_, node)| {
+        matches!(
+            node,
+            optc_compiler::ir::Node::Unary(optc_compiler::ir::UnaryOp::Bf16, _)
+        )
+    })
 }
 
 /// The standard library's optimizer `name`, compiled.
@@ -453,6 +493,17 @@ pub struct Point {
 }
 
 impl Point {
+    /// The shapes of its tensors: [`VIEWS`] for tensors of their sizes,
+    /// else vectors.
+    pub fn views(&self) -> Vec<MatrixView> {
+        let numels: Vec<usize> = self.params.iter().map(Vec::len).collect();
+        if numels == self::numels() {
+            VIEWS.to_vec()
+        } else {
+            MatrixView::vectors(&numels)
+        }
+    }
+
     /// The value of `variable` at this point.
     pub fn get(&self, variable: Variable) -> Value<f64> {
         match variable {
@@ -484,12 +535,14 @@ impl Point {
 pub fn run_from(rule: &Rule, point: &Point, state: Option<&[Value<f64>]>) -> StepOutputs<f64> {
     let params: Vec<&[f64]> = point.params.iter().map(Vec::as_slice).collect();
     let grads: Vec<&[f64]> = point.grads.iter().map(Vec::as_slice).collect();
+    let views = point.views();
     let inputs = StepInputs {
         params: &params,
         grads: &grads,
         step: point.step,
         hypers: &point.hypers,
         state,
+        views: Some(&views),
     };
     interpret::step(rule, &inputs).expect("inputs fit the rule")
 }

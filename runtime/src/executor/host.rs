@@ -218,13 +218,13 @@ impl Executor for HostExecutor {
                 (Some(values), _) => values,
                 (None, Some(buffer)) => {
                     let arena = self.elem_state.get(*buffer as usize - 2);
-                    SlotValues::Elem(
+                    SlotValues::Vectors(
                         (0..tensors)
                             .map(|t| arena.map_or(Stored::F32(Vec::new()), |a| a.stored(t)))
                             .collect(),
                     )
                 }
-                (None, None) => SlotValues::Elem(Vec::new()),
+                (None, None) => SlotValues::Vectors(Vec::new()),
             })
             .collect()
     }
@@ -239,7 +239,7 @@ impl Executor for HostExecutor {
     fn set_state(&mut self, _layout: &Layout, state: &[SlotValues]) -> Result<(), Error> {
         let mut arenas = Vec::new();
         for value in state {
-            if let SlotValues::Elem(tensors) = value {
+            if let SlotValues::Vectors(tensors) = value {
                 let arena = TypedArena::from_stored(self.precision.state, tensors, arenas.len())?;
                 arenas.push(arena);
             }

@@ -41,11 +41,11 @@ impl InterpElement for f64 {
     }
 }
 
-/// One state slot of every tensor: per-element values per tensor, one
-/// value per tensor, or one per group.
+/// One state slot of every tensor: per-element (or per-row, per-column)
+/// values per tensor, one value per tensor, or one per group.
 #[derive(Clone, Debug)]
 enum Slot<F> {
-    Elem(Vec<Vec<F>>),
+    Vectors(Shape, Vec<Vec<F>>),
     Tensor(Vec<f64>),
     Group(Vec<f64>),
 }
@@ -80,7 +80,9 @@ impl<F: InterpElement> InterpExecutor<F> {
         self.state
             .iter()
             .map(|slot| match slot {
-                Slot::Elem(xs) => Value::Elem(tensors.iter().map(|&t| xs[t].clone()).collect()),
+                Slot::Vectors(shape, xs) => {
+                    Value::vectors(*shape, tensors.iter().map(|&t| xs[t].clone()).collect())
+                }
                 Slot::Tensor(xs) => Value::Tensor(tensors.iter().map(|&t| xs[t]).collect()),
                 Slot::Group(xs) => Value::Group(xs[group]),
             })
@@ -91,7 +93,10 @@ impl<F: InterpElement> InterpExecutor<F> {
     fn scatter(&mut self, tensors: &[usize], group: usize, values: Vec<Value<F>>) {
         for (slot, value) in self.state.iter_mut().zip(values) {
             match (slot, value) {
-                (Slot::Elem(xs), Value::Elem(new)) => {
+                (
+                    Slot::Vectors(_, xs),
+                    Value::Rows(new) | Value::Cols(new) | Value::Elem(new) | Value::Gram(new),
+                ) => {
                     for (&t, x) in tensors.iter().zip(new) {
                         xs[t] = x;
                     }
@@ -126,11 +131,12 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
             .states
             .iter()
             .map(|slot| match slot.shape {
-                Shape::Elem => Slot::Elem(
+                shape @ (Shape::Rows | Shape::Cols | Shape::Elem | Shape::Gram) => Slot::Vectors(
+                    shape,
                     layout
                         .tensors
                         .iter()
-                        .map(|t| vec![F::ZERO; t.numel])
+                        .map(|t| vec![F::ZERO; t.view.len(shape)])
                         .collect(),
                 ),
                 Shape::Tensor => Slot::Tensor(vec![f64::NAN; layout.tensors.len()]),
@@ -142,7 +148,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
 
     fn step(
         &mut self,
-        _layout: &Layout,
+        layout: &Layout,
         request: &StepRequest,
         mut params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
@@ -173,6 +179,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
             let views: Vec<&[F]> = current.iter().map(Vec::as_slice).collect();
             let grad_views: Vec<&[F]> = gradients.iter().map(Vec::as_slice).collect();
             let state = (part.step > 1).then(|| self.gather(&tensors, part.group));
+            let shapes: Vec<_> = tensors.iter().map(|&t| layout.tensors[t].view).collect();
             let outputs = interpret::step_with(
                 &self.rule,
                 &StepInputs {
@@ -181,6 +188,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
                     step: part.step,
                     hypers: &part.hypers,
                     state: state.as_deref(),
+                    views: Some(&shapes),
                 },
                 self.scalars,
             )
@@ -218,7 +226,9 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
         self.state
             .iter()
             .map(|slot| match slot {
-                Slot::Elem(xs) => SlotValues::Elem(xs.iter().map(|x| F::stored(x)).collect()),
+                Slot::Vectors(_, xs) => {
+                    SlotValues::Vectors(xs.iter().map(|x| F::stored(x)).collect())
+                }
                 Slot::Tensor(xs) => SlotValues::Tensor(xs.clone()),
                 Slot::Group(xs) => SlotValues::Group(xs.clone()),
             })
@@ -232,12 +242,13 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
     fn set_state(&mut self, _layout: &Layout, state: &[SlotValues]) -> Result<(), Error> {
         let slots = state
             .iter()
-            .map(|value| match value {
-                SlotValues::Elem(xs) => xs
+            .zip(&self.rule.states)
+            .map(|(value, slot)| match value {
+                SlotValues::Vectors(xs) => xs
                     .iter()
                     .map(F::from_stored)
                     .collect::<Option<Vec<_>>>()
-                    .map(Slot::Elem),
+                    .map(|xs| Slot::Vectors(slot.shape, xs)),
                 SlotValues::Tensor(xs) => Some(Slot::Tensor(xs.clone())),
                 SlotValues::Group(xs) => Some(Slot::Group(xs.clone())),
             })

@@ -20,6 +20,7 @@ pub mod interp;
 pub mod plan;
 
 use half::bf16;
+use optc_compiler::ir::MatrixView;
 
 use crate::Error;
 
@@ -35,7 +36,11 @@ pub struct Layout {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
     pub name: String,
+    /// Its elements: `view.numel()`.
     pub numel: usize,
+    /// Its shape as the rule sees it (rows and columns; a vector unless
+    /// the tensor was declared with a shape).
+    pub view: MatrixView,
     /// Index into [`Layout::groups`].
     pub group: usize,
 }
@@ -43,6 +48,10 @@ pub struct TensorInfo {
 impl Layout {
     pub fn numels(&self) -> Vec<usize> {
         self.tensors.iter().map(|t| t.numel).collect()
+    }
+
+    pub fn views(&self) -> Vec<MatrixView> {
+        self.tensors.iter().map(|t| t.view).collect()
     }
 
     /// The tensors of `group`, in order.
@@ -208,13 +217,14 @@ impl Stored {
     }
 }
 
-/// One state slot's values for every tensor of the layout: per-element slots
-/// as one [`Stored`] per tensor, tensor slots one f64 per tensor, group
-/// slots one f64 per group. Tensors of groups that have not stepped hold
-/// whatever the executor has (their first step initialises them).
+/// One state slot's values for every tensor of the layout: per-element,
+/// per-row and per-column slots as one [`Stored`] per tensor (of the
+/// tensor's elements, rows or columns), tensor slots one f64 per tensor,
+/// group slots one f64 per group. Tensors of groups that have not stepped
+/// hold whatever the executor has (their first step initialises them).
 #[derive(Clone, Debug, PartialEq)]
 pub enum SlotValues {
-    Elem(Vec<Stored>),
+    Vectors(Vec<Stored>),
     Tensor(Vec<f64>),
     Group(Vec<f64>),
 }

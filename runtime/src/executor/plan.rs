@@ -127,7 +127,7 @@ impl PlanState {
             .states
             .iter()
             .map(|slot| match slot.shape {
-                Shape::Elem => HostSlot::Elem,
+                Shape::Rows | Shape::Cols | Shape::Elem | Shape::Gram => HostSlot::Elem,
                 Shape::Tensor => HostSlot::Tensor(vec![f64::NAN; layout.tensors.len()]),
                 Shape::Group => HostSlot::Group(vec![f64::NAN; layout.groups.len()]),
             })
@@ -469,6 +469,7 @@ impl Stages<'_> {
             self.full_numels
                 .map_or(self.layout.tensors[t].numel, |full| full[t])
         };
+        let view = |i: usize| self.layout.tensors[self.tensors[i]].view;
         let per_group = |f: &dyn Fn(usize) -> f64| HostValue::Groups((0..members).map(f).collect());
         let per_tensor = |f: &dyn Fn(usize) -> f64| HostValue::Tensors((0..n).map(f).collect());
         // Elementwise arithmetic on host values: per group for a group node.
@@ -485,6 +486,10 @@ impl Stages<'_> {
             Node::Input(input, _) => match input {
                 Input::Step => per_group(&|m| group(m).step as f64),
                 Input::Numel => per_tensor(&|i| numel(i) as f64),
+                Input::Rank => per_tensor(&|i| view(i).rank as f64),
+                Input::Rows => per_tensor(&|i| view(i).rows as f64),
+                // Shards are of vectors: one row of the whole tensor's elements.
+                Input::Cols => per_tensor(&|i| (numel(i) / view(i).rows.max(1)) as f64),
                 Input::Hyper(k) => per_group(&|m| group(m).hypers[k as usize]),
                 Input::State(k) => {
                     if self.phase == Phase::First {
@@ -519,6 +524,8 @@ impl Stages<'_> {
                     .collect();
                 self.combine(op, scope, per_tensor, self.f32_nodes[h.index()])
             }
+            // Not host values (and rules with them are not planned).
+            Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => missing.clone(),
             Node::Unary(..) | Node::Binary(..) | Node::Select(..) | Node::Lerp(..) => {
                 let in_f32 = self.f32_nodes[h.index()];
                 map(&|at| host_apply(in_f32, node, |c| at(get(c))))

@@ -72,6 +72,7 @@ impl Quadratic {
                     step,
                     hypers: &hypers,
                     state: state.as_deref(),
+                    views: None,
                 },
             )
             .ok()?;
