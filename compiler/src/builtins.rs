@@ -26,6 +26,20 @@ pub enum Builtin {
     Transpose,
 }
 
+impl Builtin {
+    /// What a reduction (`sum`, `mean`, `norm`, `dot` and their `row_`,
+    /// `col_` and `group_` forms) runs over; `None` for other built-ins.
+    pub fn scope(self) -> Option<Scope> {
+        match self {
+            Builtin::Reduce(_, scope)
+            | Builtin::Mean(scope)
+            | Builtin::Norm(scope)
+            | Builtin::Dot(scope) => Some(scope),
+            _ => None,
+        }
+    }
+}
+
 /// `(name, arity, meaning)`. A name may appear with several arities (`max`).
 pub const BUILTINS: &[(&str, usize, Builtin)] = &[
     ("abs", 1, Builtin::Unary(UnaryOp::Abs)),

@@ -512,10 +512,13 @@ pub fn evaluate_with<F: Real>(
         let value = match *node {
             Node::Const(bits) => Value::Group(f64::from_bits(bits)),
             Node::Bool(b) => Value::Group(truth(b)),
-            Node::Input(which, _) => match size(which) {
-                Some(size) => Value::Tensor(views.iter().map(|v| size(v) as f64).collect()),
-                None => input(which, &values),
-            },
+            Node::Input(which, _) if which.size_name().is_some() => Value::Tensor(
+                views
+                    .iter()
+                    .map(|v| v.size(which).map_or(f64::NAN, |n| n as f64))
+                    .collect(),
+            ),
+            Node::Input(which, _) => input(which, &values),
             Node::Reduce(op, scope, a) => reduce(op, scope, &values[a.index()], views, in_f32),
             Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => matrix(node, &values, views),
             _ => elementwise(node, shape, &values, views, in_f32),
@@ -523,17 +526,6 @@ pub fn evaluate_with<F: Real>(
         values.push(value);
     }
     values
-}
-
-/// The inputs that are sizes of the current tensor, as functions of its view.
-fn size(input: Input) -> Option<fn(&MatrixView) -> usize> {
-    match input {
-        Input::Numel => Some(MatrixView::numel),
-        Input::Rank => Some(|v| v.rank),
-        Input::Rows => Some(|v| v.rows),
-        Input::Cols => Some(|v| v.cols),
-        _ => None,
-    }
 }
 
 /// Evaluates a node whose value at each position depends only on its

@@ -154,6 +154,18 @@ impl MatrixView {
         self.rows * self.cols
     }
 
+    /// The value of a size input (`numel`, `rank`, `nrows`, `ncols`) for
+    /// this tensor; `None` for other inputs.
+    pub fn size(&self, input: Input) -> Option<usize> {
+        match input {
+            Input::Numel => Some(self.numel()),
+            Input::Rank => Some(self.rank),
+            Input::Rows => Some(self.rows),
+            Input::Cols => Some(self.cols),
+            _ => None,
+        }
+    }
+
     /// The side of its gram matrix: min(rows, cols).
     pub fn small(&self) -> usize {
         self.rows.min(self.cols)

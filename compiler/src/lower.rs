@@ -1225,10 +1225,7 @@ impl<'p> Lowerer<'p> {
                 self.expect_gram(values[0], args[0].value.span, "`matmul`")?;
             }
             Builtin::Transpose => self.expect_gram(values[0], args[0].value.span, "`transpose`")?,
-            Builtin::Reduce(_, Scope::Rows | Scope::Cols)
-            | Builtin::Mean(Scope::Rows | Scope::Cols)
-            | Builtin::Norm(Scope::Rows | Scope::Cols)
-            | Builtin::Dot(Scope::Rows | Scope::Cols) => {
+            axis if matches!(axis.scope(), Some(Scope::Rows | Scope::Cols)) => {
                 for &(value, span) in &operands {
                     self.expect_not_gram(value, span, &format!("`{}`", func.name))?;
                 }

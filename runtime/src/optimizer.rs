@@ -150,17 +150,8 @@ impl OptimizerBuilder {
     /// and checkpoints) and element counts; each is a vector. Without this,
     /// the first step fixes the sizes and the tensors are named by index
     /// (`0`, `1`, ...).
-    pub fn tensors<S: Into<String>>(
-        mut self,
-        tensors: impl IntoIterator<Item = (S, usize)>,
-    ) -> Self {
-        self.tensors = Some(
-            tensors
-                .into_iter()
-                .map(|(n, k)| (n.into(), MatrixView::vector(k)))
-                .collect(),
-        );
-        self
+    pub fn tensors<S: Into<String>>(self, tensors: impl IntoIterator<Item = (S, usize)>) -> Self {
+        self.shaped_tensors(tensors.into_iter().map(|(n, k)| (n, [k])))
     }
 
     /// Declares the tensors a step takes with their shapes (dimensions,

@@ -486,8 +486,9 @@ impl Stages<'_> {
             Node::Input(input, _) => match input {
                 Input::Step => per_group(&|m| group(m).step as f64),
                 Input::Numel => per_tensor(&|i| numel(i) as f64),
-                Input::Rank => per_tensor(&|i| view(i).rank as f64),
-                Input::Rows => per_tensor(&|i| view(i).rows as f64),
+                Input::Rank | Input::Rows => {
+                    per_tensor(&|i| view(i).size(input).map_or(f64::NAN, |n| n as f64))
+                }
                 // Shards are of vectors: one row of the whole tensor's elements.
                 Input::Cols => per_tensor(&|i| (numel(i) / view(i).rows.max(1)) as f64),
                 Input::Hyper(k) => per_group(&|m| group(m).hypers[k as usize]),
