@@ -18,6 +18,8 @@ pub struct Settings<'a> {
     pub rule: Option<&'a str>,
     pub numel: usize,
     pub tensors: usize,
+    /// Every tensor's dimensions (`None`: vectors).
+    pub shape: Option<&'a [usize]>,
     pub threads: usize,
     pub steps: usize,
     pub sets: &'a [String],
@@ -41,6 +43,29 @@ impl Dtype {
             Dtype::Bf16 => Storage::Bf16,
         }
     }
+}
+
+/// A tensor's dimensions, as `--shape` gives them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dims(pub Vec<usize>);
+
+impl Dims {
+    pub fn numel(&self) -> usize {
+        self.0.iter().product()
+    }
+}
+
+/// Parses `--shape`: dimensions joined by `x` (`4096x4096`, `8x3x3`).
+pub fn parse_shape(text: &str) -> Result<Dims, String> {
+    let dims: Vec<usize> = text
+        .split('x')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{text}` is not a shape: dimensions joined by x, like 4096x4096"))?;
+    if dims.contains(&0) {
+        return Err(format!("`{text}` has a zero dimension"));
+    }
+    Ok(Dims(dims))
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -74,17 +99,14 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
         seed: 0,
     };
     let backend_name = settings.execution.backend.as_deref();
-    if let Some(why) = optc_compiler::plan::unsupported(&rule) {
-        return Err(format!("error: optc bench times compiled kernels: {why}"));
-    }
-    if !load::backend(backend_name, &rule)?.runs_kernels() {
+    if load::backend(backend_name, &rule)?.name() == "interp" {
         return Err(
-            "error: optc bench times compiled kernels against their data-movement \
-                    floor, and the interpreter runs none (use --backend tiered, llvm, cranelift or reference)"
+            "error: optc bench times a step against its data-movement floor, and the \
+             interpreter has none (use --backend staged, tiered, llvm, cranelift or reference)"
                 .into(),
         );
     }
-    let prototype = load::builder(
+    let mut prototype = load::builder(
         &mut program,
         rule.clone(),
         settings.sets,
@@ -93,6 +115,10 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
     )?
     .threads(settings.threads)
     .precision(precision);
+    if let Some(dims) = settings.shape {
+        prototype =
+            prototype.shaped_tensors((0..settings.tensors).map(|t| (format!("w{t}"), dims)));
+    }
     // Compile time: plan and compile every kernel of both plans, with a fresh
     // backend (cold) and again with the same one (its kernel cache warm);
     // medians of several.
@@ -116,20 +142,22 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
         Dtype::Bf16 => time_steps(settings, &mut optimizer, &backend, bf16::from_f32),
     }
     .map_err(|e| format!("error: {e}"))?;
-    let (step_times, floor_times) = times;
     let numel = settings.numel as f64;
-    let step_ns = median(step_times).as_nanos() as f64 / numel;
-    let floor_ns = median(floor_times).as_nanos() as f64 / numel;
-    let plan = optimizer
-        .plan()
-        .ok_or("error: the backend ran no pass plan")?;
-    let bytes: usize = plan
-        .passes
-        .iter()
-        .map(|p| p.kernel.bytes_per_element())
-        .sum();
-    let passes = plan.passes.len();
+    let step_ns = median(times.step).as_nanos() as f64 / numel;
+    let floor_ns = median(times.floor).as_nanos() as f64 / numel;
+    let products_ns =
+        (!times.products.is_empty()).then(|| median(times.products).as_nanos() as f64 / numel);
+    let traffic = optimizer
+        .traffic()
+        .ok_or("error: the backend does not say what its steps move")?;
+    let (bytes, passes) = (traffic.bytes_per_element, traffic.passes);
     let backend_name = optimizer.backend().to_string();
+    let shape = settings.shape.map(|dims| {
+        dims.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x")
+    });
     let compile_ms = compile.as_secs_f64() * 1e3;
     if settings.json {
         let object = serde_json::json!({
@@ -137,6 +165,7 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
             "backend": backend_name,
             "numel": settings.numel,
             "tensors": settings.tensors,
+            "shape": shape,
             "threads": settings.threads,
             "dtype": format!("{:?}", settings.dtype).to_lowercase(),
             "stochastic_rounding": settings.stochastic_rounding,
@@ -146,21 +175,31 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
             "ns_per_param": step_ns,
             "floor_ns_per_param": floor_ns,
             "ratio_to_floor": step_ns / floor_ns,
+            "products_ns_per_param": products_ns,
+            "ratio_to_products": products_ns.map(|p| step_ns / p),
             "gb_per_s": bytes as f64 / step_ns,
             "compile_ms": compile_ms,
             "compile_cached_ms": compile_cached.as_secs_f64() * 1e3,
         });
         return Ok(format!("{object}\n"));
     }
+    let products = products_ns.map_or(String::new(), |p| {
+        format!(
+            "  products {p:>8.3} ns/param   (the step's matrix products alone, gemm, same run)\n  \
+             ratio {:>8.2}x the products\n",
+            step_ns / p
+        )
+    });
     Ok(format!(
-        "{name}: {} params in {} tensor(s), {} thread(s), {:?}{}, {backend_name} backend, {passes} pass(es), {bytes} B/param\n  \
+        "{name}: {} params in {} tensor(s){}, {} thread(s), {:?}{}, {backend_name} backend, {passes} pass(es), {bytes} B/param\n  \
          step  {step_ns:>8.3} ns/param  {:>7.2} GB/s   (median of {} steps)\n  \
          floor {floor_ns:>8.3} ns/param  {:>7.2} GB/s   (same bytes, no math, same run)\n  \
-         ratio {:>8.2}x the floor\n  \
+         ratio {:>8.2}x the floor\n{products}  \
          compile {compile_ms:.3} ms (plans and kernels of both plans, median of 9), \
          {:.3} ms from the kernel cache\n",
         settings.numel,
         settings.tensors,
+        shape.map_or(String::new(), |s| format!(" of {s}")),
         settings.threads,
         settings.dtype,
         if settings.stochastic_rounding {
@@ -176,16 +215,25 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
     ))
 }
 
-/// Times `settings.steps` steps and floors, alternating so that both see the
-/// same machine conditions, on parameters of element type `P` the executor
-/// holds (uploaded into its huge-page arenas, as a training loop that lets
-/// the runtime allocate gets) and gradients in an arena like them.
+/// Timings of one run.
+struct Times {
+    step: Vec<Duration>,
+    floor: Vec<Duration>,
+    /// The step's matrix products alone (empty for rules without any).
+    products: Vec<Duration>,
+}
+
+/// Times `settings.steps` steps and floors (and matrix products),
+/// alternating so that all see the same machine conditions, on parameters
+/// of element type `P` the executor holds (uploaded into its huge-page
+/// arenas, as a training loop that lets the runtime allocate gets) and
+/// gradients in an arena like them.
 fn time_steps<P: Element>(
     settings: &Settings<'_>,
     optimizer: &mut Optimizer,
     backend: &Backend,
     convert: impl Fn(f32) -> P,
-) -> Result<(Vec<Duration>, Vec<Duration>), optc_runtime::Error> {
+) -> Result<Times, optc_runtime::Error> {
     let arena = |seed: u64, stagger: usize| {
         let tensors: Vec<Vec<P>> =
             optc_tasks::random_tensors(settings.numel, settings.tensors, seed)
@@ -208,14 +256,22 @@ fn time_steps<P: Element>(
     for _ in 0..2 {
         optimizer.step_owned(&grads)?;
     }
-    let (mut step_times, mut floor_times) = (Vec::new(), Vec::new());
+    let mut times = Times {
+        step: Vec::new(),
+        floor: Vec::new(),
+        products: Vec::new(),
+    };
     for _ in 0..settings.steps.max(1) {
         let start = Instant::now();
         optimizer.step_owned(&grads)?;
-        step_times.push(start.elapsed());
+        times.step.push(start.elapsed());
         let start = Instant::now();
         optimizer.run_floor_owned(&grads)?;
-        floor_times.push(start.elapsed());
+        times.floor.push(start.elapsed());
+        let start = Instant::now();
+        if optimizer.run_products()? > 0 {
+            times.products.push(start.elapsed());
+        }
     }
-    Ok((step_times, floor_times))
+    Ok(times)
 }

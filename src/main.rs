@@ -155,7 +155,8 @@ enum Command {
     /// the same bytes; print ns/param, GB/s and the ratio to the floor.
     #[command(
         after_help = "Examples:\n  optc bench adam\n  optc bench lion --numel 16777216 --threads 2\n  \
-                  optc bench lamb --tensors 200 --json\n  optc bench adam --dtype bf16 --stochastic-rounding"
+                  optc bench lamb --tensors 200 --json\n  optc bench adam --dtype bf16 --stochastic-rounding\n  \
+                  optc bench adafactor --shape 4096x4096 --threads 2"
     )]
     Bench {
         /// An .opt file or a standard-library optimizer name.
@@ -169,6 +170,10 @@ enum Command {
         /// Number of tensors.
         #[arg(long, default_value_t = 1)]
         tensors: usize,
+        /// Every tensor's dimensions, e.g. `4096x4096` (then --numel is
+        /// --tensors times their product); default: vectors.
+        #[arg(long, value_parser = bench::parse_shape)]
+        shape: Option<bench::Dims>,
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -434,6 +439,7 @@ fn main() -> ExitCode {
             rule,
             numel,
             tensors,
+            shape,
             threads,
             steps,
             set,
@@ -444,8 +450,9 @@ fn main() -> ExitCode {
         } => commands::bench(&bench::Settings {
             file: &file,
             rule: rule.as_deref(),
-            numel,
+            numel: shape.as_ref().map_or(numel, |dims| tensors * dims.numel()),
             tensors,
+            shape: shape.as_ref().map(|dims| dims.0.as_slice()),
             threads,
             steps,
             sets: &set,

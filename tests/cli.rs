@@ -12,9 +12,9 @@ const DEFAULT_BACKEND: &str = if cfg!(feature = "llvm") {
     "cranelift"
 };
 const BACKENDS: &str = if cfg!(feature = "llvm") {
-    "tiered, llvm, cranelift, reference, interp"
+    "tiered, llvm, cranelift, reference, staged, interp"
 } else {
-    "cranelift, reference, interp"
+    "cranelift, reference, staged, interp"
 };
 
 #[test]
@@ -426,7 +426,7 @@ fn commands_refuse_backends_that_cannot_do_what_they_ask() {
     );
     let (code, _, stderr) = optc(&["bench", "adam", "--numel", "1000", "--backend", "interp"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("the interpreter runs none"), "{stderr}");
+    assert!(stderr.contains("the interpreter has none"), "{stderr}");
     let (code, _, stderr) = optc(&[
         "bench",
         "adam",
@@ -725,4 +725,32 @@ fn build_without_the_llvm_tier_says_how_to_get_it() {
         "{stderr}"
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn bench_times_matrix_rules_on_their_shapes() {
+    let bench = |rule: &str, shape: &str| {
+        let (code, stdout, stderr) =
+            optc(&["bench", rule, "--shape", shape, "--steps", "1", "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let adafactor = bench("adafactor", "64x128");
+    assert_eq!(adafactor["backend"], "staged");
+    assert_eq!(adafactor["shape"], "64x128");
+    assert_eq!(adafactor["numel"], 64 * 128);
+    assert_eq!(adafactor["passes"], 3);
+    assert_eq!(adafactor["bytes_per_param"], 28);
+    assert!(adafactor["products_ns_per_param"].is_null());
+    let muon = bench("muon", "16x32");
+    assert!(
+        muon["products_ns_per_param"].as_f64().unwrap() > 0.0,
+        "{muon}"
+    );
+    assert!(muon["ratio_to_products"].as_f64().unwrap() > 0.0, "{muon}");
+    for (shape, message) in [("4x0", "has a zero dimension"), ("4by4", "is not a shape")] {
+        let (code, _, stderr) = optc(&["bench", "adam", "--shape", shape]);
+        assert_eq!(code, 2, "{shape}");
+        assert!(stderr.contains(message), "{shape}: {stderr}");
+    }
 }

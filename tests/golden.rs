@@ -91,7 +91,7 @@ fn assert_refused(case: &Case, backend: &Backend) {
     let refusal = builder(case).backend(backend.clone()).build().unwrap_err();
     let message = refusal.to_string();
     assert!(
-        message.contains("compiled kernels do not run yet") && message.contains("`interp`"),
+        message.contains("compiled kernels do not run yet") && message.contains("`staged`"),
         "{} on {}: {message}",
         case.name,
         backend.name()

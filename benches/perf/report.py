@@ -10,6 +10,13 @@
                                              # SGD-momentum with state in cache (32K and
                                              # 256K elements, 1 and 200 tensors) against
                                              # the C programs, and bf16 Adam at 16M
+    python3 benches/perf/report.py matrix    # Adafactor and Muon on one 1024x4096 and one
+                                             # 4096x4096 parameter (staged backend, 2
+                                             # threads) against the same-run floor, the
+                                             # step's matrix products alone, and
+                                             # torch.optim.Adafactor / torch.optim.Muon on
+                                             # the CPU, in the same run (PYTHON: a Python
+                                             # with torch, default this one)
     python3 benches/perf/report.py compare OLD_OPTC
                                              # this tree's optc against another build
                                              # (OLD_OPTC: a path to its binary), row by
@@ -149,6 +156,58 @@ def tiers():
               f"| ≤ 0.55: {met} |", flush=True)
 
 
+TORCH_STEP = """
+import sys, time, torch
+rule, rows, cols, threads, warmup, steps = sys.argv[1], *map(int, sys.argv[2:])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+p = torch.nn.Parameter(torch.randn(rows, cols))
+p.grad = torch.randn(rows, cols)
+make = {"adafactor": lambda: torch.optim.Adafactor([p], lr=1e-2),
+        "muon": lambda: torch.optim.Muon([p], lr=1e-3)}
+optimizer = make[rule]()
+for _ in range(warmup):
+    optimizer.step()
+times = []
+for _ in range(steps):
+    start = time.perf_counter()
+    optimizer.step()
+    times.append(time.perf_counter() - start)
+print(sorted(times)[len(times) // 2] * 1e9 / (rows * cols))
+"""
+
+
+def torch_ns(rule, rows, cols, threads, warmup, steps):
+    """ns/param of torch.optim's own CPU step (median of `steps`)."""
+    python = os.environ.get("PYTHON", sys.executable)
+    out = subprocess.run([python, "-c", TORCH_STEP, rule, str(rows), str(cols), str(threads),
+                          str(warmup), str(steps)], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+def matrix(threads=2):
+    # (rule, rows, cols, optc steps, torch warm-up and timed steps; None: not timed).
+    # torch.optim.Muon runs Newton-Schulz in bf16, whose CPU matmuls are slow
+    # without AVX512_BF16: a 4096x4096 step takes many minutes there.
+    rows = [("adafactor", 1024, 4096, 20, (2, 10)), ("adafactor", 4096, 4096, 10, (2, 10)),
+            ("muon", 1024, 4096, 5, (1, 1)), ("muon", 4096, 4096, 3, None)]
+    print(f"`optc bench RULE --shape RxC --threads {threads} --steps S --json` (staged backend) "
+          f"and torch.optim on the CPU ({threads} threads) in the same run; medians, ns/param.\n")
+    print("| rule | shape | passes | B/param | optc | floor | optc / floor | products alone "
+          "| optc / products | torch.optim | torch / optc |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for rule, r, c, steps, torch_steps in rows:
+        run = bench(rule, threads, steps=steps, extra=("--shape", f"{r}x{c}"))
+        products = run["products_ns_per_param"]
+        theirs = torch_ns(rule, r, c, threads, *torch_steps) if torch_steps else None
+        cell = lambda x, fmt: fmt.format(x) if x is not None else "—"
+        print(f"| {rule} | {r}x{c} | {run['passes']} | {run['bytes_per_param']} "
+              f"| {run['ns_per_param']:.2f} | {run['floor_ns_per_param']:.2f} "
+              f"| {run['ratio_to_floor']:.2f} | {cell(products, '{:.2f}')} "
+              f"| {cell(run['ratio_to_products'], '{:.2f}')} | {cell(theirs, '{:.1f}')} "
+              f"| {cell(theirs and theirs / run['ns_per_param'], '{:.1f}')} |", flush=True)
+
+
 def compare(old, repeats=3):
     """Each row runs the old binary and this tree's alternately, `repeats`
     times each, and reports the median over the runs of each binary's
@@ -185,11 +244,11 @@ def compare(old, repeats=3):
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    if what not in ("targets", "stdlib", "tiers", "compare") \
+    if what not in ("targets", "stdlib", "tiers", "matrix", "compare") \
             or (what == "compare") != (len(sys.argv) == 3):
         sys.exit(__doc__)
     build()
     if what == "compare":
         compare(sys.argv[2])
     else:
-        {"targets": targets, "stdlib": stdlib, "tiers": tiers}[what]()
+        {"targets": targets, "stdlib": stdlib, "tiers": tiers, "matrix": matrix}[what]()

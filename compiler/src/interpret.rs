@@ -384,7 +384,7 @@ pub fn host_apply(f32: bool, node: &Node, get: impl Fn(Handle) -> f64) -> f64 {
 }
 
 /// The value of an arithmetic node in `X`, `get` reading each operand.
-fn apply<X: Real>(node: &Node, get: impl Fn(Handle) -> X) -> X {
+pub fn apply<X: Real>(node: &Node, get: impl Fn(Handle) -> X) -> X {
     match *node {
         Node::Unary(op, a) => unary(op, get(a)),
         Node::Binary(op, a, b) => binary(op, get(a), get(b)),
@@ -507,25 +507,41 @@ pub fn evaluate_with<F: Real>(
     let f32 = scalars.f32_nodes(graph);
     let mut values: Vec<Value<F>> = Vec::with_capacity(graph.len());
     for (handle, node) in graph.iter() {
-        let shape = graph.ty(handle).shape;
-        let in_f32 = f32[handle.index()];
         let value = match *node {
-            Node::Const(bits) => Value::Group(f64::from_bits(bits)),
-            Node::Bool(b) => Value::Group(truth(b)),
-            Node::Input(which, _) if which.size_name().is_some() => Value::Tensor(
-                views
-                    .iter()
-                    .map(|v| v.size(which).map_or(f64::NAN, |n| n as f64))
-                    .collect(),
-            ),
-            Node::Input(which, _) => input(which, &values),
-            Node::Reduce(op, scope, a) => reduce(op, scope, &values[a.index()], views, in_f32),
-            Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => matrix(node, &values, views),
-            _ => elementwise(node, shape, &values, views, in_f32),
+            Node::Input(which, _) if which.size_name().is_none() => input(which, &values),
+            _ => node_value(graph, handle, &values, views, f32[handle.index()]),
         };
         values.push(value);
     }
     values
+}
+
+/// The value of node `handle` of `graph` from its operands' `values` (every
+/// node but the inputs a caller provides: parameters, gradients, step,
+/// hyperparameters, state), for tensors of matrix views `views`, group and
+/// tensor values in f32 where `in_f32` says. The interpreter evaluates
+/// every node through it; the staged executor the nodes it keeps on the host.
+pub fn node_value<F: Real>(
+    graph: &Graph,
+    handle: Handle,
+    values: &[Value<F>],
+    views: &[MatrixView],
+    in_f32: bool,
+) -> Value<F> {
+    let node = graph.node(handle);
+    match *node {
+        Node::Const(bits) => Value::Group(f64::from_bits(bits)),
+        Node::Bool(b) => Value::Group(truth(b)),
+        Node::Input(which, _) => Value::Tensor(
+            views
+                .iter()
+                .map(|v| v.size(which).map_or(f64::NAN, |n| n as f64))
+                .collect(),
+        ),
+        Node::Reduce(op, scope, a) => reduce(op, scope, &values[a.index()], views, in_f32),
+        Node::Gram(..) | Node::MatMul(..) | Node::Transpose(_) => matrix(node, values, views),
+        _ => elementwise(node, graph.ty(handle).shape, values, views, in_f32),
+    }
 }
 
 /// Evaluates a node whose value at each position depends only on its

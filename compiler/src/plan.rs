@@ -57,7 +57,7 @@ pub struct Plan {
 /// per-column values (`row_*`/`col_*` reductions, `: rows`/`: cols` state)
 /// need kernels that index a tensor by row and column, gram matrices and
 /// matrix products a GEMM between passes, neither of which the kernel IR
-/// has; the interpreter runs such rules.
+/// has; the staged executor (and the interpreter) runs such rules.
 pub fn unsupported(rule: &Rule) -> Option<String> {
     let graph = &rule.graph;
     let has = |what: fn(Shape) -> bool| graph.iter().any(|(h, _)| what(graph.ty(h).shape));
@@ -69,8 +69,8 @@ pub fn unsupported(rule: &Rule) -> Option<String> {
         return None;
     };
     Some(format!(
-        "`{}` has {what}, which compiled kernels do not run yet; the interpreter backend \
-         (`interp`) runs it",
+        "`{}` has {what}, which compiled kernels do not run yet; the `staged` backend \
+         (and the interpreter) runs it",
         rule.name
     ))
 }

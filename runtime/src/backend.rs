@@ -24,6 +24,7 @@ use optc_compiler::kernel::Kernel;
 
 use crate::executor::host::HostExecutor;
 use crate::executor::interp::InterpExecutor;
+use crate::executor::staged::StagedExecutor;
 use crate::executor::Executor;
 use crate::precision::Precision;
 use crate::Error;
@@ -84,6 +85,14 @@ pub static BACKENDS: &[BackendInfo] = &[
         open: || Ok(Backend::kernels("reference", Box::new(Reference))),
     },
     BackendInfo {
+        name: "staged",
+        summary: "the interpreter's operations in stages: elementwise work a block at a time \
+                  (intermediates in cache), matrix products through gemm; runs every rule, \
+                  matrix-shaped ones included",
+        approximates: true,
+        open: || Ok(Backend::staged()),
+    },
+    BackendInfo {
         name: "interp",
         summary: "the interpreter, the semantics oracle: whole rule per step, no kernels",
         approximates: false,
@@ -112,6 +121,7 @@ pub struct Backend {
 #[derive(Clone)]
 enum Kind {
     Interpreter(Elements),
+    Staged,
     Kernels(Arc<Mutex<KernelCache>>),
 }
 
@@ -158,6 +168,16 @@ impl Backend {
         Backend {
             name: name.into(),
             kind: Kind::Interpreter(elements),
+            #[cfg(all(feature = "cranelift", feature = "llvm"))]
+            tiers: None,
+        }
+    }
+
+    /// The staged executor ([`crate::executor::staged`]).
+    pub fn staged() -> Backend {
+        Backend {
+            name: "staged".into(),
+            kind: Kind::Staged,
             #[cfg(all(feature = "cranelift", feature = "llvm"))]
             tiers: None,
         }
@@ -211,7 +231,8 @@ impl Backend {
         &self.name
     }
 
-    /// Whether it runs compiled kernels (every backend but the interpreter).
+    /// Whether it runs compiled kernels (every backend but the interpreter and
+    /// the staged executor).
     pub fn runs_kernels(&self) -> bool {
         matches!(self.kind, Kind::Kernels(_))
     }
@@ -219,7 +240,7 @@ impl Backend {
     /// Distinct kernels compiled so far by this handle and its clones.
     pub fn cached_kernels(&self) -> usize {
         match &self.kind {
-            Kind::Interpreter(_) => 0,
+            Kind::Interpreter(_) | Kind::Staged => 0,
             Kind::Kernels(cache) => lock(cache).compiled.len(),
         }
     }
@@ -255,28 +276,31 @@ impl Backend {
         scalars: Scalars,
         threads: usize,
     ) -> Result<Box<dyn Executor>, Error> {
+        if !self.runs_kernels() && precision != Precision::default() {
+            return Err(Error::Unsupported(format!(
+                "the `{}` backend stores f32 (or f64) values; bf16 storage and stochastic \
+                 rounding need a kernel backend",
+                self.name
+            )));
+        }
         match self.kind {
-            Kind::Interpreter(elements) => {
-                if precision != Precision::default() {
-                    return Err(Error::Unsupported(
-                        "the interpreter stores f32 (or f64) values; bf16 storage and \
-                         stochastic rounding need a kernel backend"
-                            .into(),
-                    ));
-                }
-                Ok(match elements {
-                    Elements::F32 => Box::new(InterpExecutor::<f32>::new(
-                        rule.clone(),
-                        &self.name,
-                        scalars,
-                    )),
-                    Elements::F64 => Box::new(InterpExecutor::<f64>::new(
-                        rule.clone(),
-                        &self.name,
-                        scalars,
-                    )),
-                })
-            }
+            Kind::Staged => Ok(Box::new(StagedExecutor::new(
+                rule.clone(),
+                scalars,
+                threads,
+            )?)),
+            Kind::Interpreter(elements) => Ok(match elements {
+                Elements::F32 => Box::new(InterpExecutor::<f32>::new(
+                    rule.clone(),
+                    &self.name,
+                    scalars,
+                )),
+                Elements::F64 => Box::new(InterpExecutor::<f64>::new(
+                    rule.clone(),
+                    &self.name,
+                    scalars,
+                )),
+            }),
             Kind::Kernels(_) => {
                 if let Some(why) = optc_compiler::plan::unsupported(rule) {
                     return Err(Error::Unsupported(format!(
@@ -296,11 +320,11 @@ impl Backend {
     }
 
     /// The fastest backend that runs `rule`: [`Backend::fastest`], or the
-    /// interpreter for rules compiled kernels do not run yet
+    /// staged executor for rules compiled kernels do not run
     /// ([`optc_compiler::plan::unsupported`]).
     pub fn fastest_for(rule: &Rule) -> Backend {
         match optc_compiler::plan::unsupported(rule) {
-            Some(_) => Backend::interpreter(Elements::F32),
+            Some(_) => Backend::staged(),
             None => Backend::fastest(),
         }
     }

@@ -361,6 +361,21 @@ impl Optimizer {
         self.executor.plan()
     }
 
+    /// What a step after the first moves (passes over memory and bytes per
+    /// element), where the backend knows it (not the interpreter).
+    pub fn traffic(&self) -> Option<crate::executor::Traffic> {
+        self.executor.traffic()
+    }
+
+    /// Runs the matrix products of a later step alone, on scratch memory
+    /// (what `optc bench` compares a step of a matrix rule with); returns
+    /// how many ran: none for rules without products or backends that run
+    /// none themselves.
+    pub fn run_products(&mut self) -> Result<usize, Error> {
+        let layout = bound(&self.layout)?;
+        self.executor.run_products(layout)
+    }
+
     /// The tensors, once fixed (by declaration, the first step, an upload
     /// or a checkpoint).
     pub fn layout(&self) -> Option<&Layout> {

@@ -777,7 +777,7 @@ pub fn compare_backends(
     } in &mut backends.list
     {
         if let (Some(why), true) = (&interpreter_only, backend.runs_kernels()) {
-            // Every kernel backend refuses it, saying why; the interpreter runs it.
+            // Every kernel backend refuses it, saying why; the staged executor and the interpreter run it.
             match fused_steps(rule, overrides, &inputs, backend, 1, errors.as_ref()) {
                 Err(e) if e.contains(why.as_str()) => continue,
                 Err(e) => {

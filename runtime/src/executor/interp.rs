@@ -44,20 +44,20 @@ impl InterpElement for f64 {
 /// One state slot of every tensor: per-element (or per-row, per-column)
 /// values per tensor, one value per tensor, or one per group.
 #[derive(Clone, Debug)]
-enum Slot<F> {
+pub(super) enum Slot<F> {
     Vectors(Shape, Vec<Vec<F>>),
     Tensor(Vec<f64>),
     Group(Vec<f64>),
 }
 
 pub struct InterpExecutor<F> {
-    rule: Arc<Rule>,
+    pub(super) rule: Arc<Rule>,
     name: String,
     /// Every slot of every tensor (meaningless for a tensor that has not
     /// stepped: its first step starts from the initialisers).
-    state: Vec<Slot<F>>,
+    pub(super) state: Vec<Slot<F>>,
     /// Parameters the caller uploaded.
-    params: Option<Vec<Vec<F>>>,
+    pub(super) params: Option<Vec<Vec<F>>>,
     group_reductions: bool,
     scalars: Scalars,
 }
@@ -75,6 +75,22 @@ impl<F: InterpElement> InterpExecutor<F> {
         }
     }
 
+    /// Refuses a step whose group-wide reductions would span several
+    /// parts: the interpreter (and the staged executor) run parts one at a time.
+    pub(super) fn refuse_reductions_across_groups(
+        &self,
+        request: &StepRequest,
+    ) -> Result<(), Error> {
+        if request.across_groups && self.group_reductions && request.members.len() > 1 {
+            return Err(Error::Unsupported(format!(
+                "the `{}` backend runs parameter groups one at a time, so its group-wide \
+                 reductions are per group; reductions across groups need a kernel backend",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// The state of part `tensors` (of group `group`), as the interpreter takes it.
     fn gather(&self, tensors: &[usize], group: usize) -> Vec<Value<F>> {
         self.state
@@ -89,8 +105,9 @@ impl<F: InterpElement> InterpExecutor<F> {
             .collect()
     }
 
-    /// Writes a part's new state back.
-    fn scatter(&mut self, tensors: &[usize], group: usize, values: Vec<Value<F>>) {
+    /// Writes a part's new state back (a slot whose value has another
+    /// shape keeps its own).
+    pub(super) fn scatter(&mut self, tensors: &[usize], group: usize, values: Vec<Value<F>>) {
         for (slot, value) in self.state.iter_mut().zip(values) {
             match (slot, value) {
                 (
@@ -153,13 +170,7 @@ impl<F: InterpElement> Executor for InterpExecutor<F> {
         mut params: Params<'_, '_>,
         grads: HostTensors<'_, '_>,
     ) -> Result<(), Error> {
-        if request.across_groups && self.group_reductions && request.members.len() > 1 {
-            return Err(Error::Unsupported(
-                "the interpreter runs parameter groups one at a time, so its group-wide \
-                 reductions are per group; reductions across groups need a kernel backend"
-                    .into(),
-            ));
-        }
+        self.refuse_reductions_across_groups(request)?;
         let members = &request.members;
         // Every part's results first, then the commit: a failed step changes nothing.
         let mut results = Vec::new();

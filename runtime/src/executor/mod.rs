@@ -5,11 +5,13 @@
 //! where memory is: binding hyperparameters, checking tensors, the
 //! non-finite policy, parameter groups and checkpoints.
 //!
-//! Two executors exist: [`host::HostExecutor`] runs a rule's pass plan as
+//! Three executors exist: [`host::HostExecutor`] runs a rule's pass plan as
 //! compiled kernels (any [`optc_compiler::backend::HostBackend`]: reference
-//! kernels, Cranelift) on a thread pool, with state in huge-page arenas; and
+//! kernels, Cranelift) on a thread pool, with state in huge-page arenas;
 //! [`interp::InterpExecutor`] runs the interpreter, the semantics oracle, in
-//! f32 or f64. The host side of a pass plan (hyperparameter arithmetic,
+//! f32 or f64; and [`staged::StagedExecutor`] runs any rule, matrix-shaped
+//! ones included, in stages of host work (matrix products through `gemm`)
+//! and blockwise passes over the elements, with the interpreter's storage. The host side of a pass plan (hyperparameter arithmetic,
 //! reductions combined in a fixed order, tensor and group state) is
 //! [`plan::PlanState`], written once for every executor that runs kernels,
 //! so that a device executor (whose buffers live in device memory) reuses it
@@ -18,6 +20,7 @@
 pub mod host;
 pub mod interp;
 pub mod plan;
+pub mod staged;
 
 use half::bf16;
 use optc_compiler::ir::MatrixView;
@@ -229,6 +232,14 @@ pub enum SlotValues {
     Group(Vec<f64>),
 }
 
+/// The memory traffic of one step: its passes over the elements and the
+/// bytes per element their loads and stores move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    pub passes: usize,
+    pub bytes_per_element: usize,
+}
+
 /// What runs the steps of one optimizer. Every method that fails leaves the
 /// executor as it was. The optimizer owns the [`Layout`] and passes it to
 /// every call; it has checked the tensors against it (counts, lengths,
@@ -281,6 +292,26 @@ pub trait Executor: Send {
     /// The pass plan of steps after the first, for executors that run one.
     fn plan(&self) -> Option<&optc_compiler::plan::Plan> {
         None
+    }
+
+    /// What a step after the first moves, for executors that know it.
+    fn traffic(&self) -> Option<Traffic> {
+        self.plan().map(|plan| Traffic {
+            passes: plan.passes.len(),
+            bytes_per_element: plan
+                .passes
+                .iter()
+                .map(|p| p.kernel.bytes_per_element())
+                .sum(),
+        })
+    }
+
+    /// Runs the matrix products of a later step alone (the same products
+    /// of the same shapes, on scratch memory); returns how many it ran
+    /// (none for executors without products).
+    fn run_products(&mut self, layout: &Layout) -> Result<usize, Error> {
+        let _ = layout;
+        Ok(0)
     }
 
     /// Runs the data-movement floor of a later step (kernels that move the
