@@ -10,6 +10,7 @@ use crate::ir::{
     BinaryOp, Graph, Handle, Input, MatrixView, Node, ReduceOp, Rule, ScalarExpr, Scope, Shape,
     UnaryOp,
 };
+use crate::kernel::Kernel;
 
 /// Element arithmetic: f32 (what kernels compute) or f64 (checking mode).
 pub trait Real: Copy + PartialOrd + std::fmt::Debug + Send + Sync + 'static {
@@ -593,11 +594,7 @@ fn reduce<F: Real>(
     views: &[MatrixView],
     in_f32: bool,
 ) -> Value<F> {
-    let (start, combine): (f64, fn(f64, f64) -> f64) = match op {
-        ReduceOp::Sum => (0.0, |a, b| a + b),
-        ReduceOp::Max => (f64::NEG_INFINITY, f64::max),
-        ReduceOp::Min => (f64::INFINITY, f64::min),
-    };
+    let (start, combine) = (Kernel::identity(op), |a, b| Kernel::combine(op, a, b));
     // A gram matrix's reductions run over its own entries; every other
     // value's over the elements it broadcasts to.
     let over = if arg.shape() == Shape::Gram {
@@ -616,38 +613,55 @@ fn reduce<F: Real>(
             })
             .fold(start, combine)
     };
-    let per_axis = |len: fn(&MatrixView) -> usize,
-                    line: &dyn Fn(usize, usize, MatrixView) -> f64| {
-        views
-            .iter()
-            .enumerate()
-            .map(|(i, &view)| {
-                (0..len(&view))
-                    .map(|k| F::from_f64(line(i, k, view)))
-                    .collect()
-            })
+    let totals = views
+        .iter()
+        .enumerate()
+        .map(|(i, &view)| match scope {
+            Scope::Rows => (0..view.rows)
+                .map(|row| chunked(i, row * view.cols..(row + 1) * view.cols))
+                .collect(),
+            Scope::Cols => (0..view.cols)
+                .map(|col| {
+                    (0..view.rows).fold(start, |acc, row| {
+                        combine(acc, element(i, row * view.cols + col))
+                    })
+                })
+                .collect(),
+            Scope::Tensor | Scope::Group => vec![chunked(i, 0..view.len(over))],
+        })
+        .collect();
+    reduction_value(op, scope, totals, in_f32)
+}
+
+/// A reduction's value from its totals per tensor (one per row, per column,
+/// or one, as `scope` says): a row's or a column's rounded to `F`, a
+/// tensor's kept in f32 where `in_f32` says, and the group's the
+/// combination of its tensors', kept likewise. Every executor that
+/// accumulates reductions its own way finishes them through this.
+pub fn reduction_value<F: Real>(
+    op: ReduceOp,
+    scope: Scope,
+    totals: Vec<Vec<f64>>,
+    in_f32: bool,
+) -> Value<F> {
+    let lines = |totals: Vec<Vec<f64>>| {
+        totals
+            .into_iter()
+            .map(|line| line.into_iter().map(F::from_f64).collect())
             .collect()
     };
-    let per_tensor = || -> Vec<f64> {
-        views
-            .iter()
-            .enumerate()
-            .map(|(i, view)| host_keep(in_f32, chunked(i, 0..view.len(over))))
-            .collect()
+    let per_tensor = |totals: &[Vec<f64>]| -> Vec<f64> {
+        totals.iter().map(|t| host_keep(in_f32, t[0])).collect()
     };
     match scope {
-        Scope::Rows => Value::Rows(per_axis(|v| v.rows, &|i, row, view| {
-            chunked(i, row * view.cols..(row + 1) * view.cols)
-        })),
-        Scope::Cols => Value::Cols(per_axis(|v| v.cols, &|i, col, view| {
-            (0..view.rows).fold(start, |acc, row| {
-                combine(acc, element(i, row * view.cols + col))
-            })
-        })),
-        Scope::Tensor => Value::Tensor(per_tensor()),
+        Scope::Rows => Value::Rows(lines(totals)),
+        Scope::Cols => Value::Cols(lines(totals)),
+        Scope::Tensor => Value::Tensor(per_tensor(&totals)),
         Scope::Group => Value::Group(host_keep(
             in_f32,
-            per_tensor().into_iter().fold(start, combine),
+            per_tensor(&totals)
+                .into_iter()
+                .fold(Kernel::identity(op), |a, b| Kernel::combine(op, a, b)),
         )),
     }
 }

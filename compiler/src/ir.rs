@@ -179,10 +179,17 @@ impl MatrixView {
     /// The element (row-major index) at row `i`, column `j` of the wide
     /// orientation `Y`.
     pub fn wide(&self, i: usize, j: usize) -> usize {
+        let (row, col) = self.wide_strides();
+        i * row + j * col
+    }
+
+    /// The strides of the wide orientation's rows and columns over the
+    /// row-major elements: `Y` is the matrix, or its transpose.
+    pub fn wide_strides(&self) -> (usize, usize) {
         if self.rows <= self.cols {
-            i * self.cols + j
+            (self.cols, 1)
         } else {
-            j * self.cols + i
+            (1, self.cols)
         }
     }
 

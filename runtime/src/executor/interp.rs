@@ -93,16 +93,21 @@ impl<F: InterpElement> InterpExecutor<F> {
 
     /// The state of part `tensors` (of group `group`), as the interpreter takes it.
     fn gather(&self, tensors: &[usize], group: usize) -> Vec<Value<F>> {
-        self.state
-            .iter()
-            .map(|slot| match slot {
-                Slot::Vectors(shape, xs) => {
-                    Value::vectors(*shape, tensors.iter().map(|&t| xs[t].clone()).collect())
-                }
-                Slot::Tensor(xs) => Value::Tensor(tensors.iter().map(|&t| xs[t]).collect()),
-                Slot::Group(xs) => Value::Group(xs[group]),
-            })
+        (0..self.state.len())
+            .map(|slot| self.slot_value(slot, tensors, group))
             .collect()
+    }
+
+    /// State slot `slot` of part `tensors` (of group `group`), as the
+    /// interpreter takes it.
+    pub(super) fn slot_value(&self, slot: usize, tensors: &[usize], group: usize) -> Value<F> {
+        match &self.state[slot] {
+            Slot::Vectors(shape, xs) => {
+                Value::vectors(*shape, tensors.iter().map(|&t| xs[t].clone()).collect())
+            }
+            Slot::Tensor(xs) => Value::Tensor(tensors.iter().map(|&t| xs[t]).collect()),
+            Slot::Group(xs) => Value::Group(xs[group]),
+        }
     }
 
     /// Writes a part's new state back (a slot whose value has another

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use optc_compiler::interpret::{
-    binary, host_keep, lerp, node_value, select, unary, Scalars, Value, CHUNK,
+    binary, lerp, node_value, reduction_value, select, unary, Scalars, Value, CHUNK,
 };
 use optc_compiler::ir::{
     BinaryOp, Graph, Handle, Input, MatrixView, Node, ReduceOp, Rule, Scope, Shape, UnaryOp,
@@ -917,7 +917,7 @@ fn broadcast_reduce(
     };
     // Per tensor: the value of a line along `scope` (row r, column c, or
     // the whole tensor).
-    let line = |t: usize, view: MatrixView, scope: Scope, k: usize| -> f64 {
+    let line = |t: usize, view: MatrixView, k: usize| -> f64 {
         match (arg, scope) {
             (Value::Group(_) | Value::Tensor(_), _) => {
                 let x = match arg {
@@ -941,30 +941,16 @@ fn broadcast_reduce(
             (Value::Elem(_) | Value::Gram(_), _) => f64::NAN,
         }
     };
-    let per_line = |len: fn(&MatrixView) -> usize, scope: Scope| -> Vec<Vec<f32>> {
-        views
-            .iter()
-            .enumerate()
-            .map(|(t, &view)| {
-                (0..len(&view))
-                    .map(|k| line(t, view, scope, k) as f32)
-                    .collect()
-            })
-            .collect()
-    };
-    let per_tensor = || -> Vec<f64> {
-        views
-            .iter()
-            .enumerate()
-            .map(|(t, &view)| host_keep(in_f32, line(t, view, Scope::Tensor, 0)))
-            .collect()
-    };
-    match scope {
-        Scope::Rows => Value::Rows(per_line(|v| v.rows, Scope::Rows)),
-        Scope::Cols => Value::Cols(per_line(|v| v.cols, Scope::Cols)),
-        Scope::Tensor => Value::Tensor(per_tensor()),
-        Scope::Group => Value::Group(host_keep(in_f32, fold(op, &per_tensor()))),
-    }
+    let totals = views
+        .iter()
+        .enumerate()
+        .map(|(t, &view)| {
+            (0..view.len(scope.shape()))
+                .map(|k| line(t, view, k))
+                .collect()
+        })
+        .collect();
+    reduction_value(op, scope, totals, in_f32)
 }
 
 /// The three matrix products, as the `gemm` crate runs them on the
@@ -1001,14 +987,12 @@ impl Product {
     }
 
     /// Its layout for a tensor of `view`. The wide orientation `Y` (see
-    /// [`MatrixView`]) is the matrix or its transpose: only strides differ.
+    /// [`MatrixView::wide_strides`]) is the matrix or its transpose: only
+    /// strides differ.
     fn layout(self, view: MatrixView) -> ProductLayout {
         let (k, l) = (view.small(), view.large());
-        let wide = if view.rows <= view.cols {
-            (view.cols as isize, 1)
-        } else {
-            (1, view.cols as isize)
-        };
+        let (row, col) = view.wide_strides();
+        let wide = (row as isize, col as isize);
         let square = (k as isize, 1);
         match self {
             Product::Gram => ((k, k, l), [square, wide, (wide.1, wide.0)]),
@@ -1271,13 +1255,7 @@ impl StagedExecutor {
                 if schedule.first_step {
                     return values[schedule.src(slot.init).index()].broadcast(slot.shape, views);
                 }
-                match &self.storage.state[j as usize] {
-                    Slot::Vectors(shape, xs) => {
-                        Value::vectors(*shape, tensors.iter().map(|&t| xs[t].clone()).collect())
-                    }
-                    Slot::Tensor(xs) => Value::Tensor(tensors.iter().map(|&t| xs[t]).collect()),
-                    Slot::Group(xs) => Value::Group(xs[group]),
-                }
+                self.storage.slot_value(j as usize, tensors, group)
             }
             Node::Reduce(op, scope, a) if graph.ty(a).shape != Shape::Gram => {
                 broadcast_reduce(op, scope, &values[schedule.src(a).index()], views, in_f32)
@@ -1335,16 +1313,9 @@ impl StagedExecutor {
         let Node::Reduce(op, scope, _) = *graph.node(r) else {
             return Value::Group(f64::NAN);
         };
-        let mut lines: Vec<Vec<f64>> = views
+        let mut totals: Vec<Vec<f64>> = views
             .iter()
-            .map(|view| {
-                let len = match scope {
-                    Scope::Rows => view.rows,
-                    Scope::Cols => view.cols,
-                    Scope::Tensor | Scope::Group => 1,
-                };
-                vec![Kernel::identity(op); len]
-            })
+            .map(|view| vec![Kernel::identity(op); view.len(scope.shape())])
             .collect();
         for (unit, sums) in results {
             let start = match scope {
@@ -1352,24 +1323,12 @@ impl StagedExecutor {
                 Scope::Cols => unit.cols.start,
                 Scope::Tensor | Scope::Group => 0,
             };
-            let line = &mut lines[unit.tensor][start..];
+            let line = &mut totals[unit.tensor][start..];
             for (total, &x) in line.iter_mut().zip(&sums[q]) {
                 *total = Kernel::combine(op, *total, x);
             }
         }
-        let narrow = |lines: Vec<Vec<f64>>| -> Vec<Vec<f32>> {
-            lines
-                .into_iter()
-                .map(|line| line.into_iter().map(|x| x as f32).collect())
-                .collect()
-        };
-        let per_tensor = || -> Vec<f64> { lines.iter().map(|l| host_keep(in_f32, l[0])).collect() };
-        match scope {
-            Scope::Rows => Value::Rows(narrow(lines)),
-            Scope::Cols => Value::Cols(narrow(lines)),
-            Scope::Tensor => Value::Tensor(per_tensor()),
-            Scope::Group => Value::Group(host_keep(in_f32, fold(op, &per_tensor()))),
-        }
+        reduction_value(op, scope, totals, in_f32)
     }
 }
 
