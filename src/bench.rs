@@ -100,11 +100,15 @@ pub fn run(settings: &Settings<'_>) -> Result<String, Failure> {
     };
     let backend_name = settings.execution.backend.as_deref();
     if load::backend(backend_name, &rule)?.name() == "interp" {
-        return Err(
+        let others: Vec<&str> = optc_runtime::backend::names()
+            .into_iter()
+            .filter(|&name| name != "interp")
+            .collect();
+        return Err(format!(
             "error: optc bench times a step against its data-movement floor, and the \
-             interpreter has none (use --backend staged, tiered, llvm, cranelift or reference)"
-                .into(),
-        );
+             interpreter has none (use --backend {})",
+            others.join(", ")
+        ));
     }
     let mut prototype = load::builder(
         &mut program,
@@ -226,8 +230,9 @@ struct Times {
 /// Times `settings.steps` steps and floors (and matrix products),
 /// alternating so that all see the same machine conditions, on parameters
 /// of element type `P` the executor holds (uploaded into its huge-page
-/// arenas, as a training loop that lets the runtime allocate gets) and
-/// gradients in an arena like them.
+/// arenas, as a training loop that lets the runtime allocate gets; on a
+/// GPU, into device memory) and gradients in an arena like them (on a GPU,
+/// in device memory too).
 fn time_steps<P: Element>(
     settings: &Settings<'_>,
     optimizer: &mut Optimizer,
@@ -249,12 +254,25 @@ fn time_steps<P: Element>(
     }
     let mut grads = arena(2, 41)?;
     let grads: Vec<&[P]> = grads.tensors_mut().into_iter().map(|g| &*g).collect();
+    // On a GPU, gradients are where a backward pass leaves them: in device
+    // memory, uploaded once; a step then moves nothing between host and device.
+    let resident = backend.runs_on_device();
+    if resident {
+        optimizer.upload_gradients(&grads)?;
+    }
+    let step = |optimizer: &mut Optimizer| {
+        if resident {
+            optimizer.step_resident()
+        } else {
+            optimizer.step_owned(&grads)
+        }
+    };
     // Compile the floor's kernels; a tiered backend's steps and floor are
     // then timed on its faster tier.
     optimizer.run_floor_owned(&grads)?;
     backend.wait_for_tiers();
     for _ in 0..2 {
-        optimizer.step_owned(&grads)?;
+        step(optimizer)?;
     }
     let mut times = Times {
         step: Vec::new(),
@@ -263,7 +281,7 @@ fn time_steps<P: Element>(
     };
     for _ in 0..settings.steps.max(1) {
         let start = Instant::now();
-        optimizer.step_owned(&grads)?;
+        step(optimizer)?;
         times.step.push(start.elapsed());
         let start = Instant::now();
         optimizer.run_floor_owned(&grads)?;

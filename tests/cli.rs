@@ -5,16 +5,18 @@ mod common;
 use common::optc;
 
 /// The backend commands use when none is named, and every backend of this
-/// build (the `llvm` feature adds the LLVM tier and the tiered pair).
+/// build (the `llvm` feature adds the LLVM tier and the tiered pair, and
+/// `cubecl` the GPU, last).
 const DEFAULT_BACKEND: &str = if cfg!(feature = "llvm") {
     "tiered"
 } else {
     "cranelift"
 };
-const BACKENDS: &str = if cfg!(feature = "llvm") {
-    "tiered, llvm, cranelift, reference, staged, interp"
-} else {
-    "cranelift, reference, staged, interp"
+const BACKENDS: &str = match (cfg!(feature = "llvm"), cfg!(feature = "cubecl")) {
+    (true, true) => "tiered, llvm, cranelift, reference, staged, interp, cubecl",
+    (true, false) => "tiered, llvm, cranelift, reference, staged, interp",
+    (false, true) => "cranelift, reference, staged, interp, cubecl",
+    (false, false) => "cranelift, reference, staged, interp",
 };
 
 #[test]
@@ -753,4 +755,29 @@ fn bench_times_matrix_rules_on_their_shapes() {
         assert_eq!(code, 2, "{shape}");
         assert!(stderr.contains(message), "{shape}: {stderr}");
     }
+}
+
+/// Without a Vulkan driver the GPU backend is a clear error naming the fix,
+/// not a panic (the loader finds no driver under a missing ICD file).
+#[cfg(feature = "cubecl")]
+#[test]
+fn the_gpu_backend_without_a_driver_names_the_fix() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_optc"))
+        .args(["train", "adam", "--backend", "cubecl", "--steps", "2"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .expect("the optc binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("backend `cubecl` cannot run here"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("apt-get install mesa-vulkan-drivers libvulkan1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

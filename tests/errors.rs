@@ -62,11 +62,12 @@ fn scratch() -> std::path::PathBuf {
 }
 
 /// `text` with the figures that depend on the machine replaced by `N`, and
-/// the backends of a build with LLVM by those of one without.
+/// the backends of a build with LLVM or the GPU by those of one without.
 fn normalised(text: &str, dir: &str) -> String {
     let text = text
         .replace(dir, "TMP")
         .replace("tiered, llvm, cranelift", "cranelift")
+        .replace("staged, interp, cubecl", "staged, interp")
         .replace("(tiered backend)", "(cranelift backend)");
     let mut out = String::new();
     for line in text.lines() {

@@ -99,6 +99,14 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// Its name, as checkpoints record element types.
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::Bf16 => "bf16",
+        }
+    }
+
     /// Bytes per element.
     pub fn bytes(self) -> usize {
         match self {

@@ -1,7 +1,9 @@
 //! Backends: what an optimizer's steps run on, chosen by name (`--backend`)
 //! from one registry, [`BACKENDS`]. A kernel backend (reference kernels,
 //! Cranelift, LLVM, and the tiered pair of the last two) compiles the
-//! rule's pass plan and runs on the host executor; `interp` runs the interpreter, the semantics oracle. Every
+//! rule's pass plan and runs on the host executor; `cubecl` runs the pass
+//! plan as GPU kernels on the device executor; `staged` runs any rule in
+//! stages; `interp` runs the interpreter, the semantics oracle. Every
 //! registered backend is also what the conformance suite runs: adding a line
 //! to [`BACKENDS`] puts a backend on every command and under every test.
 //!
@@ -37,12 +39,17 @@ pub struct BackendInfo {
     /// Whether it approximates transcendentals (within tolerances its crate
     /// documents) instead of matching the interpreter bit for bit.
     pub approximates: bool,
+    /// Whether it computes on a GPU, with the device's arithmetic (no
+    /// correctly rounded division or `sqrt`, contracted multiply-adds,
+    /// flushed subnormals): close to the interpreter, not within the
+    /// tolerance of an approximated transcendental.
+    pub on_device: bool,
     /// Opens it, or says why this host cannot run it.
     pub open: fn() -> Result<Backend, String>,
 }
 
-/// Every backend this build has, fastest first: [`Backend::fastest`] takes
-/// the first that opens on this host.
+/// Every backend this build has, the host's fastest first
+/// ([`Backend::fastest`] takes the first that opens), the GPU last.
 pub static BACKENDS: &[BackendInfo] = &[
     #[cfg(all(feature = "cranelift", feature = "llvm"))]
     BackendInfo {
@@ -50,6 +57,7 @@ pub static BACKENDS: &[BackendInfo] = &[
         summary: "Cranelift kernels from the first step; LLVM's full-width kernels, compiled \
                   in the background, swapped in between steps (bit-identical results)",
         approximates: true,
+        on_device: false,
         open: || {
             let jit = optc_cranelift::Jit::new().map_err(|e| e.to_string())?;
             let llvm = optc_llvm::Llvm::new().map_err(|e| e.to_string())?;
@@ -63,6 +71,7 @@ pub static BACKENDS: &[BackendInfo] = &[
         summary: "kernels compiled by LLVM to SIMD loops at the CPU's full vector width \
                   (AVX-512 or AVX2; milliseconds per kernel)",
         approximates: true,
+        on_device: false,
         open: || {
             let llvm = optc_llvm::Llvm::new().map_err(|e| e.to_string())?;
             Ok(Backend::kernels("llvm", Box::new(llvm)))
@@ -73,6 +82,7 @@ pub static BACKENDS: &[BackendInfo] = &[
         name: "cranelift",
         summary: "kernels compiled by Cranelift to f32x4 SIMD loops (sub-millisecond compiles)",
         approximates: true,
+        on_device: false,
         open: || {
             let jit = optc_cranelift::Jit::new().map_err(|e| e.to_string())?;
             Ok(Backend::kernels("cranelift", Box::new(jit)))
@@ -82,6 +92,7 @@ pub static BACKENDS: &[BackendInfo] = &[
         name: "reference",
         summary: "kernels run by their reference semantics, element by element (portable, slow)",
         approximates: false,
+        on_device: false,
         open: || Ok(Backend::kernels("reference", Box::new(Reference))),
     },
     BackendInfo {
@@ -90,13 +101,25 @@ pub static BACKENDS: &[BackendInfo] = &[
                   (intermediates in cache), matrix products through gemm; runs every rule, \
                   matrix-shaped ones included",
         approximates: true,
+        on_device: false,
         open: || Ok(Backend::staged()),
     },
     BackendInfo {
         name: "interp",
         summary: "the interpreter, the semantics oracle: whole rule per step, no kernels",
         approximates: false,
+        on_device: false,
         open: || Ok(Backend::interpreter(Elements::F32)),
+    },
+    // Last: never the default for tensors in host memory.
+    #[cfg(feature = "cubecl")]
+    BackendInfo {
+        name: "cubecl",
+        summary: "GPU kernels through cubecl's wgpu runtime (Vulkan; lavapipe on a machine \
+                  without a GPU): state in device memory, one launch per pass over every tensor",
+        approximates: true,
+        on_device: true,
+        open: || Ok(Backend::device(optc_cubecl::Gpu::open()?)),
     },
 ];
 
@@ -122,6 +145,8 @@ pub struct Backend {
 enum Kind {
     Interpreter(Elements),
     Staged,
+    #[cfg(feature = "cubecl")]
+    Device(optc_cubecl::Gpu),
     Kernels(Arc<Mutex<KernelCache>>),
 }
 
@@ -183,6 +208,17 @@ impl Backend {
         }
     }
 
+    /// The GPU backend on `gpu` ([`crate::executor::device`]).
+    #[cfg(feature = "cubecl")]
+    pub fn device(gpu: optc_cubecl::Gpu) -> Backend {
+        Backend {
+            name: "cubecl".into(),
+            kind: Kind::Device(gpu),
+            #[cfg(all(feature = "cranelift", feature = "llvm"))]
+            tiers: None,
+        }
+    }
+
     /// Any host kernel backend, under `name` (the registry's, or one of a
     /// test's own, such as a checking wrapper).
     pub fn kernels(name: &str, backend: Box<dyn HostBackend>) -> Backend {
@@ -237,10 +273,27 @@ impl Backend {
         matches!(self.kind, Kind::Kernels(_))
     }
 
+    /// Whether it runs a rule on a GPU (the `cubecl` backend).
+    pub fn runs_on_device(&self) -> bool {
+        #[cfg(feature = "cubecl")]
+        if matches!(self.kind, Kind::Device(_)) {
+            return true;
+        }
+        false
+    }
+
+    /// Whether it runs a rule's pass plan (kernel backends and the GPU), so
+    /// refuses the rules the planner does not plan.
+    pub fn runs_plans(&self) -> bool {
+        self.runs_kernels() || self.runs_on_device()
+    }
+
     /// Distinct kernels compiled so far by this handle and its clones.
     pub fn cached_kernels(&self) -> usize {
         match &self.kind {
             Kind::Interpreter(_) | Kind::Staged => 0,
+            #[cfg(feature = "cubecl")]
+            Kind::Device(gpu) => gpu.cached_programs(),
             Kind::Kernels(cache) => lock(cache).compiled.len(),
         }
     }
@@ -276,20 +329,33 @@ impl Backend {
         scalars: Scalars,
         threads: usize,
     ) -> Result<Box<dyn Executor>, Error> {
-        if !self.runs_kernels() && precision != Precision::default() {
+        if !self.runs_kernels() && !self.runs_on_device() && precision != Precision::default() {
             return Err(Error::Unsupported(format!(
                 "the `{}` backend stores f32 (or f64) values; bf16 storage and stochastic \
                  rounding need a kernel backend",
                 self.name
             )));
         }
-        match self.kind {
+        if let Some(why) = optc_compiler::plan::unsupported(rule).filter(|_| self.runs_plans()) {
+            return Err(Error::Unsupported(format!(
+                "the `{}` backend: {why}",
+                self.name
+            )));
+        }
+        match &self.kind {
+            #[cfg(feature = "cubecl")]
+            Kind::Device(gpu) => Ok(Box::new(crate::executor::device::DeviceExecutor::new(
+                rule.clone(),
+                gpu.clone(),
+                precision,
+                scalars,
+            )?)),
             Kind::Staged => Ok(Box::new(StagedExecutor::new(
                 rule.clone(),
                 scalars,
                 threads,
             )?)),
-            Kind::Interpreter(elements) => Ok(match elements {
+            Kind::Interpreter(elements) => Ok(match *elements {
                 Elements::F32 => Box::new(InterpExecutor::<f32>::new(
                     rule.clone(),
                     &self.name,
@@ -301,21 +367,13 @@ impl Backend {
                     scalars,
                 )),
             }),
-            Kind::Kernels(_) => {
-                if let Some(why) = optc_compiler::plan::unsupported(rule) {
-                    return Err(Error::Unsupported(format!(
-                        "the `{}` backend: {why}",
-                        self.name
-                    )));
-                }
-                Ok(Box::new(HostExecutor::new(
-                    rule.clone(),
-                    self.clone(),
-                    precision,
-                    scalars,
-                    threads,
-                )?))
-            }
+            Kind::Kernels(_) => Ok(Box::new(HostExecutor::new(
+                rule.clone(),
+                self.clone(),
+                precision,
+                scalars,
+                threads,
+            )?)),
         }
     }
 

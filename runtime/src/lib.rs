@@ -40,6 +40,10 @@ pub use precision::Precision;
 /// every SIMD width, large enough to amortise a call, small enough to
 /// balance threads), so that reductions agree with it bit for bit.
 pub use optc_compiler::interpret::CHUNK;
+/// The GPU backend's device handle (`Backend::device`), for callers that
+/// share one device or count its launches.
+#[cfg(feature = "cubecl")]
+pub use optc_cubecl as cubecl;
 
 use std::fmt;
 

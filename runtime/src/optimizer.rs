@@ -511,7 +511,7 @@ impl Optimizer {
         self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
         self.run(
             Params::Borrowed(P::tensors_mut(params)),
-            P::tensors(grads),
+            Some(P::tensors(grads)),
             None,
         )
     }
@@ -536,7 +536,7 @@ impl Optimizer {
         let grads: Vec<&[P]> = grads.iter().map(|g| g.unwrap_or(&[])).collect();
         self.run(
             Params::Borrowed(P::tensors_mut(params)),
-            P::tensors(&grads),
+            Some(P::tensors(&grads)),
             Some(&mask),
         )
     }
@@ -558,7 +558,28 @@ impl Optimizer {
         self.check_element::<P>()?;
         let numels = self.owned_numels()?;
         self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
-        self.run(Params::Owned, P::tensors(grads), None)
+        self.run(Params::Owned, Some(P::tensors(grads)), None)
+    }
+
+    /// Hands copies of `grads` to the executor, which keeps them (on a
+    /// device, in device memory) as the gradients of
+    /// [`Optimizer::step_resident`]: what a training loop on the device
+    /// has when its backward pass wrote them there. Device executors only.
+    pub fn upload_gradients<P: Element>(&mut self, grads: &[&[P]]) -> Result<(), Error> {
+        self.check_element::<P>()?;
+        let numels = self.owned_numels()?;
+        self.check_tensors(&numels, grads.iter().map(|g| g.len()))?;
+        let layout = bound(&self.layout)?;
+        self.executor.upload_gradients(layout, P::tensors(grads))
+    }
+
+    /// One step of the parameters and gradients the executor holds
+    /// ([`Optimizer::upload`], [`Optimizer::upload_gradients`]), with no
+    /// copy between host and device. The gradients are not read on the
+    /// host, so the skip-non-finite policy is refused.
+    pub fn step_resident(&mut self) -> Result<Outcome, Error> {
+        self.owned_numels()?;
+        self.run(Params::Owned, None, None)
     }
 
     /// The parameters the executor holds, rounded or widened to f32.
@@ -859,10 +880,11 @@ impl Optimizer {
 
     /// Runs a checked step on the executor, of the tensors `mask` keeps
     /// (every one without a mask) in groups that are not frozen.
+    /// One step; `grads` `None`: the gradients the executor holds.
     fn run(
         &mut self,
         params: Params<'_, '_>,
-        grads: HostTensors<'_, '_>,
+        grads: Option<HostTensors<'_, '_>>,
         mask: Option<&[bool]>,
     ) -> Result<Outcome, Error> {
         let Some(layout) = &self.layout else {
@@ -879,6 +901,13 @@ impl Optimizer {
             ));
         }
         if self.non_finite == NonFinite::Skip {
+            let Some(grads) = grads else {
+                return Err(Error::Unsupported(
+                    "skipping non-finite steps reads the gradients on the host; a step of \
+                     gradients held on the device cannot (set the non-finite policy to apply)"
+                        .into(),
+                ));
+            };
             for tensor in (0..layout.tensors.len()).filter(|&t| steps[t]) {
                 let values = grads.widened(tensor);
                 if let Some(index) = values.iter().position(|g| !g.is_finite()) {
@@ -920,7 +949,10 @@ impl Optimizer {
                 self.rule.name
             )));
         }
-        self.executor.step(layout, &request, params, grads)?;
+        match grads {
+            Some(grads) => self.executor.step(layout, &request, params, grads)?,
+            None => self.executor.step_resident(layout, &request)?,
+        }
         for (t, &stepped) in steps.iter().enumerate() {
             if stepped {
                 self.tensor_steps[t] += 1;

@@ -125,39 +125,30 @@ impl TypedArena {
         })
     }
 
-    /// An arena of `storage` holding `tensors`: f32 values are rounded to
-    /// nearest even for bf16, bf16 values widen exactly for f32, and f64
-    /// values are refused.
+    /// An arena of `storage` holding `tensors`, [`converted`].
     pub(crate) fn from_stored(
         storage: Storage,
         tensors: &[Stored],
         stagger: usize,
     ) -> Result<TypedArena, Error> {
-        let refused = || Error::Checkpoint(format!("f64 values cannot be stored as {storage:?}"));
+        let tensors = tensors
+            .iter()
+            .map(|t| converted(storage, t))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(match storage {
             Storage::F32 => {
-                let values = tensors
-                    .iter()
-                    .map(|t| match t {
-                        Stored::F64(_) => None,
-                        other => Some(other.to_f32()),
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(refused)?;
+                let values: Vec<Vec<f32>> = tensors.iter().map(Stored::to_f32).collect();
                 TypedArena::F32(Arena::from_tensors(&values, stagger)?)
             }
             Storage::Bf16 => {
-                let bits = tensors
-                    .iter()
-                    .map(|t| match t {
-                        Stored::Bf16(b) => Some(b.clone()),
-                        Stored::F32(x) => {
-                            Some(x.iter().map(|&v| rounding::round_nearest_even(v)).collect())
-                        }
-                        Stored::F64(_) => None,
+                // Converted to bf16 patterns, every one.
+                let bits: Vec<Vec<u16>> = tensors
+                    .into_iter()
+                    .filter_map(|t| match t {
+                        Stored::Bf16(bits) => Some(bits),
+                        _ => None,
                     })
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(refused)?;
+                    .collect();
                 TypedArena::Bf16(Arena::from_tensors(&bits, stagger)?)
             }
         })
@@ -196,5 +187,20 @@ impl TypedArena {
                 .map(|t| t.as_mut_ptr().cast::<f32>())
                 .collect(),
         }
+    }
+}
+
+/// `stored` in `storage`: f32 values are rounded to nearest even for bf16,
+/// bf16 values widen exactly for f32, and f64 values are refused.
+pub(crate) fn converted(storage: Storage, stored: &Stored) -> Result<Stored, Error> {
+    match (storage, stored) {
+        (_, Stored::F64(_)) => Err(Error::Checkpoint(format!(
+            "f64 values cannot be stored as {storage:?}"
+        ))),
+        (Storage::F32, other) => Ok(Stored::F32(other.to_f32())),
+        (Storage::Bf16, Stored::Bf16(bits)) => Ok(Stored::Bf16(bits.clone())),
+        (Storage::Bf16, Stored::F32(x)) => Ok(Stored::Bf16(
+            x.iter().map(|&v| rounding::round_nearest_even(v)).collect(),
+        )),
     }
 }

@@ -441,7 +441,7 @@ fn reductions_across_groups_see_every_tensor() {
                     .map(Vec::as_slice)
                     .collect::<Vec<_>>(),
             );
-            if !backend.runs_kernels() {
+            if !backend.runs_plans() {
                 let error = stepped.unwrap_err();
                 assert!(matches!(error, Error::Unsupported(_)), "{label}: {error}");
                 assert_eq!(b, before, "{label}: nothing changed");

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{rule, scalar};
-use optc_runtime::{Error, Group, Optimizer};
+use optc_runtime::{Backend, Error, Group, Optimizer};
 
 fn adam(sets: &[(&str, &str)]) -> Result<Optimizer, Error> {
     let mut builder = Optimizer::builder(rule("adam"));
@@ -369,4 +369,15 @@ fn matrix_shaped_state_checkpoints_with_its_shapes() {
     );
     assert_eq!(lengths("row_var", &other), vec![4, 1]);
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn host_backends_hold_no_gradients() {
+    let backend = Backend::named("reference").unwrap();
+    let mut optimizer = common::builder("adam", &backend, 1).build().unwrap();
+    let params = common::sized_values(&[4]);
+    let views: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
+    optimizer.upload(&views).unwrap();
+    let error = optimizer.upload_gradients(&views).unwrap_err();
+    assert!(error.to_string().contains("device backend"), "{error}");
 }

@@ -208,32 +208,16 @@ impl Executor for HostExecutor {
     }
 
     fn state(&self, layout: &Layout) -> Vec<SlotValues> {
-        let tensors = layout.tensors.len();
-        let buffers = &self.plans.plan(Phase::Steady).state_buffers;
-        self.plans
-            .host_state()
-            .into_iter()
-            .zip(buffers)
-            .map(|(host, buffer)| match (host, buffer) {
-                (Some(values), _) => values,
-                (None, Some(buffer)) => {
-                    let arena = self.elem_state.get(*buffer as usize - 2);
-                    SlotValues::Vectors(
-                        (0..tensors)
-                            .map(|t| arena.map_or(Stored::F32(Vec::new()), |a| a.stored(t)))
-                            .collect(),
-                    )
-                }
-                (None, None) => SlotValues::Vectors(Vec::new()),
-            })
-            .collect()
+        self.plans.slot_values(|slot| {
+            let arena = self.elem_state.get(slot);
+            (0..layout.tensors.len())
+                .map(|t| arena.map_or(Stored::F32(Vec::new()), |a| a.stored(t)))
+                .collect()
+        })
     }
 
     fn state_dtype(&self) -> &'static str {
-        match self.precision.state {
-            optc_compiler::kernel::Storage::F32 => "f32",
-            optc_compiler::kernel::Storage::Bf16 => "bf16",
-        }
+        self.precision.state.name()
     }
 
     fn set_state(&mut self, _layout: &Layout, state: &[SlotValues]) -> Result<(), Error> {

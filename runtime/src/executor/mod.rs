@@ -5,18 +5,22 @@
 //! where memory is: binding hyperparameters, checking tensors, the
 //! non-finite policy, parameter groups and checkpoints.
 //!
-//! Three executors exist: [`host::HostExecutor`] runs a rule's pass plan as
+//! Four executors exist: [`host::HostExecutor`] runs a rule's pass plan as
 //! compiled kernels (any [`optc_compiler::backend::HostBackend`]: reference
-//! kernels, Cranelift) on a thread pool, with state in huge-page arenas;
-//! [`interp::InterpExecutor`] runs the interpreter, the semantics oracle, in
-//! f32 or f64; and [`staged::StagedExecutor`] runs any rule, matrix-shaped
-//! ones included, in stages of host work (matrix products through `gemm`)
-//! and blockwise passes over the elements, with the interpreter's storage. The host side of a pass plan (hyperparameter arithmetic,
-//! reductions combined in a fixed order, tensor and group state) is
-//! [`plan::PlanState`], written once for every executor that runs kernels,
-//! so that a device executor (whose buffers live in device memory) reuses it
-//! and only launches kernels differently.
+//! kernels, Cranelift, LLVM) on a thread pool, with state in huge-page
+//! arenas; `device::DeviceExecutor` (the `cubecl` feature) runs it as GPU
+//! kernels with state in device memory; [`interp::InterpExecutor`] runs the
+//! interpreter, the semantics oracle, in f32 or f64; and
+//! [`staged::StagedExecutor`] runs any rule, matrix-shaped ones included, in
+//! stages of host work (matrix products through `gemm`) and blockwise
+//! passes over the elements, with the interpreter's storage. The host side
+//! of a pass plan (hyperparameter arithmetic, reductions combined in a
+//! fixed order, tensor and group state) is [`plan::PlanState`], written
+//! once for the host and the device executor, which only launch kernels
+//! differently.
 
+#[cfg(feature = "cubecl")]
+pub mod device;
 pub mod host;
 pub mod interp;
 pub mod plan;
@@ -265,6 +269,30 @@ pub trait Executor: Send {
     /// Takes copies of `params` as the executor's own, for [`Params::Owned`]
     /// steps.
     fn upload(&mut self, layout: &Layout, params: HostTensors<'_, '_>) -> Result<(), Error>;
+
+    /// Takes copies of `grads` as the gradients of
+    /// [`Executor::step_resident`] (executors with device memory).
+    fn upload_gradients(
+        &mut self,
+        layout: &Layout,
+        grads: HostTensors<'_, '_>,
+    ) -> Result<(), Error> {
+        let _ = (layout, grads);
+        Err(Error::Unsupported(format!(
+            "the `{}` backend reads gradients from host memory at every step; gradients held \
+             in device memory need a device backend",
+            self.backend()
+        )))
+    }
+
+    /// [`Executor::step`] of the executor's own parameters and gradients.
+    fn step_resident(&mut self, layout: &Layout, request: &StepRequest) -> Result<(), Error> {
+        let _ = (layout, request);
+        Err(Error::Unsupported(format!(
+            "the `{}` backend holds no gradients",
+            self.backend()
+        )))
+    }
 
     /// The executor's own parameters (after [`Executor::upload`]).
     fn download(&self, layout: &Layout) -> Result<Vec<Stored>, Error>;

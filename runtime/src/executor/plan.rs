@@ -19,7 +19,7 @@ use optc_compiler::ir::{Input, Node, ReduceOp, Rule, Scope, Shape};
 use optc_compiler::kernel::{Kernel, Rounding, Storage};
 use optc_compiler::plan::Plan;
 
-use super::{Layout, SlotValues, StepRequest};
+use super::{Layout, SlotValues, StepRequest, Stored};
 use crate::precision::Precision;
 use crate::shard::{self, Sharding};
 use crate::Error;
@@ -241,6 +241,22 @@ impl PlanState {
             }
         }
         Ok(())
+    }
+
+    /// Every state slot in the rule's order: tensor and group slots from
+    /// here, per-element slots as `elem` reads them (its argument: the
+    /// slot's index among the per-element buffers).
+    pub fn slot_values(&self, elem: impl Fn(usize) -> Vec<Stored>) -> Vec<SlotValues> {
+        let buffers = &self.steady.state_buffers;
+        self.host_state()
+            .into_iter()
+            .zip(buffers)
+            .map(|(host, buffer)| match (host, buffer) {
+                (Some(values), _) => values,
+                (None, Some(buffer)) => SlotValues::Vectors(elem(*buffer as usize - 2)),
+                (None, None) => SlotValues::Vectors(Vec::new()),
+            })
+            .collect()
     }
 
     /// The tensor and group slots' values (per-element slots: `None`).
