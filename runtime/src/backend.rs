@@ -329,7 +329,7 @@ impl Backend {
         scalars: Scalars,
         threads: usize,
     ) -> Result<Box<dyn Executor>, Error> {
-        if !self.runs_kernels() && !self.runs_on_device() && precision != Precision::default() {
+        if !self.runs_plans() && precision != Precision::default() {
             return Err(Error::Unsupported(format!(
                 "the `{}` backend stores f32 (or f64) values; bf16 storage and stochastic \
                  rounding need a kernel backend",

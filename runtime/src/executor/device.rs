@@ -25,9 +25,7 @@ use optc_compiler::plan::Plan;
 use optc_cubecl::{Binding, DeviceBuffer, Gpu, Program, BLOCK, BLOCK_WORDS};
 
 use super::plan::{Launch, Partials, Phase, PlanState};
-use super::{
-    Executor, HostTensors, HostTensorsMut, Layout, Params, SlotValues, StepRequest, Stored,
-};
+use super::{Executor, HostTensors, Layout, Params, SlotValues, StepRequest, Stored};
 use crate::precision::{self, Precision};
 use crate::Error;
 
@@ -230,30 +228,13 @@ impl DeviceExecutor {
                 .clone()
                 .ok_or_else(|| Error::Internal("no parameters were uploaded".into())),
             Params::Borrowed(host) => {
-                let tensors: Vec<Stored> = (0..layout.tensors.len())
-                    .map(|t| host_stored_mut(host, t))
-                    .collect();
+                let tensors: Vec<Stored> =
+                    (0..layout.tensors.len()).map(|t| host.stored(t)).collect();
                 Ok(self
                     .gpu
                     .upload(&self.image(self.precision.params, &tensors)?))
             }
         }
-    }
-}
-
-/// Tensor `t` of host parameters in their own element type.
-fn host_stored_mut(host: &HostTensorsMut<'_, '_>, t: usize) -> Stored {
-    match host {
-        HostTensorsMut::F32(x) => Stored::F32(x[t].to_vec()),
-        HostTensorsMut::Bf16(x) => Stored::Bf16(x[t].iter().map(|v| v.to_bits()).collect()),
-    }
-}
-
-/// Tensor `t` of host gradients in their own element type.
-fn host_stored(host: &HostTensors<'_, '_>, t: usize) -> Stored {
-    match host {
-        HostTensors::F32(x) => Stored::F32(x[t].to_vec()),
-        HostTensors::Bf16(x) => Stored::Bf16(x[t].iter().map(|v| v.to_bits()).collect()),
     }
 }
 
@@ -301,9 +282,7 @@ impl Executor for DeviceExecutor {
         layout: &Layout,
         grads: HostTensors<'_, '_>,
     ) -> Result<(), Error> {
-        let tensors: Vec<Stored> = (0..layout.tensors.len())
-            .map(|t| host_stored(&grads, t))
-            .collect();
+        let tensors: Vec<Stored> = (0..layout.tensors.len()).map(|t| grads.stored(t)).collect();
         let image = self.image(self.precision.params, &tensors)?;
         match &self.gradients {
             Some(buffer) if buffer.bytes() == image.len().max(4) => {
@@ -320,7 +299,7 @@ impl Executor for DeviceExecutor {
     }
     fn upload(&mut self, layout: &Layout, params: HostTensors<'_, '_>) -> Result<(), Error> {
         let tensors: Vec<Stored> = (0..layout.tensors.len())
-            .map(|t| host_stored(&params, t))
+            .map(|t| params.stored(t))
             .collect();
         let buffer = self
             .gpu

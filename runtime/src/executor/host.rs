@@ -183,12 +183,7 @@ impl Executor for HostExecutor {
 
     fn upload(&mut self, layout: &Layout, params: HostTensors<'_, '_>) -> Result<(), Error> {
         let tensors = layout.tensors.len();
-        let stored: Vec<Stored> = (0..tensors)
-            .map(|t| match params {
-                HostTensors::F32(x) => Stored::F32(x[t].to_vec()),
-                HostTensors::Bf16(x) => Stored::Bf16(x[t].iter().map(|v| v.to_bits()).collect()),
-            })
-            .collect();
+        let stored: Vec<Stored> = (0..tensors).map(|t| params.stored(t)).collect();
         // Away from the state slots' arenas (staggered 0, 1, ...).
         let stagger = 40;
         self.params = Some(TypedArena::from_stored(

@@ -117,6 +117,14 @@ pub enum HostTensors<'a, 'b> {
 }
 
 impl HostTensors<'_, '_> {
+    /// Tensor `t` in its own element type (bf16 as bit patterns).
+    pub fn stored(&self, t: usize) -> Stored {
+        match self {
+            HostTensors::F32(x) => Stored::F32(x[t].to_vec()),
+            HostTensors::Bf16(x) => Stored::Bf16(x[t].iter().map(|v| v.to_bits()).collect()),
+        }
+    }
+
     /// Tensor `t` widened to f32.
     pub fn widened(&self, t: usize) -> Vec<f32> {
         match self {
@@ -136,6 +144,16 @@ impl HostTensors<'_, '_> {
 }
 
 impl HostTensorsMut<'_, '_> {
+    /// Tensor `t` in its own element type (bf16 as bit patterns), as the
+    /// device executor copies it to the device.
+    #[cfg(feature = "cubecl")]
+    pub(crate) fn stored(&self, t: usize) -> Stored {
+        match self {
+            HostTensorsMut::F32(x) => Stored::F32(x[t].to_vec()),
+            HostTensorsMut::Bf16(x) => Stored::Bf16(x[t].iter().map(|v| v.to_bits()).collect()),
+        }
+    }
+
     pub(crate) fn pointer(&mut self, t: usize) -> *mut f32 {
         match self {
             HostTensorsMut::F32(x) => x[t].as_mut_ptr(),
