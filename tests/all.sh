@@ -37,12 +37,27 @@ fi
 if [ ${#features[@]} -gt 0 ]; then
     args+=(--features "$(IFS=,; echo "${features[*]}")")
 fi
-cargo test --workspace --release --locked "${args[@]}"
+# The Python suite's requirements (torch is a few GB of wheels) install in
+# the background while cargo builds: downloading and unpacking them is
+# mostly waiting, and a cold build spends long stretches on one core.
 venv=target/python-venv
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
+mkdir -p target
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check --quiet "$@"; }
-pip install -r python/requirements-test.txt
+(
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+    fi
+    pip install -r python/requirements-test.txt
+) > target/python-requirements.log 2>&1 &
+requirements=$!
+if ! cargo test --workspace --release --locked "${args[@]}"; then
+    wait "$requirements" || true
+    exit 1
+fi
+if ! wait "$requirements"; then
+    echo "tests/all.sh: installing python/requirements-test.txt failed:" >&2
+    cat target/python-requirements.log >&2
+    exit 1
+fi
 pip install ./python
 "$venv/bin/python" -m pytest -q python/tests

@@ -50,6 +50,7 @@ fn a_scripted_search_runs_shows_saves_and_resumes() {
         "show 0".into(),
         "eval 0".into(),
         "eval 0 rosenbrock".into(),
+        "eval 0 --held-out".into(),
         "compare 0 0".into(),
         format!("plot 0 {} rosenbrock", path("curves.svg")),
         format!("checkpoint {}", path("search.ckpt")),
@@ -83,10 +84,27 @@ fn a_scripted_search_runs_shows_saves_and_resumes() {
     assert_eq!(top(reports[0]), top(reports[1]));
     assert!(top(reports[0]).lines().count() >= 3, "{}", top(reports[0]));
     let svg = std::fs::read_to_string(path("curves.svg")).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("sgd_momentum") && svg.contains("adam"));
+    assert!(svg.contains("<svg") && svg.contains("sgd_momentum") && svg.contains("adamw"));
     let saved = std::fs::read_to_string(path("raw.opt")).unwrap();
     assert!(saved.starts_with("// Found by `optc search`"), "{saved}");
     assert!(saved.contains("optimizer raw("), "{saved}");
+    // The held-out verdict: every held-out task, in the output and in the
+    // saved file's header, against the baselines tuned on it.
+    for task in [
+        "wine",
+        "mlp_long",
+        "mlp_64",
+        "minibatch_seed1",
+        "minibatch_seed2",
+    ] {
+        assert!(saved.contains(&format!("//   {task} ")), "{task}: {saved}");
+        assert!(stdout.contains(&format!("{task}: ")), "{task}: {stdout}");
+    }
+    assert!(
+        stdout.contains("held-out verdict: better than tuned AdamW on "),
+        "{stdout}"
+    );
+    assert!(saved.contains("// held-out verdict: "), "{saved}");
     let (code, _, stderr) = optc(&["check", &path("raw.opt")]);
     assert_eq!(code, 0, "the saved rule loads: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);

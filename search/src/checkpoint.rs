@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::evolve::SearchState;
 
 /// Bumped when the layout changes; older files are refused with a message.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 const MAGIC: &[u8] = b"optc-search-checkpoint\n";
 

@@ -2,8 +2,8 @@
 //! to find Lion: a population of fixed size, warm-started with copies of one
 //! program; each cycle a tournament picks a parent, a mutant of it is
 //! compiled, probed, rejected or looked up in the fitness cache (by
-//! [`DedupKey`]) or scored, and joins the population while the oldest
-//! member leaves (aging).
+//! [`DedupKey`]) or, after the invariance checks, scored, and joins the
+//! population while the oldest member leaves (aging).
 //!
 //! Cycles run in batches of [`EvolutionConfig::batch_size`]: the batch's
 //! tournaments draw from the population as it was when the batch began, each
@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use optc_compiler::ir::Rule;
-use optc_compiler::simplify::{self, Tier};
 use optc_compiler::Program;
 use serde::{Deserialize, Serialize};
 
@@ -30,9 +29,8 @@ use crate::dedup::{CacheHit, CacheStats, DedupKey, FitnessCache};
 use crate::fitness::{Fitness, Score};
 use crate::mutate::{MutationKind, MutationWeights, Mutator};
 use crate::parallel;
-use crate::probe;
 use crate::program::Candidate;
-use crate::reject::{self, Rejection};
+use crate::reject::{self, Invariances, Rejection, Screened};
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +41,8 @@ pub struct EvolutionConfig {
     /// Children proposed, scored in parallel and added per batch.
     pub batch_size: usize,
     pub mutation_weights: MutationWeights,
+    /// The invariance checks of cheap rejection.
+    pub invariances: Invariances,
 }
 
 impl Default for EvolutionConfig {
@@ -54,6 +54,7 @@ impl Default for EvolutionConfig {
             seed: 0,
             batch_size: 8,
             mutation_weights: MutationWeights::default(),
+            invariances: Invariances::default(),
         }
     }
 }
@@ -215,11 +216,16 @@ pub struct Evolution<F: Fitness> {
     state: SearchState,
 }
 
-/// A child's key, or why it has none (everything before the cache).
+/// A child's key (with the simplification and probe the invariance checks
+/// read), or why it has none (everything before the cache).
 enum Assessment {
     Rejected(Rejection),
-    Keyed(DedupKey),
+    Keyed(DedupKey, Box<Screened>),
 }
+
+/// A child's score and where it came from (`None`: evaluated), or its
+/// rejection by the invariance checks.
+type Answer = Result<(Score, Option<CacheHit>), Rejection>;
 
 /// One proposed child after mutation and assessment.
 struct Proposal {
@@ -276,7 +282,11 @@ impl<F: Fitness> Evolution<F> {
             Assessment::Rejected(rejection) => {
                 return Err(StartError::WarmStartRejected(rejection))
             }
-            Assessment::Keyed(key) => key,
+            Assessment::Keyed(key, screened) => {
+                reject::check_invariances(&screened, config.invariances)
+                    .map_err(StartError::WarmStartRejected)?;
+                key
+            }
         };
         let mut workers = vec![fitness.worker()];
         let score = fitness.score(&mut workers[0], &rule);
@@ -410,20 +420,20 @@ impl<F: Fitness> Evolution<F> {
         // Cache lookups in proposal order; equal children of one batch are
         // scored once (the later ones count as hits).
         let mut pending: Vec<usize> = Vec::new();
-        let mut answers: Vec<Option<(Score, Option<CacheHit>)>> = Vec::with_capacity(batch);
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(batch);
         let mut waiting_on: Vec<Option<(usize, CacheHit)>> = vec![None; batch];
         for (index, proposal) in proposals.iter().enumerate() {
-            let Some(Assessment::Keyed(key)) = &proposal.assessment else {
+            let Some(Assessment::Keyed(key, _)) = &proposal.assessment else {
                 answers.push(None);
                 continue;
             };
             if let Some((score, hit)) = self.state.cache.peek(key) {
                 self.state.cache.count(Some(hit));
-                answers.push(Some((score, Some(hit))));
+                answers.push(Some(Ok((score, Some(hit)))));
                 continue;
             }
             let earlier = pending.iter().find_map(|&other| {
-                let Some(Assessment::Keyed(other_key)) = &proposals[other].assessment else {
+                let Some(Assessment::Keyed(other_key, _)) = &proposals[other].assessment else {
                     return None;
                 };
                 if other_key.canonical == key.canonical {
@@ -446,19 +456,33 @@ impl<F: Fitness> Evolution<F> {
             }
             answers.push(None);
         }
+        // Children the cache has not seen pass the invariance checks (the
+        // dearest of rejection, so a cache hit, which has the program or
+        // the probe behaviour of one that passed, skips them), then are
+        // scored.
         let fitness = &self.fitness;
+        let invariances = self.state.config.invariances;
         let scores = parallel::map(&mut self.workers, &pending, |worker, &index| {
-            let rule = &proposals[index].mutant.as_ref().map(|m| &m.2);
-            rule.map(|rule| fitness.score(worker, rule))
+            let proposal = &proposals[index];
+            let (Some(mutant), Some(Assessment::Keyed(_, screened))) =
+                (&proposal.mutant, &proposal.assessment)
+            else {
+                return None;
+            };
+            Some(
+                reject::check_invariances(screened, invariances)
+                    .map(|()| (fitness.score(worker, &mutant.2), None)),
+            )
         });
-        for (&index, score) in pending.iter().zip(scores) {
-            answers[index] = score.map(|score| (score, None));
+        for (&index, answer) in pending.iter().zip(scores) {
+            answers[index] = answer;
         }
         for index in 0..batch {
             if let Some((source, hit)) = waiting_on[index] {
-                answers[index] = answers[source]
-                    .as_ref()
-                    .map(|(score, _)| (score.clone(), Some(hit)));
+                answers[index] = answers[source].as_ref().map(|answer| match answer {
+                    Ok((score, _)) => Ok((score.clone(), Some(hit))),
+                    Err(rejection) => Err(rejection.clone()),
+                });
             }
         }
         for (proposal, answer) in proposals.into_iter().zip(answers) {
@@ -467,7 +491,7 @@ impl<F: Fitness> Evolution<F> {
     }
 
     /// Records one cycle and adds its child, if any.
-    fn join(&mut self, proposal: Proposal, answer: Option<(Score, Option<CacheHit>)>) {
+    fn join(&mut self, proposal: Proposal, answer: Option<Answer>) {
         let state = &mut self.state;
         state.stats.cycles += 1;
         let mutation = proposal.mutant.as_ref().map(|m| m.0);
@@ -480,11 +504,16 @@ impl<F: Fitness> Evolution<F> {
         };
         match (proposal.mutant, proposal.assessment, answer) {
             (None, ..) => state.stats.mutation_failures += 1,
-            (Some(_), Some(Assessment::Rejected(rejection)), _) => {
+            (Some(_), Some(Assessment::Rejected(rejection)), _)
+            | (Some(_), Some(Assessment::Keyed(..)), Some(Err(rejection))) => {
                 state.stats.rejected += 1;
                 event.outcome = Outcome::Rejected(rejection);
             }
-            (Some((kind, candidate, _)), Some(Assessment::Keyed(key)), Some((score, hit))) => {
+            (
+                Some((kind, candidate, _)),
+                Some(Assessment::Keyed(key, _)),
+                Some(Ok((score, hit))),
+            ) => {
                 if hit.is_none() {
                     state.stats.evaluations += 1;
                     state.stats.promoted += u64::from(score.promoted.is_some());
@@ -628,16 +657,15 @@ impl<F: Fitness> Evolution<F> {
     }
 }
 
-/// Probe, rejection and dedup key: everything but randomness and scoring.
+/// Probe, cheap rejection and dedup key: everything but randomness, the
+/// invariance checks and scoring.
 fn assess(rule: &Rule) -> Assessment {
-    let probe = match probe::probe(rule) {
-        Ok(probe) => probe,
-        Err(message) => return Assessment::Rejected(Rejection::ProbeFailed(message)),
-    };
-    let simplified = simplify::simplify(rule, Tier::Algebraic);
-    match reject::check(&simplified, &probe) {
+    match reject::screen_cheaply(rule) {
         Err(rejection) => Assessment::Rejected(rejection),
-        Ok(()) => Assessment::Keyed(DedupKey::new(&simplified, &probe)),
+        Ok(screened) => Assessment::Keyed(
+            DedupKey::new(&screened.simplified, &screened.probe),
+            Box::new(screened),
+        ),
     }
 }
 

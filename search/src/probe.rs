@@ -1,8 +1,11 @@
-//! Probe runs: two steps of a rule in the reference interpreter (f64 checking
-//! mode) on fixed inputs, under two hyperparameter settings (the defaults,
-//! and the float ones scaled, so a rule that ignores a hyperparameter is told
-//! apart from one that hard-codes its value). Rejection and the behavioural
-//! fingerprint of deduplication both read the same run.
+//! Probe runs: short runs of a rule in the reference interpreter (f64
+//! checking mode) on fixed inputs. The probe proper is two steps under two
+//! hyperparameter settings (the defaults, and the float ones scaled, so a
+//! rule that ignores a hyperparameter is told apart from one that hard-codes
+//! its value); rejection and the behavioural fingerprint of deduplication
+//! both read it. The invariance checks of [`crate::reject`] run the same
+//! inputs shifted, or one gradient held fixed for many steps, through
+//! [`run`].
 
 use optc_compiler::interpret::{self, StepInputs, Value};
 use optc_compiler::ir::{Kind, Rule};
@@ -13,7 +16,7 @@ use crate::rng::Rng;
 /// per-group reductions differ).
 const PROBE_NUMELS: [usize; 2] = [5, 3];
 /// Steps per setting: the second reads the state the first wrote.
-const PROBE_STEPS: u64 = 2;
+pub const PROBE_STEPS: u64 = 2;
 /// Float hyperparameters are multiplied by this in the second setting.
 const HYPER_SCALE: f64 = 0.7;
 const PROBE_SEED: u64 = 0x0b7c_5ea7_c4e5;
@@ -44,47 +47,81 @@ pub struct Probe {
     pub steps: Vec<ProbeStep>,
 }
 
+/// The probe's fixed inputs: parameters in [-1, 1], and a gradient per step
+/// in [-0.5, 0.5], tensor by tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeInputs {
+    pub params: Vec<Vec<f64>>,
+    pub grads: Vec<Vec<Vec<f64>>>,
+}
+
+impl ProbeInputs {
+    pub fn new() -> ProbeInputs {
+        let mut rng = Rng::new(PROBE_SEED);
+        let mut tensors = |scale: f64| -> Vec<Vec<f64>> {
+            PROBE_NUMELS
+                .iter()
+                .map(|&n| (0..n).map(|_| scale * (2.0 * rng.unit() - 1.0)).collect())
+                .collect()
+        };
+        let params = tensors(1.0);
+        let grads = (0..PROBE_STEPS).map(|_| tensors(0.5)).collect();
+        ProbeInputs { params, grads }
+    }
+}
+
+impl Default for ProbeInputs {
+    fn default() -> ProbeInputs {
+        ProbeInputs::new()
+    }
+}
+
 /// Runs the probe. Fails only where the interpreter refuses the inputs or a
 /// hyperparameter has no default.
 pub fn probe(rule: &Rule) -> Result<Probe, String> {
-    let mut rng = Rng::new(PROBE_SEED);
-    let mut tensors = |scale: f64| -> Vec<Vec<f64>> {
-        PROBE_NUMELS
-            .iter()
-            .map(|&n| (0..n).map(|_| scale * (2.0 * rng.unit() - 1.0)).collect())
-            .collect()
-    };
-    let initial_params = tensors(1.0);
-    let grads: Vec<Vec<Vec<f64>>> = (0..PROBE_STEPS).map(|_| tensors(0.5)).collect();
+    let inputs = ProbeInputs::new();
     let mut steps = Vec::new();
     for scale in [1.0, HYPER_SCALE] {
-        let mut params = initial_params.clone();
-        let mut state: Option<Vec<Value<f64>>> = None;
-        for (step, grad) in (1..=PROBE_STEPS).zip(&grads) {
-            let hypers = hyper_values(rule, step, scale)?;
-            let param_refs: Vec<&[f64]> = params.iter().map(Vec::as_slice).collect();
-            let grad_refs: Vec<&[f64]> = grad.iter().map(Vec::as_slice).collect();
-            let out = interpret::step(
-                rule,
-                &StepInputs {
-                    params: &param_refs,
-                    grads: &grad_refs,
-                    step,
-                    hypers: &hypers,
-                    state: state.as_deref(),
-                    views: None,
-                },
-            )?;
-            steps.push(ProbeStep {
-                param_before: params.concat(),
-                param_after: out.params.concat(),
-                state_after: out.state.iter().flat_map(Value::flatten).collect(),
-            });
-            params = out.params;
-            state = Some(out.state);
-        }
+        steps.extend(run(rule, &inputs.params, &inputs.grads, scale)?);
     }
     Ok(Probe { steps })
+}
+
+/// Steps `rule` from fresh state at `params`, one step per gradient (step
+/// 1, 2, ...), with float hyperparameters at `scale` times their defaults.
+pub fn run(
+    rule: &Rule,
+    params: &[Vec<f64>],
+    grads: &[Vec<Vec<f64>>],
+    scale: f64,
+) -> Result<Vec<ProbeStep>, String> {
+    let mut params = params.to_vec();
+    let mut state: Option<Vec<Value<f64>>> = None;
+    let mut steps = Vec::with_capacity(grads.len());
+    for (step, grad) in (1..).zip(grads) {
+        let hypers = hyper_values(rule, step, scale)?;
+        let param_refs: Vec<&[f64]> = params.iter().map(Vec::as_slice).collect();
+        let grad_refs: Vec<&[f64]> = grad.iter().map(Vec::as_slice).collect();
+        let out = interpret::step(
+            rule,
+            &StepInputs {
+                params: &param_refs,
+                grads: &grad_refs,
+                step,
+                hypers: &hypers,
+                state: state.as_deref(),
+                views: None,
+            },
+        )?;
+        steps.push(ProbeStep {
+            param_before: params.concat(),
+            param_after: out.params.concat(),
+            state_after: out.state.iter().flat_map(Value::flatten).collect(),
+        });
+        params = out.params;
+        state = Some(out.state);
+    }
+    Ok(steps)
 }
 
 /// Hyperparameter values at `step`: defaults in order (each may read the

@@ -1,17 +1,23 @@
 //! Proxy tasks: the small training problems a candidate is scored on. Each
 //! trains the candidate compiled to kernels (an [`Optimizer`] on the
-//! Cranelift backend, or the one the search was given) from a fixed start for a fixed number of full-batch
-//! steps, with exact gradients: `.opt` objectives with symbolic gradients
+//! Cranelift backend, or the one the search was given) from a fixed start
+//! for a fixed number of steps: `.opt` objectives with symbolic gradients
 //! (an ill-conditioned quadratic, Rosenbrock; both with their minimum moved
 //! off round numbers, where a search found rules that snap parameters to 0
-//! and 1) and models on real data
-//! (logistic regression and MLP classifiers on the UCI breast-cancer and
-//! digits sets, with a held-out split for the funnel).
+//! and 1), and models on real data (logistic regression and MLP classifiers
+//! on the UCI breast-cancer and digits sets, full batch with exact
+//! gradients or on minibatches in a seeded order, judged on a held-out
+//! split). [`held_out`] tasks never enter the fitness: they give the
+//! verdict on a winner.
 //!
 //! A rule is not judged by one bad step size: [`tune`] sweeps a log grid of
 //! update scales (the new parameters are `p + s (p_rule - p)`, which is a
 //! learning-rate multiplier for every rule whose step is proportional to its
-//! learning rate) and keeps the best.
+//! learning rate) under each [`Schedule`] of the scale (constant, and
+//! optax's linear warm-up + cosine decay), and keeps the best: every
+//! candidate and every baseline gets the same schedules, so a rule that
+//! builds its own warm-up earns nothing a schedule would not have given the
+//! baselines.
 
 use std::sync::Arc;
 
@@ -20,6 +26,9 @@ use optc_compiler::objective::Objective;
 use optc_compiler::Program;
 use optc_runtime::{Backend, Optimizer};
 use optc_tasks::{Dataset, Mlp, SoftmaxRegression, Task};
+use serde::{Deserialize, Serialize};
+
+use crate::rng::Rng;
 
 /// The name of the hyperparameter [`with_update_scale`] adds.
 pub const UPDATE_SCALE: &str = "update_scale";
@@ -28,6 +37,12 @@ pub const UPDATE_SCALE: &str = "update_scale";
 /// one's half-decade neighbours. With the stdlib's default learning rates
 /// (1e-3) this spans learning rates from 3e-6 to 3.
 pub const COARSE_EXPONENTS: std::ops::RangeInclusive<i32> = -2..=3;
+
+/// Training runs per [`tune`]: the coarse scales under every schedule,
+/// then two refinements.
+pub const SWEEP_RUNS: usize = COARSE_EXPONENTS_LEN * Schedule::ALL.len() + 2;
+const COARSE_EXPONENTS_LEN: usize =
+    (*COARSE_EXPONENTS.end() - *COARSE_EXPONENTS.start() + 1) as usize;
 
 /// A run stops as diverged when the loss exceeds its initial value this
 /// many times over (or stops being finite).
@@ -41,6 +56,8 @@ pub enum Stage {
     /// Scored only on candidates that beat tuned SGD with momentum on every
     /// cheap task: larger, longer, or judged on held-out data.
     Funnel,
+    /// Never part of the fitness: the verdict on a winner ([`held_out`]).
+    HeldOut,
 }
 
 /// What a task trains.
@@ -56,6 +73,66 @@ pub enum Problem {
         train: Box<dyn Task + Send + Sync>,
         held_out: Option<Box<dyn Task + Send + Sync>>,
     },
+    /// A model trained on minibatches (stochastic gradients): step `k`
+    /// evaluates `batches[k]` (see [`minibatches`]); judged on `held_out`.
+    Minibatch {
+        batches: Vec<Box<dyn Task + Send + Sync>>,
+        held_out: Box<dyn Task + Send + Sync>,
+    },
+}
+
+/// `steps` minibatches of `size` examples of `data` for the model `model`
+/// makes: each epoch visits the examples in an order shuffled by a stream
+/// seeded with `seed` (Fisher-Yates), in whole batches (an epoch's last
+/// partial batch is dropped), so a seed fixes the data order.
+pub fn minibatches(
+    data: &Dataset,
+    size: usize,
+    steps: usize,
+    seed: u64,
+    model: impl Fn(Dataset) -> Box<dyn Task + Send + Sync>,
+) -> Vec<Box<dyn Task + Send + Sync>> {
+    if data.labels.is_empty() {
+        return Vec::new();
+    }
+    let size = size.clamp(1, data.labels.len());
+    let mut rng = Rng::new(seed);
+    let mut order: Vec<usize> = (0..data.labels.len()).collect();
+    let mut batches = Vec::with_capacity(steps);
+    while batches.len() < steps {
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        for chunk in order.chunks_exact(size) {
+            if batches.len() == steps {
+                break;
+            }
+            batches.push(model(data.subset(chunk)));
+        }
+    }
+    batches
+}
+
+/// How the update scale changes over a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// The same scale on every step.
+    Constant,
+    /// optax's `warmup_cosine_decay_schedule(0, scale, steps / 10, steps)`:
+    /// linear from 0 over the first tenth of the run, then cosine decay to 0
+    /// at its end.
+    WarmupCosine,
+}
+
+impl Schedule {
+    pub const ALL: [Schedule; 2] = [Schedule::Constant, Schedule::WarmupCosine];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::WarmupCosine => "warmup_cosine",
+        }
+    }
 }
 
 /// One proxy task.
@@ -65,6 +142,21 @@ pub struct ProxyTask {
     pub stage: Stage,
     pub steps: usize,
     pub problem: Problem,
+    /// [`Schedule::WarmupCosine`] over `steps` with peak 1.
+    warmup_cosine: ScalarExpr,
+}
+
+/// Objectives' losses are floored here before their geometric mean.
+pub const LOSS_FLOOR: f64 = 1e-30;
+
+/// An objective's metric: the geometric mean of its losses over the run
+/// (each floored at [`LOSS_FLOOR`]), the area under the log-loss curve.
+/// Judged by the final loss alone, many rules reach the exact minimum of
+/// the quadratic in float32 (loss 0) and tie; the mean also ranks how fast
+/// they get there.
+pub fn geometric_mean_loss(losses: &[f64]) -> f64 {
+    let logs: f64 = losses.iter().map(|l| l.max(LOSS_FLOOR).ln()).sum();
+    (logs / losses.len().max(1) as f64).exp()
 }
 
 /// One training run.
@@ -73,8 +165,10 @@ pub struct Run {
     /// The training loss before each step, then after the last; shorter
     /// when the run diverged.
     pub losses: Vec<f64>,
-    /// What the task is judged by (lower is better): the final training
-    /// loss, or the held-out loss; infinite when the run diverged.
+    /// What the task is judged by (lower is better): for an objective, the
+    /// [`geometric_mean_loss`] of the run; for a model, the held-out loss
+    /// (the final training loss without a held-out set); infinite when the
+    /// run diverged.
     pub metric: f64,
 }
 
@@ -82,11 +176,55 @@ pub struct Run {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tuned {
     pub metric: f64,
-    /// The update scale that gave it.
+    /// The (peak) update scale that gave it.
     pub scale: f64,
+    pub schedule: Schedule,
 }
 
 impl ProxyTask {
+    /// A task trained for `steps` steps; `prelude` provides the schedules.
+    pub fn new(
+        prelude: &Program,
+        name: &str,
+        about: &str,
+        stage: Stage,
+        steps: usize,
+        problem: Problem,
+    ) -> Result<ProxyTask, String> {
+        let warmup = (steps / 10).max(1);
+        let warmup_cosine = prelude
+            .clone()
+            .compile_scalar(
+                UPDATE_SCALE,
+                &format!("warmup_cosine_decay(0, 1, {warmup}, {steps})"),
+            )
+            .map_err(|diagnostic| diagnostic.message)?;
+        Ok(ProxyTask {
+            name: name.to_string(),
+            about: about.to_string(),
+            stage,
+            steps,
+            problem,
+            warmup_cosine,
+        })
+    }
+
+    /// The [`UPDATE_SCALE`] value for a run at `scale` under `schedule`.
+    fn update_scale(&self, scale: f64, schedule: Schedule) -> ScalarExpr {
+        match schedule {
+            Schedule::Constant => ScalarExpr::constant(scale),
+            Schedule::WarmupCosine => {
+                let mut expr = self.warmup_cosine.clone();
+                let peak = expr.graph.add(Node::constant(scale));
+                expr.output = expr
+                    .graph
+                    .add(Node::Binary(BinaryOp::Mul, peak, expr.output));
+                expr.text = format!("{scale:?} * {}", expr.text);
+                expr
+            }
+        }
+    }
+
     /// The task's parameters before training.
     fn initial_params(&self) -> Result<Vec<Vec<f32>>, String> {
         match &self.problem {
@@ -96,11 +234,20 @@ impl ProxyTask {
                 numel,
             } => objective.initial_params(*numel, hypers),
             Problem::Model { train, .. } => Ok(train.initial_params()),
+            Problem::Minibatch { batches, .. } => batches
+                .first()
+                .map(|batch| batch.initial_params())
+                .ok_or_else(|| "a minibatch task without batches".to_string()),
         }
     }
 
-    /// Training loss and gradients at `params`.
-    fn loss_and_gradients(&self, params: &[Vec<f32>]) -> Result<(f64, Vec<Vec<f32>>), String> {
+    /// Training loss and gradients at `params` before step `step` (from 0;
+    /// the minibatch of that step).
+    fn loss_and_gradients(
+        &self,
+        params: &[Vec<f32>],
+        step: usize,
+    ) -> Result<(f64, Vec<Vec<f32>>), String> {
         match &self.problem {
             Problem::Objective {
                 objective, hypers, ..
@@ -113,22 +260,32 @@ impl ProxyTask {
                 let evaluation = train.evaluate(params);
                 Ok((evaluation.loss, evaluation.grads))
             }
+            Problem::Minibatch { batches, .. } => {
+                let evaluation = batches[step.min(batches.len() - 1)].evaluate(params);
+                Ok((evaluation.loss, evaluation.grads))
+            }
         }
     }
 
     /// Trains `rule` (with an [`UPDATE_SCALE`] hyperparameter, see
-    /// [`with_update_scale`]) at update scale `scale`, compiling its kernels
-    /// with `backend` (which caches them across calls).
-    pub fn train(&self, rule: &Arc<Rule>, scale: f64, backend: &Backend) -> Result<Run, String> {
+    /// [`with_update_scale`]) at update scale `scale` under `schedule`,
+    /// compiling its kernels with `backend` (which caches them across calls).
+    pub fn train(
+        &self,
+        rule: &Arc<Rule>,
+        scale: f64,
+        schedule: Schedule,
+        backend: &Backend,
+    ) -> Result<Run, String> {
         let mut optimizer = Optimizer::builder(rule.clone())
-            .set(UPDATE_SCALE, ScalarExpr::constant(scale))
+            .set(UPDATE_SCALE, self.update_scale(scale, schedule))
             .backend(backend.clone())
             .build()
             .map_err(|e| e.to_string())?;
         let mut params = self.initial_params()?;
         let mut losses = Vec::with_capacity(self.steps + 1);
         for step in 0..=self.steps {
-            let (loss, gradients) = self.loss_and_gradients(&params)?;
+            let (loss, gradients) = self.loss_and_gradients(&params, step)?;
             losses.push(loss);
             if !loss.is_finite() || loss > DIVERGENCE_FACTOR * losses[0].abs().max(1e-30) {
                 return Ok(Run {
@@ -149,8 +306,10 @@ impl ProxyTask {
             Problem::Model {
                 held_out: Some(held_out),
                 ..
-            } => held_out.evaluate(&params).loss,
-            _ => losses[losses.len() - 1],
+            }
+            | Problem::Minibatch { held_out, .. } => held_out.evaluate(&params).loss,
+            Problem::Objective { .. } => geometric_mean_loss(&losses),
+            Problem::Model { .. } => losses[losses.len() - 1],
         };
         Ok(Run {
             losses,
@@ -164,25 +323,32 @@ impl ProxyTask {
 }
 
 /// Sweeps the update scale of `rule` (prepared by [`with_update_scale`]) on
-/// `task`: `10^k` for k in [`COARSE_EXPONENTS`], then the best scale times
-/// `10^-0.5` and `10^0.5`. The lowest metric wins; ties go to the earlier
-/// scale, so the sweep is deterministic.
+/// `task`: `10^k` for k in [`COARSE_EXPONENTS`] under every [`Schedule`],
+/// then the best scale times `10^-0.5` and `10^0.5` under the best
+/// schedule (14 runs). The lowest metric wins; ties go to the earlier run
+/// (constant before warm-up), so the sweep is deterministic.
 pub fn tune(task: &ProxyTask, rule: &Arc<Rule>, backend: &Backend) -> Result<Tuned, String> {
     let mut best: Option<Tuned> = None;
-    let try_scale = |scale: f64, best: &mut Option<Tuned>| -> Result<(), String> {
-        let metric = task.train(rule, scale, backend)?.metric;
+    let try_run = |scale: f64, schedule: Schedule, best: &mut Option<Tuned>| {
+        let metric = task.train(rule, scale, schedule, backend)?.metric;
         if best.is_none_or(|b| metric < b.metric) {
-            *best = Some(Tuned { metric, scale });
+            *best = Some(Tuned {
+                metric,
+                scale,
+                schedule,
+            });
         }
-        Ok(())
+        Ok::<(), String>(())
     };
-    for k in COARSE_EXPONENTS {
-        try_scale(10f64.powi(k), &mut best)?;
+    for schedule in Schedule::ALL {
+        for k in COARSE_EXPONENTS {
+            try_run(10f64.powi(k), schedule, &mut best)?;
+        }
     }
-    let centre = best.map_or(1.0, |b| b.scale);
+    let centre = best.ok_or_else(|| "empty sweep".to_string())?;
     let half_decade = 10f64.sqrt();
-    try_scale(centre / half_decade, &mut best)?;
-    try_scale(centre * half_decade, &mut best)?;
+    try_run(centre.scale / half_decade, centre.schedule, &mut best)?;
+    try_run(centre.scale * half_decade, centre.schedule, &mut best)?;
     best.ok_or_else(|| "empty sweep".to_string())
 }
 
@@ -205,7 +371,90 @@ pub fn with_update_scale(rule: &Rule) -> Rule {
     rule
 }
 
-/// The built-in proxy tasks: four cheap ones and two for the funnel.
+/// An MLP with `hidden` tanh units on `data`.
+fn mlp(data: &Dataset, hidden: usize) -> Box<dyn Task + Send + Sync> {
+    Box::new(Mlp {
+        data: data.clone(),
+        hidden,
+    })
+}
+
+/// The minibatch task on breast cancer with the data order of `seed`.
+fn cancer_minibatches(seed: u64) -> Result<Problem, String> {
+    let (train, held_out) = Dataset::builtin("breast_cancer")?.split(5);
+    Ok(Problem::Minibatch {
+        batches: minibatches(&train, 32, MINIBATCH_STEPS + 1, seed, |batch| {
+            mlp(&batch, 8)
+        }),
+        held_out: mlp(&held_out, 8),
+    })
+}
+
+/// A model judged on the held-out fifth of `dataset`.
+fn held_out_model(dataset: &str, hidden: usize) -> Result<Problem, String> {
+    let (train, held_out) = Dataset::builtin(dataset)?.split(5);
+    Ok(Problem::Model {
+        train: mlp(&train, hidden),
+        held_out: Some(mlp(&held_out, hidden)),
+    })
+}
+
+/// The held-out tasks: never scored during a search, only in the verdict
+/// on a winner (`eval ID --held-out`, `save`): another dataset, a horizon
+/// ten times longer, another width, and other data orders of the minibatch
+/// task. A rule that beats AdamW on its own tasks but not here has
+/// overfit them.
+pub fn held_out(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
+    Ok(vec![
+        ProxyTask::new(
+            prelude,
+            "wine",
+            "MLP, 16 tanh units, 100 steps on UCI wine (143 examples), held-out loss",
+            Stage::HeldOut,
+            100,
+            held_out_model("wine", 16)?,
+        )?,
+        ProxyTask::new(
+            prelude,
+            "mlp_long",
+            "the `mlp` task ten times longer: 600 steps",
+            Stage::HeldOut,
+            600,
+            held_out_model("breast_cancer", 8)?,
+        )?,
+        ProxyTask::new(
+            prelude,
+            "mlp_64",
+            "the `mlp` task eight times wider: 64 tanh units",
+            Stage::HeldOut,
+            60,
+            held_out_model("breast_cancer", 64)?,
+        )?,
+        ProxyTask::new(
+            prelude,
+            "minibatch_seed1",
+            "the `mlp_minibatch` task with the data order of seed 1",
+            Stage::HeldOut,
+            MINIBATCH_STEPS,
+            cancer_minibatches(1)?,
+        )?,
+        ProxyTask::new(
+            prelude,
+            "minibatch_seed2",
+            "the `mlp_minibatch` task with the data order of seed 2",
+            Stage::HeldOut,
+            MINIBATCH_STEPS,
+            cancer_minibatches(2)?,
+        )?,
+    ])
+}
+
+/// Steps of the minibatch task (about 14 epochs of the breast-cancer
+/// training set).
+const MINIBATCH_STEPS: usize = 200;
+
+/// The built-in proxy tasks: five cheap ones (one on minibatches) and two
+/// for the funnel.
 pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
     let objective = |name: &str, sets: &[(&str, f64)], numel: usize| -> Result<Problem, String> {
         let objective = prelude
@@ -221,70 +470,78 @@ pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
     };
     let (cancer_train, cancer_held_out) = Dataset::builtin("breast_cancer")?.split(5);
     let (digits_train, digits_held_out) = Dataset::builtin("digits")?.split(5);
-    let mlp = |data: &Dataset, hidden: usize| -> Box<dyn Task + Send + Sync> {
-        Box::new(Mlp {
-            data: data.clone(),
-            hidden,
-        })
-    };
     Ok(vec![
-        ProxyTask {
-            name: "quadratic".into(),
-            about: "ill-conditioned quadratic, kappa 100, 16 elements, minimum at 0.37".into(),
-            stage: Stage::Cheap,
-            steps: 100,
-            problem: objective(
+        ProxyTask::new(
+            prelude,
+            "quadratic",
+            "ill-conditioned quadratic, kappa 100, 16 elements, minimum at 0.37 + 0.3 cos(2.3 i + 0.5)",
+            Stage::Cheap,
+            100,
+            objective(
                 "ill_conditioned_quadratic",
-                &[("kappa", 100.0), ("center", 0.37)],
+                &[("kappa", 100.0), ("center", 0.37), ("spread", 0.3)],
                 16,
             )?,
-        },
-        ProxyTask {
-            name: "rosenbrock".into(),
-            about: "Rosenbrock's valley, a = 1.3: from (-1.2, 1) to (1.3, 1.69)".into(),
-            stage: Stage::Cheap,
-            steps: 200,
-            problem: objective("rosenbrock", &[("a", 1.3)], 1)?,
-        },
-        ProxyTask {
-            name: "logistic".into(),
-            about: "logistic regression on breast cancer (455 examples), held-out loss".into(),
-            stage: Stage::Cheap,
-            steps: 60,
-            problem: Problem::Model {
+        )?,
+        ProxyTask::new(
+            prelude,
+            "rosenbrock",
+            "Rosenbrock's valley, a = 1.3: from (-1.2, 1) to (1.3, 1.69)",
+            Stage::Cheap,
+            200,
+            objective("rosenbrock", &[("a", 1.3)], 1)?,
+        )?,
+        ProxyTask::new(
+            prelude,
+            "logistic",
+            "logistic regression on breast cancer (455 examples), held-out loss",
+            Stage::Cheap,
+            60,
+            Problem::Model {
                 train: Box::new(SoftmaxRegression::new(cancer_train.clone())),
                 held_out: Some(Box::new(SoftmaxRegression::new(cancer_held_out.clone()))),
             },
-        },
-        ProxyTask {
-            name: "mlp".into(),
-            about: "MLP, 8 tanh units, 60 steps on breast cancer, held-out loss".into(),
-            stage: Stage::Cheap,
-            steps: 60,
-            problem: Problem::Model {
+        )?,
+        ProxyTask::new(
+            prelude,
+            "mlp",
+            "MLP, 8 tanh units, 60 steps on breast cancer, held-out loss",
+            Stage::Cheap,
+            60,
+            Problem::Model {
                 train: mlp(&cancer_train, 8),
                 held_out: Some(mlp(&cancer_held_out, 8)),
             },
-        },
-        ProxyTask {
-            name: "mlp_wide".into(),
-            about: "MLP, 32 tanh units, 200 steps on breast cancer, held-out loss".into(),
-            stage: Stage::Funnel,
-            steps: 200,
-            problem: Problem::Model {
+        )?,
+        ProxyTask::new(
+            prelude,
+            "mlp_minibatch",
+            "MLP, 8 tanh units, 200 steps of minibatches of 32 on breast cancer (fixed order), held-out loss",
+            Stage::Cheap,
+            MINIBATCH_STEPS,
+            cancer_minibatches(0)?,
+        )?,
+        ProxyTask::new(
+            prelude,
+            "mlp_wide",
+            "MLP, 32 tanh units, 200 steps on breast cancer, held-out loss",
+            Stage::Funnel,
+            200,
+            Problem::Model {
                 train: mlp(&cancer_train, 32),
                 held_out: Some(mlp(&cancer_held_out, 32)),
             },
-        },
-        ProxyTask {
-            name: "digits".into(),
-            about: "MLP, 16 tanh units, 100 steps on digits (1437 examples), held-out loss".into(),
-            stage: Stage::Funnel,
-            steps: 100,
-            problem: Problem::Model {
+        )?,
+        ProxyTask::new(
+            prelude,
+            "digits",
+            "MLP, 16 tanh units, 100 steps on digits (1437 examples), held-out loss",
+            Stage::Funnel,
+            100,
+            Problem::Model {
                 train: mlp(&digits_train, 16),
                 held_out: Some(mlp(&digits_held_out, 16)),
             },
-        },
+        )?,
     ])
 }

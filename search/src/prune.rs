@@ -5,7 +5,10 @@
 //! one with the least effect first — the step the Lion paper did by hand. Removing a `let` means reading one
 //! of its operands where it was read (`asin(x)` becomes `x`, `a + tiny`
 //! becomes `a`); a removal is acceptable when the pruned program still
-//! compiles, keeps the funnel status it had, and scores within the
+//! compiles, passes every check of cheap rejection (a removal must not make
+//! the update ignore `g`, constant, non-finite or invariance-breaking: an
+//! early version pruned a program down to `p = learning_rate * numel`),
+//! keeps the funnel status it had, and scores within the
 //! tolerance of the simplified program (not of the previous step, so
 //! removals cannot drift one tolerance at a time; and not better by more
 //! than the tolerance either: a removal that changes the score that much
@@ -20,6 +23,7 @@ use optc_compiler::Program;
 
 use crate::fitness::{Fitness, Score};
 use crate::program::{Candidate, Operand, Target, Var};
+use crate::reject::{self, Invariances};
 
 /// Scores may drop by this much (in normalised task units) for a removal to
 /// count as having no effect.
@@ -56,13 +60,15 @@ pub fn simplified(candidate: &Candidate, context: &Program) -> Result<Candidate,
     Candidate::from_rule(&simplify::simplify(&rule, Tier::Algebraic)).map_err(|e| e.to_string())
 }
 
-/// Simplifies `candidate`, then prunes it (see the module documentation).
+/// Simplifies `candidate`, then prunes it (see the module documentation);
+/// every program on the way passes [`reject::screen`] with `invariances`.
 pub fn prune<F: Fitness>(
     fitness: &F,
     worker: &mut F::Worker,
     context: &Program,
     candidate: &Candidate,
     tolerance: f64,
+    invariances: Invariances,
 ) -> Result<Pruned, String> {
     let mut current = simplified(candidate, context)?;
     let mut score = fitness.score(worker, &current.compile(context)?);
@@ -83,6 +89,9 @@ pub fn prune<F: Fitness>(
                 let Ok(rule) = pruned.compile(context) else {
                     continue;
                 };
+                if reject::screen(&rule, invariances).is_err() {
+                    continue;
+                }
                 attempts += 1;
                 let trial = fitness.score(worker, &rule);
                 let keeps_funnel = trial.promoted.is_some() || score.promoted.is_none();

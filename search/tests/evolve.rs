@@ -339,3 +339,76 @@ fn checkpoints_the_search_could_not_run_are_refused() {
         let _ = std::fs::remove_file(&path);
     }
 }
+
+/// The same, with the real fitness on the stochastic task (minibatches in a
+/// seeded order): its scores, and so the search, do not depend on threads.
+#[test]
+fn a_search_on_the_minibatch_task_is_the_same_on_one_and_two_threads() {
+    let prelude = Arc::new(common::prelude());
+    let tasks: Vec<_> = optc_search::proxy::builtin(&prelude)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name == "mlp_minibatch")
+        .collect();
+    let fitness =
+        Arc::new(optc_search::ProxyFitness::new(tasks, &prelude, 2, "cranelift").unwrap());
+    let run = |threads: usize| {
+        let start = Candidate::warm_start(&prelude, "sgd").unwrap();
+        let mut evolution = Evolution::new(
+            prelude.clone(),
+            fitness.clone(),
+            EvolutionConfig {
+                population_size: 8,
+                seed: 3,
+                ..EvolutionConfig::default()
+            },
+            start,
+            threads,
+        )
+        .unwrap();
+        evolution.run(24);
+        let best = evolution.best();
+        (
+            evolution.history().to_vec(),
+            best.candidate.source(),
+            best.score.clone(),
+        )
+    };
+    let one = run(1);
+    assert_eq!(one.0.len(), 24);
+    assert!(one.2.tasks.iter().all(|t| t.task == "mlp_minibatch"));
+    assert_eq!(one, run(2));
+}
+
+/// The invariance checks apply to the warm start too, and turn off.
+#[test]
+fn a_warm_start_breaking_an_invariance_is_refused_unless_the_check_is_off() {
+    let prelude = common::prelude();
+    let growing = common::compile("optimizer r(lr = 0.01) { p -= lr * t * g; }", "r");
+    let start = |invariances| {
+        Evolution::new(
+            Arc::new(prelude.clone()),
+            Quadratic::new(),
+            EvolutionConfig {
+                invariances,
+                ..config(1)
+            },
+            Candidate::from_rule(&growing).unwrap(),
+            1,
+        )
+    };
+    let refused = start(optc_search::reject::Invariances::default());
+    assert!(
+        matches!(
+            refused,
+            Err(StartError::WarmStartRejected(Rejection::GrowingStep { .. }))
+        ),
+        "{:?}",
+        refused.err()
+    );
+    let off = optc_search::reject::Invariances {
+        shift: true,
+        growth: false,
+    };
+    assert!(start(off).is_ok());
+}

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use optc_compiler::{Origin, Program};
 use optc_search::checkpoint::{self, Checkpoint};
 use optc_search::evolve::{Individual, Progress, Stop};
-use optc_search::fitness::{self, TaskScore};
+use optc_search::fitness::{self, Baseline, TaskScore};
 use optc_search::mutate::MutationKind;
-use optc_search::proxy::{self, ProxyTask, Stage};
+use optc_search::proxy::{self, ProxyTask, Schedule, Stage};
 use optc_search::prune::{self, Pruned};
+use optc_search::reject;
 use optc_search::{Candidate, Evolution, EvolutionConfig, Fitness, ProxyFitness, Score};
 
 use crate::load;
@@ -41,7 +42,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "set",
         "set [KEY VALUE]",
-        "show or change a setting: population, tournament, seed, batch, threads, cycles (or budget), tolerance, backend",
+        "show or change a setting: population, tournament, seed, batch, threads, cycles (or budget), tolerance, backend, shift and growth (the invariance checks: on or off)",
     ),
     (
         "run",
@@ -60,8 +61,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ),
     (
         "eval",
-        "eval ID [TASK]",
-        "score a program on every task (funnel included) or on one, against the baselines",
+        "eval ID [TASK|--held-out]",
+        "score a program on every task (funnel included) or on one, against the baselines; --held-out: on the held-out tasks the search never scores",
     ),
     (
         "simplify",
@@ -128,6 +129,9 @@ pub struct Session {
     /// The fitness of the chosen tasks, once built (tuning the baselines
     /// takes seconds).
     fitness: Option<Arc<ProxyFitness>>,
+    /// The held-out tasks with their tuned baselines, once a verdict was
+    /// asked for.
+    held_out: Option<Arc<ProxyFitness>>,
     search: Option<Search>,
     interrupt: Arc<AtomicBool>,
     /// Whether progress lines may rewrite themselves (a terminal).
@@ -163,6 +167,7 @@ impl Session {
             sources: Vec::new(),
             chosen,
             fitness: None,
+            held_out: None,
             search: None,
             interrupt,
             live_progress,
@@ -232,9 +237,9 @@ impl Session {
             .filter(|t| chosen.contains(&t.name))
             .collect();
         eprintln!(
-            "tuning SGD with momentum and Adam on {} task(s) ({} learning-rate scales each)...",
+            "tuning SGD with momentum and AdamW on {} task(s) ({} runs each: learning-rate scales under a constant and a warm-up + cosine schedule)...",
             tasks.len(),
-            proxy::COARSE_EXPONENTS.count() + 2
+            proxy::SWEEP_RUNS
         );
         Ok(Arc::new(ProxyFitness::new(
             tasks,
@@ -318,7 +323,7 @@ impl Session {
             }
         }
         let mut out = String::new();
-        for task in &all {
+        for task in all.iter().chain(&proxy::held_out(&self.context)?) {
             let mark = if self.chosen.contains(&task.name) {
                 "*"
             } else {
@@ -327,21 +332,24 @@ impl Session {
             let stage = match task.stage {
                 Stage::Cheap => "cheap",
                 Stage::Funnel => "funnel",
+                Stage::HeldOut => "held-out",
             };
-            let _ = writeln!(out, "{mark} {:<11} {stage:<7} {}", task.name, task.about);
+            let _ = writeln!(out, "{mark} {:<15} {stage:<8} {}", task.name, task.about);
         }
-        out.push_str("(* chosen; a change applies at the next `load`)\n");
+        out.push_str(
+            "(* chosen; a change applies at the next `load`; held-out tasks are never chosen: `eval ID --held-out`, `save`)\n",
+        );
         if let Some(fitness) = &self.fitness {
-            out.push_str("tuned baselines (loss at the best update scale):\n");
+            out.push_str("tuned baselines (loss at the best update scale and schedule):\n");
             for (task, baseline) in fitness.tasks().iter().zip(fitness.baselines()) {
                 let _ = writeln!(
                     out,
-                    "  {:<11} sgd_momentum {:.4e} (x{})   adam {:.4e} (x{})",
+                    "  {:<15} sgd_momentum {:.4e} ({})   adamw {:.4e} ({})",
                     task.name,
                     baseline.sgd_momentum.metric,
-                    scale_text(baseline.sgd_momentum.scale),
-                    baseline.adam.metric,
-                    scale_text(baseline.adam.scale)
+                    setting_text(baseline.sgd_momentum.scale, baseline.sgd_momentum.schedule),
+                    baseline.adamw.metric,
+                    setting_text(baseline.adamw.scale, baseline.adamw.schedule)
                 );
             }
         }
@@ -352,7 +360,7 @@ impl Session {
         let settings = &mut self.settings;
         match args {
             [] => Ok(format!(
-                "population {}\ntournament {}\nseed {}\nbatch {}\nthreads {}\ncycles {}\ntolerance {}\nbackend {}\n",
+                "population {}\ntournament {}\nseed {}\nbatch {}\nthreads {}\ncycles {}\ntolerance {}\nbackend {}\nshift {}\ngrowth {}\n",
                 settings.config.population_size,
                 settings.config.tournament_size,
                 settings.config.seed,
@@ -360,7 +368,9 @@ impl Session {
                 settings.threads,
                 settings.cycles,
                 settings.tolerance,
-                settings.backend
+                settings.backend,
+                on_off(settings.config.invariances.shift),
+                on_off(settings.config.invariances.growth)
             )),
             [key, value] => {
                 let at_most = match *key {
@@ -382,6 +392,13 @@ impl Session {
                         })
                 };
                 let at_next_load = " (applies at the next `load`)";
+                let switch = || -> Result<bool, String> {
+                    match *value {
+                        "on" => Ok(true),
+                        "off" => Ok(false),
+                        _ => Err(format!("`{key}` takes `on` or `off`, not `{value}`")),
+                    }
+                };
                 let note = match *key {
                     "population" => {
                         settings.config.population_size = count()?;
@@ -420,15 +437,24 @@ impl Session {
                             .ok_or_else(|| format!("`tolerance` takes a number >= 0, not `{value}`"))?;
                         ""
                     }
+                    "shift" => {
+                        settings.config.invariances.shift = switch()?;
+                        at_next_load
+                    }
+                    "growth" => {
+                        settings.config.invariances.growth = switch()?;
+                        at_next_load
+                    }
                     "backend" => {
                         settings.backend = registered_backend(value)?;
                         // Baselines are tuned on the backend candidates train on.
                         self.fitness = None;
+                        self.held_out = None;
                         at_next_load
                     }
                     other => {
                         return Err(format!(
-                            "unknown setting `{other}` (population, tournament, seed, batch, threads, cycles, tolerance, backend)"
+                            "unknown setting `{other}` (population, tournament, seed, batch, threads, cycles, tolerance, backend, shift, growth)"
                         ))
                     }
                 };
@@ -520,17 +546,18 @@ impl Session {
             _ => return Err(usage("top")),
         };
         let search = self.search()?;
-        let mut out = String::from("    id  fitness  funnel  statements  parent\n");
+        // Five decimals: programs near the top differ in the third or later.
+        let mut out = String::from("    id   fitness    funnel  statements  parent\n");
         for individual in search.evolution.hall_of_fame().iter().take(k) {
             let _ = writeln!(
                 out,
-                "{:>6}  {:>7.3}  {:>6}  {:>10}  {}",
+                "{:>6}  {:>8.5}  {:>8}  {:>10}  {}",
                 individual.id,
                 individual.score.fitness,
                 individual
                     .score
                     .promoted
-                    .map_or("-".to_string(), |p| format!("{p:.3}")),
+                    .map_or("-".to_string(), |p| format!("{p:.5}")),
                 individual.candidate.statements.len(),
                 individual
                     .parent
@@ -584,24 +611,93 @@ impl Session {
                 .promoted
                 .map_or(String::new(), |p| format!(", funnel {p:.3} (all tasks)"))
         );
-        let fitness = self.fitness.as_ref();
-        out.push_str("  task        loss         scale     normalised   sgd_momentum   adam\n");
+        out.push_str(
+            "  task            loss         scale, schedule      normalised   sgd_momentum   adamw\n",
+        );
         for task in &score.tasks {
-            let baseline = fitness
-                .and_then(|f| f.task_index(&task.task).map(|i| f.baselines()[i]))
-                .map_or(String::new(), |b| {
-                    format!("{:.4e}     {:.4e}", b.sgd_momentum.metric, b.adam.metric)
-                });
+            let baseline = self.baseline(&task.task).map_or(String::new(), |b| {
+                format!("{:.4e}     {:.4e}", b.sgd_momentum.metric, b.adamw.metric)
+            });
             let _ = writeln!(
                 out,
-                "  {:<11} {:<12.4e} {:<9} {:>+10.3}   {baseline}",
+                "  {:<15} {:<12.4e} {:<20} {:>+10.3}   {baseline}",
                 task.task,
                 task.metric,
-                format!("x{}", scale_text(task.scale)),
+                setting_text(task.scale, task.schedule),
                 task.normalised
             );
         }
         out
+    }
+
+    /// The tuned baselines of the task called `name`, chosen or held out.
+    fn baseline(&self, name: &str) -> Option<Baseline> {
+        [&self.fitness, &self.held_out]
+            .into_iter()
+            .flatten()
+            .find_map(|f| f.task_index(name).map(|i| f.baselines()[i]))
+    }
+
+    /// The held-out tasks' fitness (tuning their baselines the first time).
+    fn held_out(&mut self) -> Result<Arc<ProxyFitness>, String> {
+        if let Some(held_out) = &self.held_out {
+            return Ok(held_out.clone());
+        }
+        let tasks = proxy::held_out(&self.context)?;
+        eprintln!(
+            "tuning SGD with momentum and AdamW on the {} held-out tasks ({} runs each)...",
+            tasks.len(),
+            proxy::SWEEP_RUNS
+        );
+        let held_out = Arc::new(ProxyFitness::new(
+            tasks,
+            &optc_stdlib::prelude(),
+            self.settings.threads,
+            self.settings.backend,
+        )?);
+        self.held_out = Some(held_out.clone());
+        Ok(held_out)
+    }
+
+    /// Scores `candidate` on every held-out task.
+    fn held_out_scores(&mut self, candidate: &Candidate) -> Result<Vec<TaskScore>, String> {
+        let held_out = self.held_out()?;
+        let rule = Arc::new(proxy::with_update_scale(&candidate.compile(&self.context)?));
+        let indices: Vec<usize> = (0..held_out.tasks().len()).collect();
+        Ok(held_out.score_tasks(&rule, &indices, self.settings.threads))
+    }
+
+    /// The summary of a held-out verdict: on how many tasks the program's
+    /// tuned loss is below tuned AdamW's, and its mean normalised score.
+    fn verdict_line(&self, scores: &[TaskScore]) -> String {
+        let wins = scores
+            .iter()
+            .filter(|t| {
+                self.baseline(&t.task)
+                    .is_some_and(|b| t.metric < b.adamw.metric)
+            })
+            .count();
+        format!(
+            "held-out verdict: better than tuned AdamW on {wins} of {} tasks, mean normalised score {:+.3}\n",
+            scores.len(),
+            scores.iter().map(|t| t.normalised).sum::<f64>() / scores.len().max(1) as f64
+        )
+    }
+
+    /// One line per task: the loss against tuned AdamW's.
+    fn against_adamw(&self, scores: &[TaskScore]) -> Vec<String> {
+        scores
+            .iter()
+            .filter_map(|task| {
+                let adamw = self.baseline(&task.task)?.adamw.metric;
+                Some(format!(
+                    "{}: {:+.1}% against tuned AdamW ({:.4e} vs {adamw:.4e})",
+                    task.task,
+                    100.0 * (task.metric / adamw - 1.0),
+                    task.metric
+                ))
+            })
+            .collect()
     }
 
     /// Scores `candidate` on the tasks `only` names (or all, funnel included).
@@ -622,31 +718,33 @@ impl Session {
             None => (0..fitness.tasks().len()).collect(),
         };
         let rule = Arc::new(proxy::with_update_scale(&candidate.compile(&self.context)?));
-        let backend = fitness.backend();
-        Ok(indices
-            .into_iter()
-            .map(|task| fitness.score_task(&backend, &rule, task))
-            .collect())
+        Ok(fitness.score_tasks(&rule, &indices, self.settings.threads))
     }
 
     fn eval(&mut self, args: &[&str]) -> Reply {
-        let (id, task) = match args {
-            [id] => (*id, None),
-            [id, task] => (*id, Some(*task)),
+        let (id, task, held_out) = match args {
+            [id] => (*id, None, false),
+            [id, "--held-out"] => (*id, None, true),
+            [id, task] => (*id, Some(*task), false),
             _ => return Err(usage("eval")),
         };
         let individual = self.individual(id)?;
-        let tasks = self.score_everywhere(&individual.candidate, task)?;
+        let tasks = if held_out {
+            self.held_out_scores(&individual.candidate)?
+        } else {
+            self.score_everywhere(&individual.candidate, task)?
+        };
         let score = Score {
             fitness: fitness::fitness_of(&tasks),
             promoted: None,
             tasks,
         };
-        let mut out = format!(
-            "program {} on {}:\n",
-            individual.id,
-            task.unwrap_or("every chosen task")
-        );
+        let shown = match (held_out, task) {
+            (true, _) => "the held-out tasks (never scored during the search)",
+            (false, Some(task)) => task,
+            (false, None) => "every chosen task",
+        };
+        let mut out = format!("program {} on {shown}:\n", individual.id);
         out.push_str(
             &self
                 .score_table(&score)
@@ -662,22 +760,26 @@ impl Session {
                 "does not beat"
             }
         );
-        if let Some(fitness) = &self.fitness {
-            for task in &score.tasks {
-                let Some(index) = fitness.task_index(&task.task) else {
-                    continue;
-                };
-                if fitness.tasks()[index].stage == Stage::Funnel {
-                    let adam = fitness.baselines()[index].adam.metric;
-                    let _ = writeln!(
-                        out,
-                        "{}: {:+.1}% against tuned Adam ({:.4e} vs {adam:.4e})",
-                        task.task,
-                        100.0 * (task.metric / adam - 1.0),
-                        task.metric
-                    );
-                }
-            }
+        // Against AdamW, task by task, where it is the question: the funnel
+        // and the held-out tasks.
+        let judged: Vec<TaskScore> = score
+            .tasks
+            .iter()
+            .filter(|t| {
+                held_out
+                    || self.fitness.as_ref().is_some_and(|f| {
+                        f.task_index(&t.task)
+                            .is_some_and(|i| f.tasks()[i].stage == Stage::Funnel)
+                    })
+            })
+            .cloned()
+            .collect();
+        for line in self.against_adamw(&judged) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        if held_out {
+            out.push_str(&self.verdict_line(&score.tasks));
         }
         Ok(out)
     }
@@ -685,12 +787,14 @@ impl Session {
     fn prune(&mut self, individual: &Individual) -> Result<Pruned, String> {
         let fitness = self.fitness()?;
         let mut worker = fitness.worker();
+        let invariances = self.search()?.evolution.config().invariances;
         prune::prune(
             &fitness,
             &mut worker,
             &self.context,
             &individual.candidate,
             self.settings.tolerance,
+            invariances,
         )
     }
 
@@ -744,10 +848,10 @@ impl Session {
             return Err(usage("compare"));
         };
         let (a, b) = (self.individual(a)?, self.individual(b)?);
-        let mut out = format!("{:<11} {:>12} {:>12}\n", "task", a.id, b.id);
+        let mut out = format!("{:<15} {:>12} {:>12}\n", "task", a.id, b.id);
         let _ = writeln!(
             out,
-            "{:<11} {:>12.3} {:>12.3}",
+            "{:<15} {:>12.3} {:>12.3}",
             "fitness", a.score.fitness, b.score.fitness
         );
         let mut names: Vec<&str> = a.score.tasks.iter().map(|t| t.task.as_str()).collect();
@@ -764,7 +868,7 @@ impl Session {
             };
             let _ = writeln!(
                 out,
-                "{name:<11} {:>12} {:>12}",
+                "{name:<15} {:>12} {:>12}",
                 cell(&a.score),
                 cell(&b.score)
             );
@@ -795,7 +899,12 @@ impl Session {
             let pruned = self.prune(&individual)?;
             (pruned.candidate, pruned.removals, pruned.score)
         };
-        let header = self.header(&individual, &removals, &score)?;
+        // A saved program passes the checks every candidate passed.
+        let invariances = self.search()?.evolution.config().invariances;
+        reject::screen(&candidate.compile(&self.context)?, invariances)
+            .map_err(|why| format!("program {} cannot be saved: {why}", individual.id))?;
+        let held_out = self.held_out_scores(&candidate)?;
+        let header = self.header(&individual, &removals, &score, &held_out)?;
         let text = prune::readable(&candidate, &self.context, &name, &header)?;
         // Checked before writing: the file must load as what it claims.
         let mut check = optc_stdlib::prelude();
@@ -819,6 +928,7 @@ impl Session {
         individual: &Individual,
         removals: &[prune::Removal],
         score: &Score,
+        held_out: &[TaskScore],
     ) -> Result<Vec<String>, String> {
         let search = self.search()?;
         let config = search.evolution.config();
@@ -845,7 +955,7 @@ impl Session {
         }
         lines.push(String::new());
         lines.push(format!(
-            "Scores (normalised: 0 = tuned SGD with momentum, +-1 = tuned Adam), fitness {:.3}{}:",
+            "Scores (normalised: 0 = tuned SGD with momentum, +-1 = tuned AdamW), fitness {:.3}{}:",
             score.fitness,
             score
                 .promoted
@@ -853,9 +963,24 @@ impl Session {
         ));
         lines.extend(self.score_table(score).lines().skip(1).map(String::from));
         lines.push(
-            "The scale column is the tuned multiplier of the update (of learning_rate for rules whose step is proportional to it)."
+            "The scale column is the tuned (peak) multiplier of the update (of learning_rate for rules whose step is proportional to it) and its schedule."
                 .into(),
         );
+        lines.push(String::new());
+        lines.push("Held-out tasks (never scored during the search):".into());
+        let held_out_score = Score {
+            fitness: fitness::fitness_of(held_out),
+            promoted: None,
+            tasks: held_out.to_vec(),
+        };
+        lines.extend(
+            self.score_table(&held_out_score)
+                .lines()
+                .skip(1)
+                .map(String::from),
+        );
+        lines.extend(self.against_adamw(held_out));
+        lines.push(self.verdict_line(held_out).trim_end().to_string());
         lines.push(String::new());
         Ok(lines)
     }
@@ -961,21 +1086,31 @@ impl Session {
         let baseline = fitness.baselines()[index];
         let prelude = optc_stdlib::prelude();
         let mut series = Vec::new();
-        for (label, rule, scale) in [
-            (format!("program {}", individual.id), candidate, tuned.scale),
+        for (label, rule, scale, schedule) in [
+            (
+                format!("program {}", individual.id),
+                candidate,
+                tuned.scale,
+                tuned.schedule,
+            ),
             (
                 "sgd_momentum".into(),
                 baseline_rule(&prelude, "sgd_momentum")?,
                 baseline.sgd_momentum.scale,
+                baseline.sgd_momentum.schedule,
             ),
             (
-                "adam".into(),
-                baseline_rule(&prelude, "adam")?,
-                baseline.adam.scale,
+                "adamw".into(),
+                baseline_rule(&prelude, "adamw")?,
+                baseline.adamw.scale,
+                baseline.adamw.schedule,
             ),
         ] {
-            let run = task.train(&rule, scale, &backend)?;
-            series.push((format!("{label} (x{})", scale_text(scale)), run.losses));
+            let run = task.train(&rule, scale, schedule, &backend)?;
+            series.push((
+                format!("{label} ({})", setting_text(scale, schedule)),
+                run.losses,
+            ));
         }
         plot::loss_curves(&format!("{}: {}", task.name, task.about), &series, file)?;
         Ok(format!(
@@ -1072,6 +1207,11 @@ fn scale_text(scale: f64) -> String {
     format!("{}", (scale * 1000.0).round() / 1000.0)
 }
 
+/// A tuned scale and schedule (`x0.316 warmup_cosine`).
+fn setting_text(scale: f64, schedule: Schedule) -> String {
+    format!("x{} {}", scale_text(scale), schedule.name())
+}
+
 /// The optimizer name a saved file gets: its stem, made an identifier.
 fn rule_name_for(file: &str) -> Result<String, String> {
     let stem = Path::new(file)
@@ -1131,4 +1271,12 @@ pub fn registered_backend(name: &str) -> Result<&'static str, String> {
         .map(|b| b.name)
         .find(|&b| b == name)
         .ok_or_else(|| format!("unknown backend `{name}`"))
+}
+
+fn on_off(flag: bool) -> &'static str {
+    if flag {
+        "on"
+    } else {
+        "off"
+    }
 }

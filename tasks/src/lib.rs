@@ -46,14 +46,19 @@ impl Dataset {
         let part = |held_out: bool| {
             let keep = |i: &usize| i.is_multiple_of(every) == held_out;
             let indices: Vec<usize> = (0..self.labels.len()).filter(keep).collect();
-            Dataset {
-                name: self.name,
-                features: indices.iter().map(|&i| self.features[i].clone()).collect(),
-                labels: indices.iter().map(|&i| self.labels[i]).collect(),
-                classes: self.classes,
-            }
+            self.subset(&indices)
         };
         (part(false), part(true))
+    }
+
+    /// The examples at `indices`, in that order (a minibatch).
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        Dataset {
+            name: self.name,
+            features: indices.iter().map(|&i| self.features[i].clone()).collect(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            classes: self.classes,
+        }
     }
 
     /// Parses scikit-learn's CSV layout: a header `rows,features,class names...`,
