@@ -121,7 +121,10 @@ fn bad_commands_are_clear_errors() {
             "`population` takes a whole number from 1 to 100000",
         ),
         ("set colour blue", "unknown setting `colour`"),
-        ("set shift maybe", "`shift` takes `on` or `off`, not `maybe`"),
+        (
+            "set shift maybe",
+            "`shift` takes `on` or `off`, not `maybe`",
+        ),
         ("set backend gpu", "unknown backend `gpu` (this build has: "),
         ("tasks nonsense", "unknown task `nonsense`"),
         ("tasks digits", "choose at least one cheap task"),
