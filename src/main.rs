@@ -360,6 +360,20 @@ fn search_backend() -> &'static str {
     search::registered_backend("cranelift").unwrap_or_else(|_| default_backend())
 }
 
+/// The search runs one training run per core; candle (whose networks
+/// train the conv-net and transformer tasks) would add its own threads per
+/// run, and on such small tensors they only contend: a conv-net run took
+/// twice as long with them on 2 cores. Unless the user chose (candle
+/// follows `RAYON_NUM_THREADS`, then `CANDLE_NUM_THREADS`), one thread.
+fn one_thread_per_model() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none()
+        && std::env::var_os("CANDLE_NUM_THREADS").is_none()
+    {
+        // Set before any thread starts: nothing reads the environment concurrently.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -496,6 +510,7 @@ fn main() -> ExitCode {
             header,
         } => build::build(&file, rule.as_deref(), &set, &out, header.as_deref()),
         Command::Search { script, backend } => {
+            one_thread_per_model();
             match backend
                 .as_deref()
                 .map_or(Ok(search_backend()), search::registered_backend)

@@ -25,7 +25,10 @@ else
     echo "tests/all.sh: LLVM 19 not installed; testing without the LLVM tier" >&2
     args+=(--exclude optc-llvm)
 fi
-if ldconfig -p | grep -q 'libvulkan\.so\.1' && ls /usr/share/vulkan/icd.d/*.json > /dev/null 2>&1; then
+# (The library list is read whole before matching: under pipefail,
+# `ldconfig -p | grep -q` fails whenever grep's early exit kills ldconfig.)
+libraries=$(ldconfig -p)
+if [[ $libraries == *libvulkan.so.1* ]] && ls /usr/share/vulkan/icd.d/*.json > /dev/null 2>&1; then
     features+=(optc/cubecl optc-runtime/cubecl)
 elif [ "${OPTC_REQUIRE_GPU:-0}" = 1 ]; then
     echo "tests/all.sh: a Vulkan driver is required (OPTC_REQUIRE_GPU=1) but not installed" >&2

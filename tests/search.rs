@@ -96,6 +96,8 @@ fn a_scripted_search_runs_shows_saves_and_resumes() {
         "mlp_64",
         "minibatch_seed1",
         "minibatch_seed2",
+        "conv_seed1",
+        "char_transformer",
     ] {
         assert!(saved.contains(&format!("//   {task} ")), "{task}: {saved}");
         assert!(stdout.contains(&format!("{task}: ")), "{task}: {stdout}");

@@ -25,6 +25,7 @@ use optc_compiler::ir::{BinaryOp, Hyper, Input, Kind, Node, Rule, ScalarExpr, Ty
 use optc_compiler::objective::Objective;
 use optc_compiler::Program;
 use optc_runtime::{Backend, Optimizer};
+use optc_tasks::network::{Network, NetworkRun, LIBER_PRIMUS};
 use optc_tasks::{Dataset, Mlp, SoftmaxRegression, Task};
 use serde::{Deserialize, Serialize};
 
@@ -79,12 +80,14 @@ pub enum Problem {
         batches: Vec<Box<dyn Task + Send + Sync>>,
         held_out: Box<dyn Task + Send + Sync>,
     },
+    /// A candle network (a conv net, a character transformer) trained on
+    /// its minibatches in its fixed order, its parameters stepped in place
+    /// in candle's buffer; judged on its held-out loss.
+    Network(Box<Network>),
 }
 
-/// `steps` minibatches of `size` examples of `data` for the model `model`
-/// makes: each epoch visits the examples in an order shuffled by a stream
-/// seeded with `seed` (Fisher-Yates), in whole batches (an epoch's last
-/// partial batch is dropped), so a seed fixes the data order.
+/// `steps` minibatches of `size` examples of `data` in the order of `seed`
+/// (see [`batch_order`]), each the model `model` makes of it.
 pub fn minibatches(
     data: &Dataset,
     size: usize,
@@ -92,12 +95,23 @@ pub fn minibatches(
     seed: u64,
     model: impl Fn(Dataset) -> Box<dyn Task + Send + Sync>,
 ) -> Vec<Box<dyn Task + Send + Sync>> {
-    if data.labels.is_empty() {
+    batch_order(data.labels.len(), size, steps, seed)
+        .iter()
+        .map(|indices| model(data.subset(indices)))
+        .collect()
+}
+
+/// The example indices of `steps` minibatches of `size` out of `examples`:
+/// each epoch visits them in an order shuffled by a stream seeded with
+/// `seed` (Fisher-Yates), in whole batches (an epoch's last partial batch
+/// is dropped). Empty when there are no examples.
+pub fn batch_order(examples: usize, size: usize, steps: usize, seed: u64) -> Vec<Vec<usize>> {
+    if examples == 0 {
         return Vec::new();
     }
-    let size = size.clamp(1, data.labels.len());
+    let size = size.clamp(1, examples);
     let mut rng = Rng::new(seed);
-    let mut order: Vec<usize> = (0..data.labels.len()).collect();
+    let mut order: Vec<usize> = (0..examples).collect();
     let mut batches = Vec::with_capacity(steps);
     while batches.len() < steps {
         for i in (1..order.len()).rev() {
@@ -107,7 +121,7 @@ pub fn minibatches(
             if batches.len() == steps {
                 break;
             }
-            batches.push(model(data.subset(chunk)));
+            batches.push(chunk.to_vec());
         }
     }
     batches
@@ -225,45 +239,25 @@ impl ProxyTask {
         }
     }
 
-    /// The task's parameters before training.
-    fn initial_params(&self) -> Result<Vec<Vec<f32>>, String> {
+    /// A run from the task's initial parameters.
+    fn start(&self) -> Result<Trainee<'_>, String> {
+        let host = |params: Vec<Vec<f32>>| Trainee::Host {
+            task: self,
+            params,
+            gradients: Vec::new(),
+        };
         match &self.problem {
             Problem::Objective {
                 objective,
                 hypers,
                 numel,
-            } => objective.initial_params(*numel, hypers),
-            Problem::Model { train, .. } => Ok(train.initial_params()),
+            } => Ok(host(objective.initial_params(*numel, hypers)?)),
+            Problem::Model { train, .. } => Ok(host(train.initial_params())),
             Problem::Minibatch { batches, .. } => batches
                 .first()
-                .map(|batch| batch.initial_params())
+                .map(|batch| host(batch.initial_params()))
                 .ok_or_else(|| "a minibatch task without batches".to_string()),
-        }
-    }
-
-    /// Training loss and gradients at `params` before step `step` (from 0;
-    /// the minibatch of that step).
-    fn loss_and_gradients(
-        &self,
-        params: &[Vec<f32>],
-        step: usize,
-    ) -> Result<(f64, Vec<Vec<f32>>), String> {
-        match &self.problem {
-            Problem::Objective {
-                objective, hypers, ..
-            } => {
-                let views: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
-                let evaluation = objective.evaluate(&views, hypers)?;
-                Ok((evaluation.loss, evaluation.gradients))
-            }
-            Problem::Model { train, .. } => {
-                let evaluation = train.evaluate(params);
-                Ok((evaluation.loss, evaluation.grads))
-            }
-            Problem::Minibatch { batches, .. } => {
-                let evaluation = batches[step.min(batches.len() - 1)].evaluate(params);
-                Ok((evaluation.loss, evaluation.grads))
-            }
+            Problem::Network(network) => Ok(Trainee::Network(network.start()?)),
         }
     }
 
@@ -282,10 +276,10 @@ impl ProxyTask {
             .backend(backend.clone())
             .build()
             .map_err(|e| e.to_string())?;
-        let mut params = self.initial_params()?;
+        let mut trainee = self.start()?;
         let mut losses = Vec::with_capacity(self.steps + 1);
         for step in 0..=self.steps {
-            let (loss, gradients) = self.loss_and_gradients(&params, step)?;
+            let loss = trainee.loss(step)?;
             losses.push(loss);
             if !loss.is_finite() || loss > DIVERGENCE_FACTOR * losses[0].abs().max(1e-30) {
                 return Ok(Run {
@@ -296,21 +290,9 @@ impl ProxyTask {
             if step == self.steps {
                 break;
             }
-            let grads: Vec<&[f32]> = gradients.iter().map(Vec::as_slice).collect();
-            let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
-            optimizer
-                .step::<f32>(&mut views, &grads)
-                .map_err(|e| e.to_string())?;
+            trainee.step(&mut optimizer)?;
         }
-        let metric = match &self.problem {
-            Problem::Model {
-                held_out: Some(held_out),
-                ..
-            }
-            | Problem::Minibatch { held_out, .. } => held_out.evaluate(&params).loss,
-            Problem::Objective { .. } => geometric_mean_loss(&losses),
-            Problem::Model { .. } => losses[losses.len() - 1],
-        };
+        let metric = trainee.metric(&losses)?;
         Ok(Run {
             losses,
             metric: if metric.is_finite() {
@@ -318,6 +300,89 @@ impl ProxyTask {
             } else {
                 f64::INFINITY
             },
+        })
+    }
+}
+
+/// The parameters of one training run, and how they are stepped.
+enum Trainee<'a> {
+    /// Parameters in host vectors, with the gradients of the last loss.
+    Host {
+        task: &'a ProxyTask,
+        params: Vec<Vec<f32>>,
+        gradients: Vec<Vec<f32>>,
+    },
+    /// A candle network's own parameter buffer.
+    Network(NetworkRun<'a>),
+}
+
+impl Trainee<'_> {
+    /// The training loss before step `step` (from 0; on the minibatch of
+    /// that step), keeping its gradients for [`Trainee::step`].
+    fn loss(&mut self, step: usize) -> Result<f64, String> {
+        match self {
+            Trainee::Host {
+                task,
+                params,
+                gradients,
+            } => {
+                let (loss, grads) = match &task.problem {
+                    Problem::Objective {
+                        objective, hypers, ..
+                    } => {
+                        let views: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
+                        let evaluation = objective.evaluate(&views, hypers)?;
+                        (evaluation.loss, evaluation.gradients)
+                    }
+                    Problem::Model { train, .. } => {
+                        let evaluation = train.evaluate(params);
+                        (evaluation.loss, evaluation.grads)
+                    }
+                    Problem::Minibatch { batches, .. } => {
+                        let evaluation = batches[step.min(batches.len() - 1)].evaluate(params);
+                        (evaluation.loss, evaluation.grads)
+                    }
+                    Problem::Network(_) => {
+                        return Err("a network trains on its own parameter buffer".into())
+                    }
+                };
+                *gradients = grads;
+                Ok(loss)
+            }
+            Trainee::Network(run) => run.loss(step),
+        }
+    }
+
+    /// One step of `optimizer` with the last loss's gradients.
+    fn step(&mut self, optimizer: &mut Optimizer) -> Result<(), String> {
+        match self {
+            Trainee::Host {
+                params, gradients, ..
+            } => {
+                let grads: Vec<&[f32]> = gradients.iter().map(Vec::as_slice).collect();
+                let mut views: Vec<&mut [f32]> = params.iter_mut().map(Vec::as_mut_slice).collect();
+                optimizer
+                    .step::<f32>(&mut views, &grads)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Trainee::Network(run) => run.step(optimizer),
+        }
+    }
+
+    /// What the task is judged by after a run with training `losses`.
+    fn metric(&self, losses: &[f64]) -> Result<f64, String> {
+        Ok(match self {
+            Trainee::Host { task, params, .. } => match &task.problem {
+                Problem::Model {
+                    held_out: Some(held_out),
+                    ..
+                }
+                | Problem::Minibatch { held_out, .. } => held_out.evaluate(params).loss,
+                Problem::Objective { .. } => geometric_mean_loss(losses),
+                Problem::Model { .. } | Problem::Network(_) => losses[losses.len() - 1],
+            },
+            Trainee::Network(run) => run.held_out_loss()?,
         })
     }
 }
@@ -401,8 +466,10 @@ fn held_out_model(dataset: &str, hidden: usize) -> Result<Problem, String> {
 
 /// The held-out tasks: never scored during a search, only in the verdict
 /// on a winner (`eval ID --held-out`, `save`): another dataset, a horizon
-/// ten times longer, another width, and other data orders of the minibatch
-/// task. A rule that beats AdamW on its own tasks but not here has
+/// ten times longer, another width, other data orders of the minibatch
+/// task and of the conv net, and another kind of model (a character-level
+/// transformer on real text, the slowest task: about a second per run). A
+/// rule that beats AdamW on its own tasks but not here has
 /// overfit them.
 pub fn held_out(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
     Ok(vec![
@@ -446,6 +513,22 @@ pub fn held_out(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
             MINIBATCH_STEPS,
             cancer_minibatches(2)?,
         )?,
+        ProxyTask::new(
+            prelude,
+            "conv_seed1",
+            "the `conv_digits` task with the data order of seed 1",
+            Stage::HeldOut,
+            CONV_STEPS,
+            conv_digits(1, CONV_STEPS)?,
+        )?,
+        ProxyTask::new(
+            prelude,
+            "char_transformer",
+            "1-layer transformer (width 32, 32 characters of context), 1000 steps of 16 windows of Cicero's De finibus I, held-out loss on its last tenth",
+            Stage::HeldOut,
+            CHAR_STEPS,
+            char_transformer(0, CHAR_STEPS)?,
+        )?,
     ])
 }
 
@@ -453,8 +536,39 @@ pub fn held_out(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
 /// training set).
 const MINIBATCH_STEPS: usize = 200;
 
-/// The built-in proxy tasks: five cheap ones (one on minibatches) and two
-/// for the funnel.
+/// Steps of the conv-net task (about 7 epochs of the digits training set).
+const CONV_STEPS: usize = 300;
+
+/// Steps of the character-transformer task.
+const CHAR_STEPS: usize = 1000;
+
+/// The conv net (8 and 16 channels) on the digits training split,
+/// minibatches of 32 in the order of `seed`, judged on the held-out fifth.
+fn conv_digits(seed: u64, steps: usize) -> Result<Problem, String> {
+    let (train, held_out) = Dataset::builtin("digits")?.split(5);
+    let order = batch_order(train.labels.len(), 32, steps + 1, seed);
+    Ok(Problem::Network(Box::new(Network::conv_net(
+        &train, &held_out, &order, 8,
+    )?)))
+}
+
+/// The character transformer (width 32, 32 characters of context) on
+/// Cicero's text, minibatches of 16 windows in the order of `seed`, judged
+/// on the text's last tenth.
+fn char_transformer(seed: u64, steps: usize) -> Result<Problem, String> {
+    const CONTEXT: usize = 32;
+    let windows = Network::training_windows(LIBER_PRIMUS, CONTEXT);
+    let order = batch_order(windows, 16, steps + 1, seed);
+    Ok(Problem::Network(Box::new(Network::char_transformer(
+        LIBER_PRIMUS,
+        &order,
+        CONTEXT,
+        32,
+    )?)))
+}
+
+/// The built-in proxy tasks: five cheap ones (one on minibatches) and three
+/// for the funnel (one a conv net on minibatches).
 pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
     let objective = |name: &str, sets: &[(&str, f64)], numel: usize| -> Result<Problem, String> {
         let objective = prelude
@@ -542,6 +656,14 @@ pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
                 train: mlp(&digits_train, 16),
                 held_out: Some(mlp(&digits_held_out, 16)),
             },
+        )?,
+        ProxyTask::new(
+            prelude,
+            "conv_digits",
+            "conv net (8 and 16 channels) on the digits images, 300 steps of minibatches of 32 (fixed order), held-out loss",
+            Stage::Funnel,
+            CONV_STEPS,
+            conv_digits(0, CONV_STEPS)?,
         )?,
     ])
 }

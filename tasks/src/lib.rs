@@ -4,8 +4,12 @@
 //! and a one-hidden-layer tanh MLP classifier on the UCI datasets shipped in
 //! `data/`, full batch, standardised features, deterministic initial
 //! parameters (so runs are reproducible). `optc train` drives these.
+//! [`network`] adds real models on minibatches (a conv net, a character
+//! transformer) whose gradients come from candle.
 
 use optc_runtime::{Error, Optimizer};
+
+pub mod network;
 
 /// A labelled dataset with standardised features.
 #[derive(Clone, Debug)]
