@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+mod common;
+
+use common::optimizer;
 use optc_runtime::Optimizer;
 use optc_tasks::network::{Network, LIBER_PRIMUS};
 use optc_tasks::Dataset;
@@ -29,19 +32,6 @@ fn conv_net(steps: usize) -> Network {
 fn transformer(steps: usize) -> Network {
     let windows = Network::training_windows(LIBER_PRIMUS, 16);
     Network::char_transformer(LIBER_PRIMUS, &in_order(windows, 8, steps), 16, 16).unwrap()
-}
-
-fn optimizer(rule: &str, sets: &[(&str, &str)]) -> Optimizer {
-    let mut program = optc_stdlib::prelude();
-    let compiled = program.compile(rule).unwrap();
-    let overrides = sets
-        .iter()
-        .map(|(k, v)| (k.to_string(), program.compile_scalar(k, v).unwrap()))
-        .collect();
-    Optimizer::builder(Arc::new(compiled))
-        .overrides(overrides)
-        .build()
-        .unwrap()
 }
 
 #[test]
@@ -137,29 +127,24 @@ fn a_failed_step_changes_nothing() {
     assert_eq!(run.params().unwrap(), network.initial_params());
 }
 
+/// Held-out loss before and after `steps` steps of Adam at learning rate 0.01.
+fn adam_held_out(network: &Network, steps: usize) -> (f64, f64) {
+    let mut run = network.start().unwrap();
+    let before = run.held_out_loss().unwrap();
+    let mut adam = optimizer("adam", &[("learning_rate", "0.01")]);
+    for step in 0..steps {
+        run.loss(step).unwrap();
+        run.step(&mut adam).unwrap();
+    }
+    (before, run.held_out_loss().unwrap())
+}
+
 #[test]
 fn adam_trains_both_networks() {
-    let network = conv_net(150);
-    let mut run = network.start().unwrap();
-    let before = run.held_out_loss().unwrap();
-    let mut adam = optimizer("adam", &[("learning_rate", "0.01")]);
-    for step in 0..150 {
-        run.loss(step).unwrap();
-        run.step(&mut adam).unwrap();
-    }
-    let after = run.held_out_loss().unwrap();
+    let (before, after) = adam_held_out(&conv_net(150), 150);
     assert!((before - 10f64.ln()).abs() < 0.3, "{before}");
     assert!(after < 0.6, "conv net held-out loss {before} -> {after}");
-
-    let network = transformer(150);
-    let mut run = network.start().unwrap();
-    let before = run.held_out_loss().unwrap();
-    let mut adam = optimizer("adam", &[("learning_rate", "0.01")]);
-    for step in 0..150 {
-        run.loss(step).unwrap();
-        run.step(&mut adam).unwrap();
-    }
-    let after = run.held_out_loss().unwrap();
+    let (before, after) = adam_held_out(&transformer(150), 150);
     assert!((before - 57f64.ln()).abs() < 0.5, "{before}");
     assert!(after < 3.0, "transformer held-out loss {before} -> {after}");
 }

@@ -1,9 +1,9 @@
 //! The training tasks: data as documented, exact gradients, and optimizers
 //! that actually learn on them.
 
-use std::sync::Arc;
+mod common;
 
-use optc_runtime::Optimizer;
+use common::optimizer;
 use optc_tasks::{train, Dataset, Mlp, SoftmaxRegression, Task};
 
 #[test]
@@ -90,19 +90,6 @@ fn gradients_match_finite_differences() {
     params[1] = vec![0.1, -0.2, 0.3, 0.0, -0.1];
     params[3] = vec![0.05, -0.05, 0.1];
     check_gradients(&mlp, &params);
-}
-
-fn optimizer(rule: &str, sets: &[(&str, &str)]) -> Optimizer {
-    let mut program = optc_stdlib::prelude();
-    let compiled = program.compile(rule).unwrap();
-    let overrides = sets
-        .iter()
-        .map(|(k, v)| (k.to_string(), program.compile_scalar(k, v).unwrap()))
-        .collect();
-    Optimizer::builder(Arc::new(compiled))
-        .overrides(overrides)
-        .build()
-        .unwrap()
 }
 
 #[test]
