@@ -468,7 +468,7 @@ fn held_out_model(dataset: &str, hidden: usize) -> Result<Problem, String> {
 /// on a winner (`eval ID --held-out`, `save`): another dataset, a horizon
 /// ten times longer, another width, other data orders of the minibatch
 /// task and of the conv net, and another kind of model (a character-level
-/// transformer on real text, the slowest task: about a second per run). A
+/// transformer on real text, the slowest task: seconds per run). A
 /// rule that beats AdamW on its own tasks but not here has
 /// overfit them.
 pub fn held_out(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
