@@ -459,23 +459,30 @@ impl<F: Fitness> Evolution<F> {
         // Children the cache has not seen pass the invariance checks (the
         // dearest of rejection, so a cache hit, which has the program or
         // the probe behaviour of one that passed, skips them), then are
-        // scored.
-        let fitness = &self.fitness;
+        // scored all together, so that the fitness can spread their work
+        // over every thread however few they are.
         let invariances = self.state.config.invariances;
-        let scores = parallel::map(&mut self.workers, &pending, |worker, &index| {
+        let checked = parallel::map(&mut self.workers, &pending, |_, &index| {
             let proposal = &proposals[index];
             let (Some(mutant), Some(Assessment::Keyed(_, screened))) =
                 (&proposal.mutant, &proposal.assessment)
             else {
                 return None;
             };
-            Some(
-                reject::check_invariances(screened, invariances)
-                    .map(|()| (fitness.score(worker, &mutant.2), None)),
-            )
+            Some(reject::check_invariances(screened, invariances).map(|()| &mutant.2))
         });
-        for (&index, answer) in pending.iter().zip(scores) {
-            answers[index] = answer;
+        let mut passed: Vec<(usize, &Rule)> = Vec::new();
+        for (&index, check) in pending.iter().zip(checked) {
+            match check {
+                Some(Ok(rule)) => passed.push((index, rule)),
+                Some(Err(rejection)) => answers[index] = Some(Err(rejection)),
+                None => {}
+            }
+        }
+        let rules: Vec<&Rule> = passed.iter().map(|&(_, rule)| rule).collect();
+        let scores = self.fitness.score_all(&mut self.workers, &rules);
+        for ((index, _), score) in passed.into_iter().zip(scores) {
+            answers[index] = Some(Ok((score, None)));
         }
         for index in 0..batch {
             if let Some((source, hit)) = waiting_on[index] {

@@ -25,6 +25,13 @@ pub trait Fitness: Sync {
     type Worker: Send;
     fn worker(&self) -> Self::Worker;
     fn score(&self, worker: &mut Self::Worker, rule: &Rule) -> Score;
+
+    /// The scores of `rules` in order, on one thread per worker; the same
+    /// as [`Fitness::score`] of each. A fitness whose scoring splits into
+    /// independent parts spreads those over the threads.
+    fn score_all(&self, workers: &mut [Self::Worker], rules: &[&Rule]) -> Vec<Score> {
+        parallel::map(workers, rules, |worker, rule| self.score(worker, rule))
+    }
 }
 
 /// One task's result for a candidate.
@@ -135,15 +142,16 @@ pub struct ProxyFitness {
     backend: String,
 }
 
-/// A thread's backend; opened afresh every [`RULES_PER_BACKEND`] rules, so
-/// the code of candidates long gone is freed with its kernel cache.
+/// A thread's backend; opened afresh every [`RUNS_PER_BACKEND`] training
+/// runs (about 300 candidates' sweeps), so the code of candidates long gone
+/// is freed with its kernel cache.
 pub struct ProxyWorker {
     name: String,
     backend: Backend,
-    rules: usize,
+    runs: usize,
 }
 
-const RULES_PER_BACKEND: usize = 256;
+const RUNS_PER_BACKEND: usize = 4096;
 
 impl ProxyWorker {
     /// A worker on the backend called `name` (the fastest, if it cannot
@@ -152,16 +160,16 @@ impl ProxyWorker {
         ProxyWorker {
             name: name.to_string(),
             backend: open(name),
-            rules: 0,
+            runs: 0,
         }
     }
 
-    /// The backend to compile the next rule with.
-    pub fn backend_for_next_rule(&mut self) -> &Backend {
-        self.rules += 1;
-        if self.rules > RULES_PER_BACKEND {
+    /// The backend to train the next run with.
+    pub fn backend_for_next_run(&mut self) -> &Backend {
+        self.runs += 1;
+        if self.runs > RUNS_PER_BACKEND {
             self.backend = open(&self.name);
-            self.rules = 1;
+            self.runs = 1;
         }
         &self.backend
     }
@@ -195,15 +203,14 @@ impl ProxyFitness {
                 Ok(Arc::new(proxy::with_update_scale(&rule)))
             })
             .collect::<Result<_, String>>()?;
-        let jobs: Vec<(usize, usize)> = (0..tasks.len())
-            .flat_map(|task| (0..rules.len()).map(move |rule| (task, rule)))
+        let jobs: Vec<(&ProxyTask, &Arc<Rule>)> = tasks
+            .iter()
+            .flat_map(|task| rules.iter().map(move |rule| (task, rule)))
             .collect();
         let mut workers: Vec<ProxyWorker> = (0..threads.max(1))
             .map(|_| ProxyWorker::new(backend))
             .collect();
-        let tuned = parallel::map(&mut workers, &jobs, |worker, &(task, rule)| {
-            proxy::tune(&tasks[task], &rules[rule], worker.backend_for_next_rule())
-        });
+        let tuned = proxy::tune_all(&jobs, &mut workers, ProxyWorker::backend_for_next_run);
         let tuned = tuned.into_iter().collect::<Result<Vec<Tuned>, String>>()?;
         let baselines = tuned
             .chunks(rules.len())
@@ -246,22 +253,6 @@ impl ProxyFitness {
         compress((reference - log(metric)) / span)
     }
 
-    /// Tunes `rule` (prepared by [`proxy::with_update_scale`]) on one task.
-    pub fn score_task(&self, backend: &Backend, rule: &Arc<Rule>, task: usize) -> TaskScore {
-        let tuned = proxy::tune(&self.tasks[task], rule, backend).unwrap_or(Tuned {
-            metric: f64::INFINITY,
-            scale: 1.0,
-            schedule: Schedule::Constant,
-        });
-        TaskScore {
-            task: self.tasks[task].name.clone(),
-            metric: tuned.metric,
-            scale: tuned.scale,
-            schedule: tuned.schedule,
-            normalised: self.normalise(task, tuned.metric),
-        }
-    }
-
     /// Tunes `rule` (prepared by [`proxy::with_update_scale`]) on the tasks
     /// at `indices`, on `threads` threads (the order of the result is that
     /// of `indices`, whatever the threads).
@@ -271,19 +262,48 @@ impl ProxyFitness {
         indices: &[usize],
         threads: usize,
     ) -> Vec<TaskScore> {
-        let mut workers: Vec<ProxyWorker> = (0..threads.clamp(1, indices.len().max(1)))
-            .map(|_| self.worker())
-            .collect();
-        parallel::map(&mut workers, indices, |worker, &task| {
-            self.score_task(worker.backend_for_next_rule(), rule, task)
-        })
+        let mut workers: Vec<ProxyWorker> = (0..threads.max(1)).map(|_| self.worker()).collect();
+        let jobs: Vec<(&Arc<Rule>, usize)> = indices.iter().map(|&task| (rule, task)).collect();
+        self.score_jobs(&mut workers, &jobs)
     }
 
-    /// Scores on the tasks of `stage`.
-    fn score_stage(&self, backend: &Backend, rule: &Arc<Rule>, stage: Stage) -> Vec<TaskScore> {
+    /// Tunes each (rule, task index) of `jobs` (rules prepared by
+    /// [`proxy::with_update_scale`]), the runs spread over `workers`; a
+    /// sweep that fails (a rule that does not compile for the task) scores
+    /// as diverged.
+    fn score_jobs(
+        &self,
+        workers: &mut [ProxyWorker],
+        jobs: &[(&Arc<Rule>, usize)],
+    ) -> Vec<TaskScore> {
+        let sweeps: Vec<(&ProxyTask, &Arc<Rule>)> = jobs
+            .iter()
+            .map(|&(rule, task)| (&self.tasks[task], rule))
+            .collect();
+        let tuned = proxy::tune_all(&sweeps, workers, ProxyWorker::backend_for_next_run);
+        jobs.iter()
+            .zip(tuned)
+            .map(|(&(_, task), tuned)| {
+                let tuned = tuned.unwrap_or(Tuned {
+                    metric: f64::INFINITY,
+                    scale: 1.0,
+                    schedule: Schedule::Constant,
+                });
+                TaskScore {
+                    task: self.tasks[task].name.clone(),
+                    metric: tuned.metric,
+                    scale: tuned.scale,
+                    schedule: tuned.schedule,
+                    normalised: self.normalise(task, tuned.metric),
+                }
+            })
+            .collect()
+    }
+
+    /// The indices of the tasks of `stage`.
+    fn stage(&self, stage: Stage) -> Vec<usize> {
         (0..self.tasks.len())
             .filter(|&task| self.tasks[task].stage == stage)
-            .map(|task| self.score_task(backend, rule, task))
             .collect()
     }
 }
@@ -309,21 +329,61 @@ impl Fitness for ProxyFitness {
     /// momentum on every one of them, also the funnel tasks, and `promoted`
     /// is [`fitness_of`] all tasks.
     fn score(&self, worker: &mut ProxyWorker, rule: &Rule) -> Score {
-        let rule = Arc::new(proxy::with_update_scale(rule));
-        let backend = worker.backend_for_next_rule();
-        let mut tasks = self.score_stage(backend, &rule, Stage::Cheap);
-        let fitness = fitness_of(&tasks);
-        let promoted = if tasks.iter().all(|t| t.normalised > 0.0) {
-            tasks.extend(self.score_stage(backend, &rule, Stage::Funnel));
-            Some(fitness_of(&tasks))
-        } else {
-            None
+        self.score_all(std::slice::from_mut(worker), &[rule])
+            .remove(0)
+    }
+
+    /// Every candidate's cheap tasks at once, then the funnel tasks of
+    /// those promoted, each stage's runs spread over all threads.
+    fn score_all(&self, workers: &mut [ProxyWorker], rules: &[&Rule]) -> Vec<Score> {
+        let rules: Vec<Arc<Rule>> = rules
+            .iter()
+            .map(|rule| Arc::new(proxy::with_update_scale(rule)))
+            .collect();
+        let rules = &rules;
+        // Each candidate's scores on the tasks of `stage`, in task order.
+        let scores_on = |stage: Stage, candidates: &[usize], workers: &mut [ProxyWorker]| {
+            let tasks = self.stage(stage);
+            let jobs: Vec<(&Arc<Rule>, usize)> = candidates
+                .iter()
+                .flat_map(|&candidate| tasks.iter().map(move |&task| (&rules[candidate], task)))
+                .collect();
+            let mut scores = self.score_jobs(workers, &jobs).into_iter();
+            candidates
+                .iter()
+                .map(|_| scores.by_ref().take(tasks.len()).collect())
+                .collect::<Vec<Vec<TaskScore>>>()
         };
-        Score {
-            fitness,
-            promoted,
-            tasks,
+        let everyone: Vec<usize> = (0..rules.len()).collect();
+        let cheap = scores_on(Stage::Cheap, &everyone, workers);
+        let promoted: Vec<usize> = everyone
+            .into_iter()
+            .filter(|&candidate| cheap[candidate].iter().all(|t| t.normalised > 0.0))
+            .collect();
+        let mut funnel: Vec<Option<Vec<TaskScore>>> = vec![None; rules.len()];
+        for (&candidate, scores) in
+            promoted
+                .iter()
+                .zip(scores_on(Stage::Funnel, &promoted, workers))
+        {
+            funnel[candidate] = Some(scores);
         }
+        cheap
+            .into_iter()
+            .zip(funnel)
+            .map(|(mut tasks, funnel)| {
+                let fitness = fitness_of(&tasks);
+                let promoted = funnel.map(|scores| {
+                    tasks.extend(scores);
+                    fitness_of(&tasks)
+                });
+                Score {
+                    fitness,
+                    promoted,
+                    tasks,
+                }
+            })
+            .collect()
     }
 }
 
@@ -337,5 +397,9 @@ impl<T: Fitness + Send> Fitness for Arc<T> {
 
     fn score(&self, worker: &mut T::Worker, rule: &Rule) -> Score {
         (**self).score(worker, rule)
+    }
+
+    fn score_all(&self, workers: &mut [T::Worker], rules: &[&Rule]) -> Vec<Score> {
+        (**self).score_all(workers, rules)
     }
 }

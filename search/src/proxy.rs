@@ -29,6 +29,7 @@ use optc_tasks::network::{Network, NetworkRun, LIBER_PRIMUS};
 use optc_tasks::{Dataset, Mlp, SoftmaxRegression, Task};
 use serde::{Deserialize, Serialize};
 
+use crate::parallel;
 use crate::rng::Rng;
 
 /// The name of the hyperparameter [`with_update_scale`] adds.
@@ -63,6 +64,16 @@ pub enum Stage {
 
 /// What a task trains.
 pub enum Problem {
+    /// Parameters in host vectors, stepped there.
+    Host(HostProblem),
+    /// A candle network (a conv net, a character transformer) trained on
+    /// its minibatches in its fixed order, its parameters stepped in place
+    /// in candle's buffer; judged on its held-out loss.
+    Network(Box<Network>),
+}
+
+/// A problem whose parameters and gradients are host vectors.
+pub enum HostProblem {
     /// An `.opt` objective (every param a tensor of `numel` elements).
     Objective {
         objective: Box<Objective>,
@@ -80,10 +91,6 @@ pub enum Problem {
         batches: Vec<Box<dyn Task + Send + Sync>>,
         held_out: Box<dyn Task + Send + Sync>,
     },
-    /// A candle network (a conv net, a character transformer) trained on
-    /// its minibatches in its fixed order, its parameters stepped in place
-    /// in candle's buffer; judged on its held-out loss.
-    Network(Box<Network>),
 }
 
 /// `steps` minibatches of `size` examples of `data` in the order of `seed`
@@ -241,24 +248,27 @@ impl ProxyTask {
 
     /// A run from the task's initial parameters.
     fn start(&self) -> Result<Trainee<'_>, String> {
-        let host = |params: Vec<Vec<f32>>| Trainee::Host {
-            task: self,
-            params,
-            gradients: Vec::new(),
+        let problem = match &self.problem {
+            Problem::Host(problem) => problem,
+            Problem::Network(network) => return Ok(Trainee::Network(network.start()?)),
         };
-        match &self.problem {
-            Problem::Objective {
+        let params = match problem {
+            HostProblem::Objective {
                 objective,
                 hypers,
                 numel,
-            } => Ok(host(objective.initial_params(*numel, hypers)?)),
-            Problem::Model { train, .. } => Ok(host(train.initial_params())),
-            Problem::Minibatch { batches, .. } => batches
+            } => objective.initial_params(*numel, hypers)?,
+            HostProblem::Model { train, .. } => train.initial_params(),
+            HostProblem::Minibatch { batches, .. } => batches
                 .first()
-                .map(|batch| host(batch.initial_params()))
-                .ok_or_else(|| "a minibatch task without batches".to_string()),
-            Problem::Network(network) => Ok(Trainee::Network(network.start()?)),
-        }
+                .map(|batch| batch.initial_params())
+                .ok_or_else(|| "a minibatch task without batches".to_string())?,
+        };
+        Ok(Trainee::Host {
+            problem,
+            params,
+            gradients: Vec::new(),
+        })
     }
 
     /// Trains `rule` (with an [`UPDATE_SCALE`] hyperparameter, see
@@ -308,7 +318,7 @@ impl ProxyTask {
 enum Trainee<'a> {
     /// Parameters in host vectors, with the gradients of the last loss.
     Host {
-        task: &'a ProxyTask,
+        problem: &'a HostProblem,
         params: Vec<Vec<f32>>,
         gradients: Vec<Vec<f32>>,
     },
@@ -322,28 +332,25 @@ impl Trainee<'_> {
     fn loss(&mut self, step: usize) -> Result<f64, String> {
         match self {
             Trainee::Host {
-                task,
+                problem,
                 params,
                 gradients,
             } => {
-                let (loss, grads) = match &task.problem {
-                    Problem::Objective {
+                let (loss, grads) = match problem {
+                    HostProblem::Objective {
                         objective, hypers, ..
                     } => {
                         let views: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
                         let evaluation = objective.evaluate(&views, hypers)?;
                         (evaluation.loss, evaluation.gradients)
                     }
-                    Problem::Model { train, .. } => {
+                    HostProblem::Model { train, .. } => {
                         let evaluation = train.evaluate(params);
                         (evaluation.loss, evaluation.grads)
                     }
-                    Problem::Minibatch { batches, .. } => {
+                    HostProblem::Minibatch { batches, .. } => {
                         let evaluation = batches[step.min(batches.len() - 1)].evaluate(params);
                         (evaluation.loss, evaluation.grads)
-                    }
-                    Problem::Network(_) => {
-                        return Err("a network trains on its own parameter buffer".into())
                     }
                 };
                 *gradients = grads;
@@ -373,14 +380,16 @@ impl Trainee<'_> {
     /// What the task is judged by after a run with training `losses`.
     fn metric(&self, losses: &[f64]) -> Result<f64, String> {
         Ok(match self {
-            Trainee::Host { task, params, .. } => match &task.problem {
-                Problem::Model {
+            Trainee::Host {
+                problem, params, ..
+            } => match problem {
+                HostProblem::Model {
                     held_out: Some(held_out),
                     ..
                 }
-                | Problem::Minibatch { held_out, .. } => held_out.evaluate(params).loss,
-                Problem::Objective { .. } => geometric_mean_loss(losses),
-                Problem::Model { .. } | Problem::Network(_) => losses[losses.len() - 1],
+                | HostProblem::Minibatch { held_out, .. } => held_out.evaluate(params).loss,
+                HostProblem::Objective { .. } => geometric_mean_loss(losses),
+                HostProblem::Model { held_out: None, .. } => losses[losses.len() - 1],
             },
             Trainee::Network(run) => run.held_out_loss()?,
         })
@@ -393,27 +402,91 @@ impl Trainee<'_> {
 /// schedule (14 runs). The lowest metric wins; ties go to the earlier run
 /// (constant before warm-up), so the sweep is deterministic.
 pub fn tune(task: &ProxyTask, rule: &Arc<Rule>, backend: &Backend) -> Result<Tuned, String> {
-    let mut best: Option<Tuned> = None;
-    let try_run = |scale: f64, schedule: Schedule, best: &mut Option<Tuned>| {
-        let metric = task.train(rule, scale, schedule, backend)?.metric;
+    tune_all(&[(task, rule)], &mut [backend.clone()], |backend| &*backend).remove(0)
+}
+
+/// [`tune`] for every (task, rule) of `jobs`, with the runs of all the
+/// sweeps spread over `workers` (one thread each; `backend` gives a
+/// worker's backend): the coarse runs of every job at once, then every
+/// refinement, so that a single candidate's sweep keeps every thread
+/// busy. Each result is exactly what [`tune`] gives, in job order, on any
+/// number of workers.
+pub fn tune_all<W: Send>(
+    jobs: &[(&ProxyTask, &Arc<Rule>)],
+    workers: &mut [W],
+    backend: impl Fn(&mut W) -> &Backend + Sync,
+) -> Vec<Result<Tuned, String>> {
+    let mut train = |runs: &[(usize, (f64, Schedule))]| {
+        parallel::map(&mut *workers, runs, |worker, &(job, (scale, schedule))| {
+            let (task, rule) = jobs[job];
+            task.train(rule, scale, schedule, backend(worker))
+                .map(|run| run.metric)
+        })
+    };
+    let coarse = coarse_runs();
+    let units: Vec<(usize, (f64, Schedule))> = (0..jobs.len())
+        .flat_map(|job| coarse.iter().map(move |&run| (job, run)))
+        .collect();
+    let metrics = train(&units);
+    let centres: Vec<Result<Tuned, String>> = metrics
+        .chunks(coarse.len().max(1))
+        .map(|chunk| best_run(None, &coarse, chunk))
+        .collect();
+    let refinements: Vec<(usize, (f64, Schedule))> = centres
+        .iter()
+        .enumerate()
+        .filter_map(|(job, centre)| Some((job, refinement_runs(*centre.as_ref().ok()?))))
+        .flat_map(|(job, runs)| runs.into_iter().map(move |run| (job, run)))
+        .collect();
+    let metrics = train(&refinements);
+    let mut refined = refinements.chunks(2).zip(metrics.chunks(2));
+    centres
+        .into_iter()
+        .map(|centre| {
+            let centre = centre?;
+            let (runs, metrics) = refined.next().ok_or("a refinement went missing")?;
+            let runs: Vec<(f64, Schedule)> = runs.iter().map(|&(_, run)| run).collect();
+            best_run(Some(centre), &runs, metrics)
+        })
+        .collect()
+}
+
+/// The coarse runs of a sweep, in the order ties are broken: every scale
+/// `10^k` of [`COARSE_EXPONENTS`] under each [`Schedule`] in turn.
+fn coarse_runs() -> Vec<(f64, Schedule)> {
+    Schedule::ALL
+        .iter()
+        .flat_map(|&schedule| COARSE_EXPONENTS.map(move |k| (10f64.powi(k), schedule)))
+        .collect()
+}
+
+/// The runs that refine a sweep around its best coarse run: that scale's
+/// half-decade neighbours under its schedule.
+fn refinement_runs(centre: Tuned) -> [(f64, Schedule); 2] {
+    let half_decade = 10f64.sqrt();
+    [
+        (centre.scale / half_decade, centre.schedule),
+        (centre.scale * half_decade, centre.schedule),
+    ]
+}
+
+/// The best of `best` and `runs` with their `metrics`: the lowest metric,
+/// the earlier run on ties; the first failed run is the result.
+fn best_run(
+    mut best: Option<Tuned>,
+    runs: &[(f64, Schedule)],
+    metrics: &[Result<f64, String>],
+) -> Result<Tuned, String> {
+    for (&(scale, schedule), metric) in runs.iter().zip(metrics) {
+        let metric = metric.clone()?;
         if best.is_none_or(|b| metric < b.metric) {
-            *best = Some(Tuned {
+            best = Some(Tuned {
                 metric,
                 scale,
                 schedule,
             });
         }
-        Ok::<(), String>(())
-    };
-    for schedule in Schedule::ALL {
-        for k in COARSE_EXPONENTS {
-            try_run(10f64.powi(k), schedule, &mut best)?;
-        }
     }
-    let centre = best.ok_or_else(|| "empty sweep".to_string())?;
-    let half_decade = 10f64.sqrt();
-    try_run(centre.scale / half_decade, centre.schedule, &mut best)?;
-    try_run(centre.scale * half_decade, centre.schedule, &mut best)?;
     best.ok_or_else(|| "empty sweep".to_string())
 }
 
@@ -447,21 +520,21 @@ fn mlp(data: &Dataset, hidden: usize) -> Box<dyn Task + Send + Sync> {
 /// The minibatch task on breast cancer with the data order of `seed`.
 fn cancer_minibatches(seed: u64) -> Result<Problem, String> {
     let (train, held_out) = Dataset::builtin("breast_cancer")?.split(5);
-    Ok(Problem::Minibatch {
+    Ok(Problem::Host(HostProblem::Minibatch {
         batches: minibatches(&train, 32, MINIBATCH_STEPS + 1, seed, |batch| {
             mlp(&batch, 8)
         }),
         held_out: mlp(&held_out, 8),
-    })
+    }))
 }
 
 /// A model judged on the held-out fifth of `dataset`.
 fn held_out_model(dataset: &str, hidden: usize) -> Result<Problem, String> {
     let (train, held_out) = Dataset::builtin(dataset)?.split(5);
-    Ok(Problem::Model {
+    Ok(Problem::Host(HostProblem::Model {
         train: mlp(&train, hidden),
         held_out: Some(mlp(&held_out, hidden)),
-    })
+    }))
 }
 
 /// The held-out tasks: never scored during a search, only in the verdict
@@ -576,11 +649,11 @@ pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
             .map_err(|diagnostic| diagnostic.message)?;
         let sets: Vec<(String, f64)> = sets.iter().map(|(n, v)| (n.to_string(), *v)).collect();
         let hypers = objective.hyper_values(&sets)?;
-        Ok(Problem::Objective {
+        Ok(Problem::Host(HostProblem::Objective {
             objective: Box::new(objective),
             hypers,
             numel,
-        })
+        }))
     };
     let (cancer_train, cancer_held_out) = Dataset::builtin("breast_cancer")?.split(5);
     let (digits_train, digits_held_out) = Dataset::builtin("digits")?.split(5);
@@ -611,10 +684,10 @@ pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
             "logistic regression on breast cancer (455 examples), held-out loss",
             Stage::Cheap,
             60,
-            Problem::Model {
+            Problem::Host(HostProblem::Model {
                 train: Box::new(SoftmaxRegression::new(cancer_train.clone())),
                 held_out: Some(Box::new(SoftmaxRegression::new(cancer_held_out.clone()))),
-            },
+            }),
         )?,
         ProxyTask::new(
             prelude,
@@ -622,10 +695,10 @@ pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
             "MLP, 8 tanh units, 60 steps on breast cancer, held-out loss",
             Stage::Cheap,
             60,
-            Problem::Model {
+            Problem::Host(HostProblem::Model {
                 train: mlp(&cancer_train, 8),
                 held_out: Some(mlp(&cancer_held_out, 8)),
-            },
+            }),
         )?,
         ProxyTask::new(
             prelude,
@@ -641,10 +714,10 @@ pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
             "MLP, 32 tanh units, 200 steps on breast cancer, held-out loss",
             Stage::Funnel,
             200,
-            Problem::Model {
+            Problem::Host(HostProblem::Model {
                 train: mlp(&cancer_train, 32),
                 held_out: Some(mlp(&cancer_held_out, 32)),
-            },
+            }),
         )?,
         ProxyTask::new(
             prelude,
@@ -652,10 +725,10 @@ pub fn builtin(prelude: &Program) -> Result<Vec<ProxyTask>, String> {
             "MLP, 16 tanh units, 100 steps on digits (1437 examples), held-out loss",
             Stage::Funnel,
             100,
-            Problem::Model {
+            Problem::Host(HostProblem::Model {
                 train: mlp(&digits_train, 16),
                 held_out: Some(mlp(&digits_held_out, 16)),
-            },
+            }),
         )?,
         ProxyTask::new(
             prelude,

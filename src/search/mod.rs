@@ -1082,7 +1082,9 @@ impl Session {
         let candidate = Arc::new(proxy::with_update_scale(
             &individual.candidate.compile(&self.context)?,
         ));
-        let tuned = fitness.score_task(&backend, &candidate, index);
+        let tuned = fitness
+            .score_tasks(&candidate, &[index], self.settings.threads)
+            .remove(0);
         let baseline = fitness.baselines()[index];
         let prelude = optc_stdlib::prelude();
         let mut series = Vec::new();

@@ -23,24 +23,27 @@ use crate::{random_tensors, Dataset};
 /// `lipsum` crate (see data/README.md).
 pub const LIBER_PRIMUS: &str = include_str!("../../data/liber-primus.txt");
 
-/// What a network computes; its parameters come from the flat buffer.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Architecture {
+/// What a network computes (its parameters come from the flat buffer), with
+/// the constants its forward pass needs, built once per network.
+#[derive(Debug)]
+enum Architecture {
     /// 8x8 single-channel images: two 3x3 convolutions with stride 2
     /// (padding 1; 8x8 to 4x4 to 2x2) and ReLU, no pooling (an
     /// all-convolutional net; candle's max pooling passes the gradient to
     /// every input of a tied window, and the standardised digits' constant
-    /// background makes ties common), channels last, `channels` then `2 channels` wide, then a
-    /// linear layer to `classes` logits.
-    ConvNet { channels: usize, classes: usize },
+    /// background makes ties common), channels last, then a linear layer to
+    /// the logits. `patches` holds each convolution's gather indices (see
+    /// [`patch_indices`]).
+    ConvNet { patches: [Tensor; 2] },
     /// A one-layer pre-norm transformer over `context` characters: token
-    /// and position embeddings of width `width`, one causal attention head,
-    /// a ReLU MLP four times wider, RMS norms with learnt gains, and a
-    /// linear read-out to `vocabulary` logits per position.
+    /// and position embeddings of width `width`, one causal attention head
+    /// (`causal_mask` is added to its scores), a ReLU MLP four times wider,
+    /// RMS norms with learnt gains, and a linear read-out to one logit per
+    /// symbol and position.
     CharTransformer {
-        vocabulary: usize,
         context: usize,
         width: usize,
+        causal_mask: Tensor,
     },
 }
 
@@ -73,7 +76,7 @@ struct Batch {
 /// A model, its data in a fixed order, and its initial parameters.
 #[derive(Debug)]
 pub struct Network {
-    pub architecture: Architecture,
+    architecture: Architecture,
     pub slots: Vec<Slot>,
     initial: Vec<f32>,
     batches: Vec<Batch>,
@@ -123,7 +126,12 @@ impl Network {
         let all: Vec<usize> = (0..held_out.labels.len()).collect();
         let wide = 2 * channels;
         Network::new(
-            Architecture::ConvNet { channels, classes },
+            Architecture::ConvNet {
+                patches: [
+                    patch_indices(8, 1).map_err(candle)?,
+                    patch_indices(4, channels).map_err(candle)?,
+                ],
+            },
             &[
                 ("conv1.weight", vec![channels, 1, 3, 3], 9),
                 ("conv1.bias", vec![channels], 0),
@@ -184,9 +192,9 @@ impl Network {
         let hidden = 4 * width;
         Network::new(
             Architecture::CharTransformer {
-                vocabulary,
                 context,
                 width,
+                causal_mask: causal_mask(context).map_err(candle)?,
             },
             &[
                 ("embedding.token", vec![vocabulary, width], 1),
@@ -356,28 +364,43 @@ impl Network {
             flat.narrow(0, slot.offset, slot.numel())?
                 .reshape(slot.shape.as_slice())
         };
-        let logits = match self.architecture {
-            Architecture::ConvNet { .. } => {
-                let block = |x: &Tensor, layer: &str| -> candle_core::Result<Tensor> {
-                    let kernel = param(&format!("{layer}.weight"))?;
-                    convolve_3x3_stride_2(x, &kernel.reshape((kernel.dim(0)?, ()))?)?
-                        .broadcast_add(&param(&format!("{layer}.bias"))?)?
-                        .relu()
-                };
-                let features = block(&block(&batch.inputs, "conv1")?, "conv2")?.flatten_from(1)?;
+        let logits = match &self.architecture {
+            Architecture::ConvNet { patches } => {
+                let block =
+                    |x: &Tensor, layer: &str, patches: &Tensor| -> candle_core::Result<Tensor> {
+                        let kernel = param(&format!("{layer}.weight"))?;
+                        convolve_3x3_stride_2(x, patches, &kernel.reshape((kernel.dim(0)?, ()))?)?
+                            .broadcast_add(&param(&format!("{layer}.bias"))?)?
+                            .relu()
+                    };
+                let features = block(
+                    &block(&batch.inputs, "conv1", &patches[0])?,
+                    "conv2",
+                    &patches[1],
+                )?
+                .flatten_from(1)?;
                 features
                     .matmul(&param("output.weight")?.t()?)?
                     .broadcast_add(&param("output.bias")?)?
             }
-            Architecture::CharTransformer { context, width, .. } => {
+            Architecture::CharTransformer {
+                context,
+                width,
+                causal_mask,
+            } => {
+                let (context, width) = (*context, *width);
                 let rows = batch.inputs.dim(0)?;
                 let tokens = param("embedding.token")?
                     .index_select(&batch.inputs.flatten_all()?, 0)?
                     .reshape((rows, context, width))?;
                 let x = tokens.broadcast_add(&param("embedding.position")?)?;
                 let x = x.reshape((rows * context, width))?;
-                let attended =
-                    self.attention(&rms_norm(&x, &param("attention.norm")?)?, rows, &param)?;
+                let attended = attention(
+                    &rms_norm(&x, &param("attention.norm")?)?,
+                    rows,
+                    causal_mask,
+                    &param,
+                )?;
                 let x = (x + attended)?;
                 let h = rms_norm(&x, &param("mlp.norm")?)?
                     .matmul(&param("mlp.up.weight")?)?
@@ -393,53 +416,55 @@ impl Network {
         };
         cross_entropy(&logits, &batch.targets)
     }
-
-    /// One causal attention head over `rows` sequences of `x` (flattened
-    /// to positions x width), projected back to the width.
-    fn attention(
-        &self,
-        x: &Tensor,
-        rows: usize,
-        param: &dyn Fn(&str) -> candle_core::Result<Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        let (context, width) = x
-            .dims2()
-            .map(|(positions, width)| (positions / rows, width))?;
-        let project = |name: &str| -> candle_core::Result<Tensor> {
-            x.matmul(&param(name)?)?.reshape((rows, context, width))
-        };
-        let (q, k, v) = (
-            project("attention.query")?,
-            project("attention.key")?,
-            project("attention.value")?,
-        );
-        let scores = (q.matmul(&k.transpose(1, 2)?.contiguous()?)? / (width as f64).sqrt())?;
-        let mask: Vec<f32> = (0..context * context)
-            .map(|i| {
-                if i % context > i / context {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (context, context), x.device())?;
-        let weights = softmax_last(&scores.broadcast_add(&mask)?)?;
-        weights
-            .matmul(&v)?
-            .reshape((rows * context, width))?
-            .matmul(&param("attention.output")?)
-    }
 }
 
-/// A 3x3 convolution with stride 2 and zero padding 1 of channels-last
-/// images `x` (rows x side x side x channels, an even side) by `kernel`
-/// (outputs x channels*9, in torch's channel, row, column order), as one
-/// matrix product of the gathered patches: rows x side/2 x side/2 x
-/// outputs. (candle's own conv2d backward runs a direct loop that made a
-/// step of this network 3x slower.)
-fn convolve_3x3_stride_2(x: &Tensor, kernel: &Tensor) -> candle_core::Result<Tensor> {
-    let (rows, side, _, channels) = x.dims4()?;
+/// One causal attention head over `rows` sequences of `x` (flattened to
+/// positions x width), projected back to the width.
+fn attention(
+    x: &Tensor,
+    rows: usize,
+    causal_mask: &Tensor,
+    param: &dyn Fn(&str) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (context, width) = x
+        .dims2()
+        .map(|(positions, width)| (positions / rows, width))?;
+    let project = |name: &str| -> candle_core::Result<Tensor> {
+        x.matmul(&param(name)?)?.reshape((rows, context, width))
+    };
+    let (q, k, v) = (
+        project("attention.query")?,
+        project("attention.key")?,
+        project("attention.value")?,
+    );
+    let scores = (q.matmul(&k.transpose(1, 2)?.contiguous()?)? / (width as f64).sqrt())?;
+    let weights = softmax_last(&scores.broadcast_add(causal_mask)?)?;
+    weights
+        .matmul(&v)?
+        .reshape((rows * context, width))?
+        .matmul(&param("attention.output")?)
+}
+
+/// `-inf` above the diagonal of a `context` x `context` matrix, 0 elsewhere:
+/// position `i` attends to positions up to `i`.
+fn causal_mask(context: usize) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..context * context)
+        .map(|i| {
+            if i % context > i / context {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(mask, (context, context), &Device::Cpu)
+}
+
+/// The gather indices of a 3x3 convolution with stride 2 and zero padding 1
+/// over channels-last `side` x `side` images (an even side) of `channels`
+/// channels, padded to `side + 2`: for each output position, its patch's
+/// entries in torch's channel, row, column order.
+fn patch_indices(side: usize, channels: usize) -> candle_core::Result<Tensor> {
     let (padded, out) = (side + 2, side / 2);
     let patches: Vec<u32> = (0..out * out)
         .flat_map(|position| {
@@ -450,11 +475,27 @@ fn convolve_3x3_stride_2(x: &Tensor, kernel: &Tensor) -> candle_core::Result<Ten
             })
         })
         .collect();
-    let patches = Tensor::from_vec(patches, out * out * channels * 9, x.device())?;
+    let count = patches.len();
+    Tensor::from_vec(patches, count, &Device::Cpu)
+}
+
+/// A 3x3 convolution with stride 2 and zero padding 1 of channels-last
+/// images `x` (rows x side x side x channels) by `kernel` (outputs x
+/// channels*9), as one matrix product of the patches gathered by `patches`
+/// ([`patch_indices`] for the images' side and channels): rows x side/2 x
+/// side/2 x outputs. (candle's own conv2d backward runs a direct loop that
+/// made a step of this network 3x slower.)
+fn convolve_3x3_stride_2(
+    x: &Tensor,
+    patches: &Tensor,
+    kernel: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (rows, side, _, channels) = x.dims4()?;
+    let (padded, out) = (side + 2, side / 2);
     x.pad_with_zeros(1, 1, 1)?
         .pad_with_zeros(2, 1, 1)?
         .reshape((rows, padded * padded * channels))?
-        .index_select(&patches, 1)?
+        .index_select(patches, 1)?
         .reshape((rows * out * out, channels * 9))?
         .matmul(&kernel.t()?)?
         .reshape((rows, out, out, ()))
