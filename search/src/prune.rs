@@ -62,16 +62,20 @@ pub fn simplified(candidate: &Candidate, context: &Program) -> Result<Candidate,
 
 /// Simplifies `candidate`, then prunes it (see the module documentation);
 /// every program on the way passes [`reject::screen`] with `invariances`.
+/// Each round's removals are scored together on `workers` (one thread
+/// each); the result does not depend on how many there are.
 pub fn prune<F: Fitness>(
     fitness: &F,
-    worker: &mut F::Worker,
+    workers: &mut [F::Worker],
     context: &Program,
     candidate: &Candidate,
     tolerance: f64,
     invariances: Invariances,
 ) -> Result<Pruned, String> {
     let mut current = simplified(candidate, context)?;
-    let mut score = fitness.score(worker, &current.compile(context)?);
+    let mut score = fitness
+        .score_all(workers, &[&current.compile(context)?])
+        .remove(0);
     let simplified_score = score.clone();
     let anchor = score.value();
     let mut removals = Vec::new();
@@ -79,36 +83,40 @@ pub fn prune<F: Fitness>(
     // Each round scores every removal and keeps the acceptable one with the
     // least effect (a first-acceptable order would let whichever statement
     // comes first decide what can go later).
-    'rounds: loop {
-        let mut chosen: Option<(Score, Removal, Candidate)> = None;
+    while attempts < MAX_ATTEMPTS {
+        let mut trials: Vec<(usize, Operand, Candidate, Rule)> = Vec::new();
         for index in 0..current.statements.len() {
             for (replacement, pruned) in bypasses(&current, index) {
-                if attempts == MAX_ATTEMPTS {
-                    break 'rounds;
+                if attempts + trials.len() == MAX_ATTEMPTS {
+                    break;
                 }
                 let Ok(rule) = pruned.compile(context) else {
                     continue;
                 };
-                if reject::screen(&rule, invariances).is_err() {
-                    continue;
+                if reject::screen(&rule, invariances).is_ok() {
+                    trials.push((index, replacement, pruned, rule));
                 }
-                attempts += 1;
-                let trial = fitness.score(worker, &rule);
-                let keeps_funnel = trial.promoted.is_some() || score.promoted.is_none();
-                let effect = (trial.value() - anchor).abs();
-                let acceptable = keeps_funnel && effect <= tolerance;
-                let least = chosen
-                    .as_ref()
-                    .is_none_or(|(c, ..)| effect < (c.value() - anchor).abs());
-                if acceptable && least {
-                    let removal = Removal {
-                        statement: current.statement_text(index),
-                        replacement: current.operand_source(replacement),
-                        before: score.value(),
-                        after: trial.value(),
-                    };
-                    chosen = Some((trial, removal, normalised(&rule).unwrap_or(pruned)));
-                }
+            }
+        }
+        attempts += trials.len();
+        let rules: Vec<&Rule> = trials.iter().map(|(.., rule)| rule).collect();
+        let scores = fitness.score_all(workers, &rules);
+        let mut chosen: Option<(Score, Removal, Candidate)> = None;
+        for ((index, replacement, pruned, rule), trial) in trials.into_iter().zip(scores) {
+            let keeps_funnel = trial.promoted.is_some() || score.promoted.is_none();
+            let effect = (trial.value() - anchor).abs();
+            let acceptable = keeps_funnel && effect <= tolerance;
+            let least = chosen
+                .as_ref()
+                .is_none_or(|(c, ..)| effect < (c.value() - anchor).abs());
+            if acceptable && least {
+                let removal = Removal {
+                    statement: current.statement_text(index),
+                    replacement: current.operand_source(replacement),
+                    before: score.value(),
+                    after: trial.value(),
+                };
+                chosen = Some((trial, removal, normalised(&rule).unwrap_or(pruned)));
             }
         }
         let Some((trial, removal, pruned)) = chosen else {

@@ -109,6 +109,34 @@ fn baselines_score_zero_and_one_and_the_funnel_is_selective() {
     );
 }
 
+/// Scoring children together spreads their training runs over the threads
+/// and changes no score: `score_all` on two workers gives every candidate,
+/// promoted to the funnel or not, what `score` gives it alone on one.
+#[test]
+fn scoring_together_on_two_threads_gives_each_candidate_its_own_score() {
+    let prelude = common::prelude();
+    let tasks: Vec<_> = proxy::builtin(&prelude)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name == "quadratic" || t.name == "mlp_wide")
+        .collect();
+    assert_eq!(tasks[1].stage, Stage::Funnel);
+    let fitness = ProxyFitness::new(tasks, &prelude, 2, "cranelift").unwrap();
+    let rules = ["adamw", "sgd", "lion"].map(|name| prelude.compile(name).unwrap());
+    let mut worker = ProxyWorker::new("cranelift");
+    let alone: Vec<_> = rules
+        .iter()
+        .map(|rule| fitness.score(&mut worker, rule))
+        .collect();
+    assert!(
+        alone.iter().any(|s| s.promoted.is_some()) && alone.iter().any(|s| s.promoted.is_none()),
+        "{alone:?}"
+    );
+    let mut workers = [ProxyWorker::new("cranelift"), ProxyWorker::new("cranelift")];
+    let together = fitness.score_all(&mut workers, &rules.iter().collect::<Vec<_>>());
+    assert_eq!(together, alone);
+}
+
 #[test]
 fn scoring_the_cheapest_task_is_fast() {
     let prelude = common::prelude();

@@ -15,7 +15,7 @@ fn pruned(fitness: &Quadratic, rule: &optc_compiler::ir::Rule, tolerance: f64) -
     let candidate = Candidate::from_rule(rule).unwrap();
     prune::prune(
         fitness,
-        &mut (),
+        &mut [(), ()],
         &common::prelude(),
         &candidate,
         tolerance,

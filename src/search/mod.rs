@@ -786,11 +786,13 @@ impl Session {
 
     fn prune(&mut self, individual: &Individual) -> Result<Pruned, String> {
         let fitness = self.fitness()?;
-        let mut worker = fitness.worker();
+        let mut workers: Vec<_> = (0..self.settings.threads.max(1))
+            .map(|_| fitness.worker())
+            .collect();
         let invariances = self.search()?.evolution.config().invariances;
         prune::prune(
             &fitness,
-            &mut worker,
+            &mut workers,
             &self.context,
             &individual.candidate,
             self.settings.tolerance,
