@@ -2,6 +2,9 @@
 //! optimizer documents its equations and paper, and composition behaves.
 
 mod common;
+// The task tests' helper for a stdlib optimizer with overrides, shared.
+#[path = "../tasks/tests/common/mod.rs"]
+mod stdlib_rule;
 
 use std::sync::Arc;
 
@@ -140,16 +143,7 @@ fn rmsprop_centered_is_the_momentum_variant_without_momentum() {
     .unwrap();
     let trace = optc_runtime::trace::Trace::from_json(&text).unwrap();
     let run = |rule: &str, sets: &[(&str, &str)]| {
-        let mut program = optc_stdlib::prelude();
-        let compiled = program.compile(rule).unwrap();
-        let overrides = sets
-            .iter()
-            .map(|(k, v)| (k.to_string(), program.compile_scalar(k, v).unwrap()))
-            .collect();
-        let mut optimizer = Optimizer::builder(Arc::new(compiled))
-            .overrides(overrides)
-            .build()
-            .unwrap();
+        let mut optimizer = stdlib_rule::optimizer(rule, sets);
         optc_runtime::trace::replay(&mut optimizer, &trace).unwrap()
     };
     let centered = run("rmsprop_centered", &[("learning_rate", "0.01")]);

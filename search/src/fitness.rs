@@ -175,6 +175,13 @@ impl ProxyWorker {
     }
 }
 
+/// `threads` workers (at least one) on the backend called `backend`.
+fn workers(backend: &str, threads: usize) -> Vec<ProxyWorker> {
+    (0..threads.max(1))
+        .map(|_| ProxyWorker::new(backend))
+        .collect()
+}
+
 fn open(name: &str) -> Backend {
     Backend::named(name).unwrap_or_else(|_| Backend::fastest())
 }
@@ -207,9 +214,7 @@ impl ProxyFitness {
             .iter()
             .flat_map(|task| rules.iter().map(move |rule| (task, rule)))
             .collect();
-        let mut workers: Vec<ProxyWorker> = (0..threads.max(1))
-            .map(|_| ProxyWorker::new(backend))
-            .collect();
+        let mut workers = workers(backend, threads);
         let tuned = proxy::tune_all(&jobs, &mut workers, ProxyWorker::backend_for_next_run);
         let tuned = tuned.into_iter().collect::<Result<Vec<Tuned>, String>>()?;
         let baselines = tuned
@@ -253,6 +258,11 @@ impl ProxyFitness {
         compress((reference - log(metric)) / span)
     }
 
+    /// One worker per thread, `threads` of them (at least one).
+    pub fn workers(&self, threads: usize) -> Vec<ProxyWorker> {
+        workers(&self.backend, threads)
+    }
+
     /// Tunes `rule` (prepared by [`proxy::with_update_scale`]) on the tasks
     /// at `indices`, on `threads` threads (the order of the result is that
     /// of `indices`, whatever the threads).
@@ -262,7 +272,7 @@ impl ProxyFitness {
         indices: &[usize],
         threads: usize,
     ) -> Vec<TaskScore> {
-        let mut workers: Vec<ProxyWorker> = (0..threads.max(1)).map(|_| self.worker()).collect();
+        let mut workers = self.workers(threads);
         let jobs: Vec<(&Arc<Rule>, usize)> = indices.iter().map(|&task| (rule, task)).collect();
         self.score_jobs(&mut workers, &jobs)
     }

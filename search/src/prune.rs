@@ -85,10 +85,10 @@ pub fn prune<F: Fitness>(
     // comes first decide what can go later).
     while attempts < MAX_ATTEMPTS {
         let mut trials: Vec<(usize, Operand, Candidate, Rule)> = Vec::new();
-        for index in 0..current.statements.len() {
+        'statements: for index in 0..current.statements.len() {
             for (replacement, pruned) in bypasses(&current, index) {
                 if attempts + trials.len() == MAX_ATTEMPTS {
-                    break;
+                    break 'statements;
                 }
                 let Ok(rule) = pruned.compile(context) else {
                     continue;

@@ -20,7 +20,7 @@ use optc_search::mutate::MutationKind;
 use optc_search::proxy::{self, ProxyTask, Schedule, Stage};
 use optc_search::prune::{self, Pruned};
 use optc_search::reject;
-use optc_search::{Candidate, Evolution, EvolutionConfig, Fitness, ProxyFitness, Score};
+use optc_search::{Candidate, Evolution, EvolutionConfig, ProxyFitness, Score};
 
 use crate::load;
 use crate::plot;
@@ -786,9 +786,7 @@ impl Session {
 
     fn prune(&mut self, individual: &Individual) -> Result<Pruned, String> {
         let fitness = self.fitness()?;
-        let mut workers: Vec<_> = (0..self.settings.threads.max(1))
-            .map(|_| fitness.worker())
-            .collect();
+        let mut workers = fitness.workers(self.settings.threads);
         let invariances = self.search()?.evolution.config().invariances;
         prune::prune(
             &fitness,

@@ -1,4 +1,5 @@
-//! What the task tests share: a stdlib optimizer with overrides.
+//! What the task tests share: a stdlib optimizer with overrides (the
+//! workspace's tests/stdlib.rs includes this file too).
 
 use std::sync::Arc;
 
