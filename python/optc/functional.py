@@ -5,7 +5,6 @@ The state is an opaque ``State`` (it lives in the optimizer's own memory,
 next to the compiled kernels); ``state[slot]`` copies a slot out.
 """
 
-import math
 
 import numpy as np
 
@@ -48,7 +47,8 @@ class Rule:
 
     @property
     def states(self):
-        """``(slot, shape)`` per state slot; shape ``elem``, ``tensor`` or ``group``."""
+        """``(slot, shape)`` per state slot; shape ``elem``, ``rows``, ``cols``,
+        ``tensor`` or ``group``."""
         return self.native.states
 
     def __repr__(self):
@@ -62,7 +62,7 @@ class Rule:
         """The state of a step over arrays of ``shapes`` (all slots at their
         initial values; the first ``step`` is step 1)."""
         shapes = [tuple(int(d) for d in s) for s in shapes]
-        tensors = [(str(i), math.prod(s)) for i, s in enumerate(shapes)]
+        tensors = [(str(i), list(s)) for i, s in enumerate(shapes)]
         engine = _optc.Engine(
             self.native, tensors, [], list(self.hypers.items()), "float32", "float32",
             threads=threads, backend=backend, scalars=scalars,
@@ -96,8 +96,9 @@ class Rule:
 
 class State:
     """A rule's state for some shapes; ``state[slot]`` copies one slot out
-    (one array per tensor for per-element slots, one float per tensor or
-    group for the others), ``state.steps`` is each tensor's step count."""
+    (one array per tensor for per-element slots, of the tensor's shape, and
+    for per-row and per-column ones, of its rows or columns; one float per
+    tensor or group for the others), ``state.steps`` is each tensor's step count."""
 
     def __init__(self, engine, shapes, slots, hypers):
         self.engine, self.shapes, self.slots = engine, shapes, slots
@@ -118,9 +119,12 @@ class State:
         names = [name for name, _ in self.slots]
         if slot not in names:
             raise KeyError(f"no state slot {slot!r} (slots: {', '.join(names)})")
+        lengths = self.engine.state_lengths()
         outs = [
-            [np.empty(s, np.float32) for s in self.shapes] if shape == "elem" else None
-            for _, shape in self.slots
+            None if n is None
+            else [np.empty(s if shape == "elem" else (m,), np.float32)
+                  for s, m in zip(self.shapes, n)]
+            for (_, shape), n in zip(self.slots, lengths)
         ]
         addresses = [None if o is None else [a.ctypes.data for a in o] for o in outs]
         scalars = self.engine.export_state(addresses)

@@ -4,10 +4,11 @@
 name, a ``.opt`` path, source text, or an ``optc.compile`` result) with
 torch's names where torch has one (``lr`` for ``learning_rate``,
 ``betas=(b1, b2)``) and the rule's own otherwise. ``Adam``, ``AdamW``,
-``SGD``, ``RMSprop``, ``Adagrad``, ``RAdam``, ``NAdam`` and ``Adamax`` take
-torch's arguments and defaults, and their ``state_dict`` is torch's layout:
-a checkpoint of ``torch.optim.AdamW`` loads into ``optc.torch.AdamW`` and
-back.
+``SGD``, ``RMSprop``, ``Adagrad``, ``RAdam``, ``NAdam``, ``Adamax``,
+``Adafactor`` and ``Muon`` take torch's arguments and defaults, and their
+``state_dict`` is torch's layout: a checkpoint of ``torch.optim.AdamW``
+loads into ``optc.torch.AdamW`` and back. Rules that see a tensor as a
+matrix (Adafactor, SM3, Muon) get each parameter's shape.
 
 Parameters are CPU float32 or bfloat16 tensors, contiguous, updated in place
 through their addresses (no copies). Parameter groups step together; a
@@ -34,6 +35,8 @@ _BOOKKEEPING = {
     "base_momentum", "foreach", "fused", "capturable", "differentiable",
 }
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+# State slots held as arrays per tensor (the others are one number per tensor or group).
+_ARRAY_SLOTS = ("elem", "rows", "cols")
 _STATE_DTYPES = {"f32": torch.float32, "f64": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -111,6 +114,9 @@ class Spec:
             else:
                 value = (value,)
             for target, v in zip(targets, value):
+                if v is None:
+                    # torch's "the default" (Adafactor's eps=(None, 1e-3)): the rule's.
+                    v = self.rule.defaults[target]
                 pairs.append((target, v.item() if isinstance(v, torch.Tensor) else v))
         return pairs
 
@@ -182,7 +188,8 @@ class Optimizer(torch.optim.Optimizer):
         state_dtype = self._settings["state_dtype"] or dtype
         names = [f"{g}.{j}" for g, group in enumerate(self.param_groups)
                  for j in range(len(group["params"]))]
-        tensors = [(name, p.numel()) for name, p in zip(names, params)]
+        # With their shapes: rules with per-row or per-column values factor by them.
+        tensors = [(name, list(p.shape)) for name, p in zip(names, params)]
         groups = [(f"group{g}", [f"{g}.*"], self._spec.values(group))
                   for g, group in enumerate(self.param_groups)]
         settings = {k: v for k, v in self._settings.items() if k != "state_dtype"}
@@ -259,6 +266,20 @@ class Optimizer(torch.optim.Optimizer):
 
     # -- state ------------------------------------------------------------
 
+    def _slot_sizes(self, k):
+        """The shape of state slot ``k``'s tensor per parameter: the
+        parameter's for per-element slots; for per-row and per-column ones
+        (leading dimensions fold into the rows) torch.optim.Adafactor's
+        layout, ``(..., rows, 1)`` and ``(1, ..., cols)`` for a matrix, flat
+        for a vector."""
+        slot = self._spec.rule.native.states[k][1]
+        if slot == "elem":
+            return list(self._shapes)
+        lengths = self._engine.state_lengths()[k]
+        return [(n,) if len(shape) < 2
+                else (*shape[:-1], 1) if slot == "rows" else (*(1,) * (len(shape) - 1), n)
+                for shape, n in zip(self._shapes, lengths)]
+
     def _slot_names(self):
         return [(slot, shape, self._spec.state_names.get(slot, slot))
                 for slot, shape in self._spec.rule.native.states]
@@ -269,8 +290,8 @@ class Optimizer(torch.optim.Optimizer):
         dtype = _STATE_DTYPES[self._engine.state_dtype()]
         slots = self._slot_names()
         # Sized by the engine's tensors (a parameter's data may have been replaced since).
-        outs = [[torch.empty(s, dtype=dtype) for s in self._shapes]
-                if shape == "elem" else None for _, shape, _ in slots]
+        outs = [[torch.empty(size, dtype=dtype) for size in self._slot_sizes(k)]
+                if shape in _ARRAY_SLOTS else None for k, (_, shape, _) in enumerate(slots)]
         scalars = self._engine.export_state(
             [None if o is None else [t.data_ptr() for t in o] for o in outs])
         group_of = [g for g, group in enumerate(self.param_groups) for _ in group["params"]]
@@ -280,7 +301,7 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             entry = {"step": torch.tensor(float(steps), dtype=torch.float32)}
             for k, (_, shape, name) in enumerate(slots):
-                if shape == "elem":
+                if shape in _ARRAY_SLOTS:
                     entry[name] = outs[k][i]
                 elif shape == "tensor":
                     entry[name] = torch.tensor(scalars[k][i], dtype=torch.float32)
@@ -293,8 +314,10 @@ class Optimizer(torch.optim.Optimizer):
         dtype = _STATE_DTYPES[self._engine.state_dtype()]
         slots = self._slot_names()
         steps, keep = [], []
-        elems = [[] if shape == "elem" else None for _, shape, _ in slots]
-        scalars = [None if shape == "elem" else [] for _, shape, _ in slots]
+        elems = [[] if shape in _ARRAY_SLOTS else None for _, shape, _ in slots]
+        scalars = [None if shape in _ARRAY_SLOTS else [] for _, shape, _ in slots]
+        sizes = [self._slot_sizes(k) if shape in _ARRAY_SLOTS else None
+                 for k, (_, shape, _) in enumerate(slots)]
         groups = len(self.param_groups) + 1
         for k, (_, shape, _) in enumerate(slots):
             if shape == "group":
@@ -312,14 +335,16 @@ class Optimizer(torch.optim.Optimizer):
                 if steps[i] > 0 and name not in entry:
                     raise _optc.OptimizerError(
                         f"state of parameter {i} has no `{name}` (it has: {', '.join(entry)})")
-                if shape == "elem":
+                if shape in _ARRAY_SLOTS:
                     if value is None:
-                        value = torch.zeros(self._shapes[i], dtype=dtype)
+                        value = torch.zeros(sizes[k][i], dtype=dtype)
                     value = value.detach().to(device="cpu", dtype=dtype).contiguous()
-                    if value.numel() != self._numels[i]:
+                    wanted = math.prod(sizes[k][i])
+                    if value.numel() != wanted:
+                        whose = "the parameter" if shape == "elem" else f"its {shape}"
                         raise _optc.OptimizerError(
                             f"state `{name}` of parameter {i} has {value.numel()} elements, "
-                            f"the parameter {self._numels[i]}")
+                            f"{whose} {wanted}")
                     keep.append(value)
                     elems[k].append(value.data_ptr())
                 else:
@@ -435,6 +460,8 @@ def _torch_class(name, torch_defaults, choose, doc):
         rule, keys, fixed, selectors, state_names = choose(values, decays)
         # Selectors stay in the groups, as torch keeps them (and needs them on load).
         defaults = {k: values[k] for k in list(keys) + list(selectors)}
+        # The bookkeeping torch.optim's own steps read, so our state_dict loads into them.
+        defaults.update(maximize=False, foreach=None)
         spec = Spec(rule, keys, defaults, fixed, {k: values[k] for k in selectors}, state_names)
         self._init(params, spec, threads=threads, backend=backend,
                    group_reductions=group_reductions, scalars="f64", non_finite="propagate",
@@ -564,3 +591,37 @@ def _adamax(v, decays):
 Adamax = _torch_class(
     "Adamax", {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
     _adamax, "torch.optim.Adamax on optc's `adamax` (behind L2 weight decay where asked).")
+
+
+def _adafactor(v, decays):
+    # eps=(None, ...) is torch's float32 machine epsilon: the rule's default.
+    keys = {"lr": ("learning_rate",), "beta2_decay": ("beta2_decay",), "eps": ("eps1", "eps2"),
+            "d": ("d",), "weight_decay": ("weight_decay",)}
+    return compile_rule("adafactor"), keys, {}, [], {}
+
+
+Adafactor = _torch_class(
+    "Adafactor", {"lr": 1e-2, "beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0,
+                  "weight_decay": 0.0},
+    _adafactor, "torch.optim.Adafactor on optc's `adafactor` (state `row_var` and `col_var`: "
+                "per row and per column of a matrix, `col_var` the whole second moment of a "
+                "vector).")
+
+
+def _muon(v, decays):
+    if v["ns_steps"] != 5 or v["adjust_lr_fn"] is not None:
+        raise _optc.OptimizerError(
+            "optc's `muon` writes out torch's five Newton-Schulz steps and its default "
+            "learning-rate adjustment: ns_steps=5 and adjust_lr_fn=None")
+    keys = {"lr": ("learning_rate",), "weight_decay": ("weight_decay",),
+            "momentum": ("momentum",), "nesterov": ("nesterov",),
+            "ns_coefficients": ("a", "b", "c"), "eps": ("eps",)}
+    return compile_rule("muon"), keys, {}, ["ns_steps", "adjust_lr_fn"], {}
+
+
+Muon = _torch_class(
+    "Muon", {"lr": 1e-3, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True,
+             "ns_coefficients": (3.4445, -4.775, 2.0315), "eps": 1e-7, "ns_steps": 5,
+             "adjust_lr_fn": None},
+    _muon, "torch.optim.Muon on optc's `muon` (which also steps vectors, as 1 x n matrices, "
+           "where torch refuses them: pair it with AdamW through `muon_adamw`).")

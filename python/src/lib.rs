@@ -300,7 +300,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn new(
         rule: Bound<'_, Rule>,
-        tensors: Vec<(String, usize)>,
+        tensors: Vec<(String, Vec<usize>)>,
         groups: Vec<GroupSpec<'_>>,
         overrides: Vec<(String, Bound<'_, PyAny>)>,
         dtype: &str,
@@ -314,15 +314,9 @@ impl Engine {
         seed: u32,
     ) -> PyResult<Engine> {
         let compiled = rule.get();
-        if let Some(why) = optc_compiler::plan::unsupported(&compiled.rule) {
-            return Err(refused(format!(
-                "{why}; the Python package steps rules on compiled kernels and passes tensors \
-                 without their shapes, so it does not run this rule yet"
-            )));
-        }
         let mut builder = Optimizer::builder(compiled.rule.clone())
             .overrides(compiled.values(&overrides)?)
-            .tensors(tensors)
+            .shaped_tensors(tensors)
             .threads(threads)
             .precision(Precision {
                 params: storage(dtype)?,
@@ -453,6 +447,22 @@ impl Engine {
         self.lock().backend().to_string()
     }
 
+    /// Per state slot, the number of values each tensor holds: its
+    /// elements, rows or columns (as the rule sees the tensor: leading
+    /// dimensions folded into the rows); None for tensor and group slots.
+    fn state_lengths(&self) -> Vec<Option<Vec<usize>>> {
+        let optimizer = self.lock();
+        let views = optimizer.layout().map(|l| l.views()).unwrap_or_default();
+        (optimizer.rule().states.iter())
+            .map(|slot| match slot.shape {
+                Shape::Elem | Shape::Rows | Shape::Cols => {
+                    Some(views.iter().map(|v| v.len(slot.shape)).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Copies the state out: for each slot, per-element values into the
     /// buffers `outs[slot]` gives (one address per tensor, of the state's
     /// element type; f32 for f64 state); returns each tensor or group
@@ -506,7 +516,7 @@ impl Engine {
         Ok(scalars)
     }
 
-    /// Replaces the state and each tensor's step count: per-element slots
+    /// Replaces the state and each tensor's step count: per-element (and per-row or per-column) slots
     /// from `elems[slot]` (one address per tensor, of the state's element
     /// type, f32 for f64 state), tensor and group slots from
     /// `scalars[slot]`. On error nothing changes.
@@ -517,7 +527,7 @@ impl Engine {
         scalars: Vec<Option<Vec<f64>>>,
     ) -> PyResult<()> {
         let mut optimizer = self.lock();
-        let numels = optimizer.layout().map(|l| l.numels()).unwrap_or_default();
+        let views = optimizer.layout().map(|l| l.views()).unwrap_or_default();
         let rule = optimizer.rule().clone();
         if elems.len() != rule.states.len() || scalars.len() != rule.states.len() {
             return Err(refused(format!(
@@ -530,7 +540,10 @@ impl Engine {
         let mut state = Vec::new();
         for ((slot, elem), scalar) in rule.states.iter().zip(elems).zip(scalars) {
             state.push(match (slot.shape, elem, scalar) {
-                (Shape::Elem, Some(addresses), None) if addresses.len() == numels.len() => {
+                (Shape::Elem | Shape::Rows | Shape::Cols, Some(addresses), None)
+                    if addresses.len() == views.len() =>
+                {
+                    let numels: Vec<usize> = views.iter().map(|v| v.len(slot.shape)).collect();
                     let size = if bf16_state { 2 } else { 4 };
                     let buffers: Vec<_> = addresses
                         .iter()

@@ -25,11 +25,12 @@ def mlp(seed=0, dtype=torch.float32):
     return model.to(dtype)
 
 
-def train(model, optimizer, digits, steps, batch=128, scheduler=None, on_step=None):
-    """Minibatch training in a fixed order; returns the losses."""
+def train(model, optimizer, digits, steps, batch=128, scheduler=None, on_step=None, start=0):
+    """Minibatch training in a fixed order, steps ``start`` to ``start + steps - 1``
+    of it; returns the losses."""
     x, y = digits
     losses = []
-    for step in range(steps):
+    for step in range(start, start + steps):
         rows = slice((step * batch) % (len(x) - batch), (step * batch) % (len(x) - batch) + batch)
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x[rows].to(next(model.parameters()).dtype)), y[rows])

@@ -36,6 +36,26 @@ def test_steps_in_place_and_matches_the_update_equations():
     assert [m.shape for m in state["mu"]] == shapes
 
 
+def test_matrix_rules_keep_state_per_row_and_column():
+    rng = np.random.default_rng(1)
+    shapes = [(4, 3), (5,)]
+    params = [np.ones(s, np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    rule = optc.compile("adafactor")
+    state = rule.init(shapes)
+    rule.step(params, grads, state)
+    rows, cols = state["row_var"], state["col_var"]
+    assert [r.shape for r in rows] == [(4,), (1,)]
+    assert [c.shape for c in cols] == [(3,), (5,)]
+    # Step 1: beta = 1^beta2_decay = 1, so the moments are the means of g^2
+    # over each row and each column; a vector's is g^2 itself.
+    squares = [g.astype(np.float64) ** 2 for g in grads]
+    assert np.allclose(rows[0], squares[0].mean(axis=1), rtol=1e-6)
+    assert np.allclose(cols[0], squares[0].mean(axis=0), rtol=1e-6)
+    assert np.allclose(cols[1], squares[1], rtol=1e-6)
+    assert all((p != 1).all() for p in params)
+
+
 def test_hyperparameters_per_call_take_effect():
     rule = optc.compile("sgd")
     state = rule.init([(2,)])

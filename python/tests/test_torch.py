@@ -60,32 +60,24 @@ def test_param_groups_and_one_cycle_lr_match_torch(digits):
     assert runs[0][-1] < runs[0][0] / 2, "the run learns"
 
 
-def test_state_dict_resumes_bit_for_bit(digits):
+def resumes_bit_for_bit(digits, make):
+    """Steps 0..29 of one run equal steps 0..14, a state_dict round trip
+    into a new optimizer from ``make``, then steps 15..29."""
     whole, resumed = mlp(), mlp()
-    opt = ot.Adam(whole.parameters(), lr=1e-2)
-    train(whole, opt, digits, 30)
-    first = ot.Adam(resumed.parameters(), lr=1e-2)
+    train(whole, make(whole.parameters()), digits, 30)
+    first = make(resumed.parameters())
     train(resumed, first, digits, 15)
     saved = copy.deepcopy(first.state_dict())
-    again = ot.Adam(resumed.parameters(), lr=1e-2)
+    again = make(resumed.parameters())
     again.load_state_dict(saved)
-    x, y = digits
-    # Steps 15..29 of the same minibatch order.
-    def rest(model, optimizer):
-        for step in range(15, 30):
-            rows = slice((step * 128) % (len(x) - 128), (step * 128) % (len(x) - 128) + 128)
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[rows]), y[rows]).backward()
-            optimizer.step()
-    fresh = mlp()
-    reference = ot.Adam(fresh.parameters(), lr=1e-2)
-    train(fresh, reference, digits, 15)
-    rest(fresh, reference)
-    rest(resumed, again)
-    for p, q in zip(resumed.parameters(), fresh.parameters()):
+    train(resumed, again, digits, 15, start=15)
+    for p, q in zip(resumed.parameters(), whole.parameters()):
         assert torch.equal(p, q)
-    for p, q in zip(whole.parameters(), fresh.parameters()):
-        assert torch.equal(p, q)
+    return saved
+
+
+def test_state_dict_resumes_bit_for_bit(digits):
+    resumes_bit_for_bit(digits, lambda params: ot.Adam(params, lr=1e-2))
 
 
 @pytest.mark.parametrize("name,kwargs", [("AdamW", {"lr": 1e-2}), ("SGD", {"lr": 0.1, "momentum": 0.9}),
@@ -200,11 +192,76 @@ def test_bad_gradients_raise_and_change_nothing(digits, spoil, message):
             assert torch.equal(v, after["state"][i][k])
 
 
-def test_matrix_shaped_rules_are_refused_until_kernels_run_them():
-    w = torch.zeros(4, 3, requires_grad=True)
-    for rule in ("adafactor", "sm3", "muon"):
-        with pytest.raises(optc.OptimizerError, match="does not run this rule yet"):
-            ot.Optimizer([w], rule=rule)
+# Adafactor against torch.optim.Adafactor on every parameter (matrices and
+# vectors) over a training run.
+ADAFACTOR_CASES = [{"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.05, "beta2_decay": -0.5}]
+
+
+def matrices(model):
+    return [p for p in model.parameters() if p.dim() == 2]
+
+
+@pytest.mark.parametrize("kwargs", ADAFACTOR_CASES, ids=["-".join(k) for k in ADAFACTOR_CASES])
+def test_adafactor_trains_as_torch_optim_does(digits, kwargs):
+    ours, theirs = mlp(), mlp()
+    optimizer = ot.Adafactor(ours.parameters(), **kwargs)
+    losses = train(ours, optimizer, digits, 200)
+    train(theirs, torch.optim.Adafactor(theirs.parameters(), **kwargs), digits, 200)
+    assert optimizer.backend == "staged"
+    assert max_relative_difference(ours, theirs) <= TOLERANCE
+    assert losses[-1] < losses[0] / 2, "the run learns"
+
+
+def test_muon_steps_as_torch_optim_does(digits):
+    # On the matrices (torch's Muon refuses vectors: the biases keep their
+    # initial values in both runs). Newton-Schulz runs in bf16 in both, its
+    # products summed in other orders, so an entry of an iterate can round
+    # to the neighbouring bf16 value (2^-8 relative): one step agrees within
+    # two such ulps of the update; a run compounds them, so 200 steps are
+    # compared by their losses.
+    start, ours, theirs = mlp(), mlp(), mlp()
+    train(ours, ot.Muon(matrices(ours), lr=1e-2), digits, 1)
+    train(theirs, torch.optim.Muon(matrices(theirs), lr=1e-2), digits, 1)
+    for p, q, p0 in zip(matrices(ours), matrices(theirs), matrices(start)):
+        update = (q - p0).abs().max().item()
+        assert update > 0 and (p - q).abs().max().item() <= 2 * 2**-8 * update
+    runs = []
+    for model, cls in ((mlp(), ot.Muon), (mlp(), torch.optim.Muon)):
+        losses = train(model, cls(matrices(model), lr=1e-2), digits, 200)
+        runs.append(sum(losses[-20:]) / 20)
+        assert losses[-1] < losses[0] / 2, "the run learns"
+    assert abs(runs[0] - runs[1]) <= 0.01 * runs[1], runs
+
+
+def test_adafactor_state_dicts_resume_and_cross_to_torch_and_back(digits):
+    saved = resumes_bit_for_bit(digits, lambda params: ot.Adafactor(params))
+    # torch's layout: per row (rows, 1) and per column (1, cols) of the 32 x 64
+    # weight; a vector's second moment whole in col_var.
+    weight, bias = saved["state"][0], saved["state"][1]
+    assert weight["row_var"].shape == (32, 1) and weight["col_var"].shape == (1, 64)
+    assert bias["row_var"].shape == (1,) and bias["col_var"].shape == (32,)
+    # torch -> optc -> torch on the matrices (torch calls a vector's moment
+    # `variance`): each continues the other's run.
+    runs = []
+    for first, second in ((torch.optim.Adafactor, ot.Adafactor),
+                          (ot.Adafactor, torch.optim.Adafactor)):
+        model, reference = mlp(), mlp()
+        before = first(matrices(model))
+        train(model, before, digits, 15)
+        after = second(matrices(model))
+        after.load_state_dict(copy.deepcopy(before.state_dict()))
+        train(model, after, digits, 15, start=15)
+        train(reference, torch.optim.Adafactor(matrices(reference)), digits, 30)
+        runs.append(max_relative_difference(model, reference))
+    assert max(runs) <= 1e-6, runs
+
+
+def test_matrix_rules_refuse_what_they_cannot_run():
+    w = torch.zeros(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    with pytest.raises(optc.OptimizerError, match="bf16 storage"):
+        ot.Adafactor([w])
+    with pytest.raises(optc.OptimizerError, match="ns_steps=5"):
+        ot.Muon([torch.zeros(4, 3, requires_grad=True)], ns_steps=6)
 
 
 def test_cuda_tensors_and_unknown_hyperparameters_are_refused():

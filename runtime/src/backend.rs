@@ -97,12 +97,12 @@ pub static BACKENDS: &[BackendInfo] = &[
     },
     BackendInfo {
         name: "staged",
-        summary: "the interpreter's operations in stages: elementwise work a block at a time \
-                  (intermediates in cache), matrix products through gemm; runs every rule, \
-                  matrix-shaped ones included",
+        summary: "a step in stages: each pass over the elements one fused kernel of the \
+                  fastest kernel backend, per-row and per-column values and matrix products \
+                  (through gemm) between them; runs every rule, matrix-shaped ones included",
         approximates: true,
         on_device: false,
-        open: || Ok(Backend::staged()),
+        open: || Ok(Backend::staged(Backend::fastest())),
     },
     BackendInfo {
         name: "interp",
@@ -144,7 +144,8 @@ pub struct Backend {
 #[derive(Clone)]
 enum Kind {
     Interpreter(Elements),
-    Staged,
+    /// The staged executor, its passes compiled by this kernel backend.
+    Staged(Box<Backend>),
     #[cfg(feature = "cubecl")]
     Device(optc_cubecl::Gpu),
     Kernels(Arc<Mutex<KernelCache>>),
@@ -198,13 +199,15 @@ impl Backend {
         }
     }
 
-    /// The staged executor ([`crate::executor::staged`]).
-    pub fn staged() -> Backend {
+    /// The staged executor ([`crate::executor::staged`]), its passes
+    /// compiled by `kernels` (a kernel backend; [`Backend::fastest`] in the
+    /// registry).
+    pub fn staged(kernels: Backend) -> Backend {
         Backend {
             name: "staged".into(),
-            kind: Kind::Staged,
             #[cfg(all(feature = "cranelift", feature = "llvm"))]
-            tiers: None,
+            tiers: kernels.tiers.clone(),
+            kind: Kind::Staged(Box::new(kernels)),
         }
     }
 
@@ -291,7 +294,8 @@ impl Backend {
     /// Distinct kernels compiled so far by this handle and its clones.
     pub fn cached_kernels(&self) -> usize {
         match &self.kind {
-            Kind::Interpreter(_) | Kind::Staged => 0,
+            Kind::Interpreter(_) => 0,
+            Kind::Staged(kernels) => kernels.cached_kernels(),
             #[cfg(feature = "cubecl")]
             Kind::Device(gpu) => gpu.cached_programs(),
             Kind::Kernels(cache) => lock(cache).compiled.len(),
@@ -350,10 +354,11 @@ impl Backend {
                 precision,
                 scalars,
             )?)),
-            Kind::Staged => Ok(Box::new(StagedExecutor::new(
+            Kind::Staged(kernels) => Ok(Box::new(StagedExecutor::new(
                 rule.clone(),
                 scalars,
                 threads,
+                kernels,
             )?)),
             Kind::Interpreter(elements) => Ok(match *elements {
                 Elements::F32 => Box::new(InterpExecutor::<f32>::new(
@@ -378,11 +383,11 @@ impl Backend {
     }
 
     /// The fastest backend that runs `rule`: [`Backend::fastest`], or the
-    /// staged executor for rules compiled kernels do not run
-    /// ([`optc_compiler::plan::unsupported`]).
+    /// staged executor on its kernels for rules the pass planner does not
+    /// plan ([`optc_compiler::plan::unsupported`]).
     pub fn fastest_for(rule: &Rule) -> Backend {
         match optc_compiler::plan::unsupported(rule) {
-            Some(_) => Backend::staged(),
+            Some(_) => Backend::staged(Backend::fastest()),
             None => Backend::fastest(),
         }
     }

@@ -117,7 +117,7 @@ fn results_do_not_depend_on_the_thread_count() {
 fn passes_follow_the_reductions_and_products() {
     let traffic = |name: &str| {
         let optimizer = Optimizer::builder(rule(name))
-            .backend(Backend::staged())
+            .backend(Backend::named("staged").unwrap())
             .shaped_tensors([("w", [8usize, 16])])
             .build()
             .unwrap();
@@ -142,14 +142,14 @@ fn passes_follow_the_reductions_and_products() {
 #[test]
 fn products_run_alone_for_benchmarks() {
     let mut muon = Optimizer::builder(rule("muon"))
-        .backend(Backend::staged())
+        .backend(Backend::named("staged").unwrap())
         .shaped_tensors([("w", vec![4usize, 6]), ("b", vec![6])])
         .build()
         .unwrap();
     // Five Newton-Schulz steps of three products each, per tensor.
     assert_eq!(muon.run_products().unwrap(), 30);
     let mut adam = Optimizer::builder(rule("adam"))
-        .backend(Backend::staged())
+        .backend(Backend::named("staged").unwrap())
         .tensors([("w", 10)])
         .build()
         .unwrap();

@@ -1,6 +1,6 @@
-//! The staged executor (`--backend staged`): the interpreter's semantics at
-//! the speed of fused loops, for every rule, matrix-shaped ones included
-//! (which compiled kernels do not run).
+//! The staged executor (`--backend staged`): every rule, matrix-shaped
+//! ones included (which the pass planner does not plan), at the speed of
+//! fused kernels.
 //!
 //! A step runs in stages. Before stage `s` the host computes, in arena
 //! order, the values of that stage that are not per element: hyperparameter
@@ -8,50 +8,59 @@
 //! matrices (through the interpreter's own [`interpret::node_value`]), and
 //! matrix products (through the `gemm` crate, f32 with f32 accumulation).
 //! Then one pass over the elements of every tensor evaluates the
-//! elementwise nodes the stage needs, a block of [`BLOCK`] elements at a
-//! time, so intermediates stay in cache as in a fused kernel and a pass
-//! moves only its loads and stores. A pass accumulates the reductions whose
-//! arguments it computes (their results are the next stage's) and writes
-//! out whole the only intermediates ever stored: the elementwise operands
-//! of matrix products, and values a later pass would otherwise recompute
-//! at more cost than 8 bytes per element ([`WORTH_STORING`]); the last pass
-//! stores parameters and per-element state in place. So a rule without
-//! reductions is one pass, Adafactor three (row and column means; the
-//! update's norm, writing the update out; the step), and each
-//! Newton-Schulz step of Muon one pass plus its products.
+//! elementwise nodes the stage needs as one kernel of the kernel IR
+//! ([`Lowering`]), compiled by a kernel backend (the registry's fastest:
+//! LLVM's full-width code once the tiered backend has it, Cranelift's
+//! until then), so intermediates stay in registers and a pass moves only
+//! its loads and stores. A kernel call covers one row of a unit of work,
+//! where per-row values are its scalars and per-column values buffers
+//! indexed by column, or a whole unit when the pass uses neither. A pass
+//! accumulates the reductions whose arguments it computes (their results
+//! are the next stage's; a per-column one through a row of scratch the
+//! host adds to its columns) and writes out whole the only intermediates
+//! ever stored: the elementwise operands of matrix products, and values a
+//! later pass would otherwise recompute at more cost than 8 bytes per
+//! element ([`WORTH_STORING`]); the last pass stores parameters and
+//! per-element state in place. So a rule without reductions is one pass,
+//! Adafactor three (row and column means; the update's norm, writing the
+//! update out; the step), and each Newton-Schulz step of Muon one pass plus
+//! its products.
 //!
-//! Elementwise values are bit-identical to the interpreter's (the same f32
-//! operations); reductions accumulate in f64 in another order (eight lanes
-//! per block, blocks within a row, rows of a unit of work, then units in
-//! order) and matrix products in f32, so results are within rounding of the
-//! interpreter's, and never depend on the thread count. Units of work are
-//! at most [`CHUNK`] elements (whole rows, or chunks of one long row),
-//! shared by the threads of the optimizer's pool.
+//! Elementwise values are the kernel backend's, so the interpreter's f32
+//! operations bit for bit but for the transcendentals a backend
+//! approximates (within its documented ulp; the `reference` kernels are
+//! exact); reductions accumulate in f64 in another order (the kernel IR's
+//! within a call, calls in row order, then units in order) and matrix
+//! products in f32, so results are within rounding of the interpreter's,
+//! and never depend on the thread count or the kernel tier. Units of work
+//! are at most [`CHUNK`] elements (whole rows, or chunks of one long row;
+//! [`COLUMN_UNIT`] in passes with per-column reductions), shared by the
+//! threads of the optimizer's pool.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use optc_compiler::backend::HostKernel;
 use optc_compiler::interpret::{
     binary, lerp, node_value, reduction_value, select, unary, Scalars, Value, CHUNK,
 };
 use optc_compiler::ir::{
     BinaryOp, Graph, Handle, Input, MatrixView, Node, ReduceOp, Rule, Scope, Shape, UnaryOp,
 };
-use optc_compiler::kernel::Kernel;
+use optc_compiler::kernel::{Kernel, Op, Storage};
 
 use super::interp::{InterpExecutor, Slot};
 use super::{
     Executor, HostTensors, HostTensorsMut, Layout, Params, SlotValues, StepRequest, Stored,
 };
 use crate::pool::Pool;
-use crate::Error;
+use crate::{Backend, Error};
 
-/// Elements a pass evaluates at a time (a divisor of [`CHUNK`]).
-pub const BLOCK: usize = 1024;
-/// f64 partials per accumulator in a block.
-const LANES: usize = 8;
+/// Elements the data-movement floor moves at a time (a divisor of [`CHUNK`]).
+const BLOCK: usize = 1024;
 
 /// Runs `$body` with `$o` bound to the constant `$op` is, per variant, so
 /// that each loop is compiled for one operation (and vectorised).
@@ -356,9 +365,16 @@ struct Unit {
     cols: Range<usize>,
 }
 
+/// Elements of a unit of work of whole rows in a pass with per-column
+/// reductions: each unit keeps one partial result per column until the
+/// pass ends, so such passes take fewer, larger units (at most [`CHUNK`]
+/// columns still, the size of a thread's scratch).
+const COLUMN_UNIT: usize = 8 * CHUNK;
+
 /// The units of work of tensors of `views`, tensor after tensor, each in
-/// element order.
-fn units(views: &[MatrixView]) -> Vec<Unit> {
+/// element order: rows of a long row of at most [`CHUNK`] columns, or
+/// whole rows, about `elements` elements a unit.
+fn units(views: &[MatrixView], elements: usize) -> Vec<Unit> {
     let mut units = Vec::new();
     for (tensor, view) in views.iter().enumerate() {
         if view.numel() == 0 {
@@ -375,7 +391,7 @@ fn units(views: &[MatrixView]) -> Vec<Unit> {
                 }
             }
         } else {
-            let per_unit = CHUNK / view.cols;
+            let per_unit = elements / view.cols;
             for start in (0..view.rows).step_by(per_unit) {
                 units.push(Unit {
                     tensor,
@@ -415,7 +431,7 @@ fn floor_pass(
     pool: &Pool,
 ) {
     let shared = FloorMemory(loads, stores);
-    let units = units(views);
+    let units = units(views, CHUNK);
     let next = AtomicUsize::new(0);
     pool.run(pool.threads(), &|_| {
         #[cfg(target_arch = "x86_64")]
@@ -480,23 +496,239 @@ fn floor_units(views: &[MatrixView], shared: &FloorMemory<'_>, units: &[Unit], n
     std::hint::black_box(total);
 }
 
-/// One operand of a node over a block.
+/// One operand of a whole-vector operation: a slice, or one value repeated.
 #[derive(Clone, Copy)]
 enum Operand<'a> {
     Slice(&'a [f32]),
     Splat(f32),
 }
 
-/// One pass, as every thread sees it.
-struct PassRun<'a> {
+/// What a buffer of a pass kernel is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Buffer {
+    Param,
+    Grad,
+    /// Per-element state slot `j`.
+    State(usize),
+    /// An array among the step's values: a matrix product, a value an
+    /// earlier pass wrote out, first-step state broadcast from its
+    /// initialiser.
+    Values(Handle),
+    /// The pass's `k`-th value written out whole.
+    Written(usize),
+    /// A per-column value, indexed by column.
+    Cols(Handle),
+    /// The argument of a per-column reduction, stored for one row at a
+    /// time into the thread's scratch, which the host adds to its columns.
+    Columns,
+}
+
+/// Where one of a pass's reductions accumulates.
+#[derive(Clone, Copy, Debug)]
+enum Partial {
+    /// The kernel's accumulator of this index.
+    Accumulator(usize),
+    /// The kernel's buffer of this index (a [`Buffer::Columns`]).
+    Columns(usize),
+}
+
+/// One pass compiled to one kernel. A call runs one row of a unit of work
+/// (or a chunk of one row), so that arrays are indexed by column: per-row
+/// values are its scalars, per-column values and per-column reductions'
+/// arguments buffers. A pass that uses neither runs a whole unit per call.
+struct PassKernel {
+    code: Arc<dyn HostKernel>,
+    buffers: Vec<Buffer>,
+    /// The node each scalar argument reads (a group, tensor or per-row value).
+    scalars: Vec<Handle>,
+    /// Per reduction of the pass, in order.
+    partials: Vec<Partial>,
+    /// The starting value of each accumulator.
+    identities: Vec<f64>,
+    /// Whether a call covers one row at a time.
+    by_row: bool,
+}
+
+/// The reduction node `r`: operation, scope and argument.
+fn reduction(graph: &Graph, r: Handle) -> (ReduceOp, Scope, Handle) {
+    match *graph.node(r) {
+        Node::Reduce(op, scope, a) => (op, scope, a),
+        // Passes accumulate reduction nodes only.
+        _ => (ReduceOp::Sum, Scope::Tensor, r),
+    }
+}
+
+/// The lowering of one pass to a kernel.
+struct Lowering<'a> {
     graph: &'a Graph,
     schedule: &'a Schedule,
-    pass: &'a Pass,
+    /// Nodes that passes before this one write out whole.
+    written_earlier: Vec<bool>,
+    kernel: Kernel,
+    op_of: HashMap<Handle, u32>,
+    buffers: Vec<Buffer>,
+    scalars: Vec<Handle>,
+}
+
+impl Lowering<'_> {
+    /// Pass `s` of `schedule` as a kernel; compiled by `kernels`.
+    fn pass(
+        graph: &Graph,
+        schedule: &Schedule,
+        s: usize,
+        kernels: &Backend,
+    ) -> Result<PassKernel, Error> {
+        let pass = &schedule.passes[s];
+        let mut written_earlier = vec![false; graph.len()];
+        for h in schedule.passes[..s].iter().flat_map(|p| &p.materialize) {
+            written_earlier[h.index()] = true;
+        }
+        let mut lowering = Lowering {
+            graph,
+            schedule,
+            written_earlier,
+            kernel: Kernel::default(),
+            op_of: HashMap::new(),
+            buffers: Vec::new(),
+            scalars: Vec::new(),
+        };
+        for &h in &pass.nodes {
+            let op = match *graph.node(h) {
+                Node::Unary(op, a) => Op::Unary(op, lowering.operand(a)),
+                Node::Binary(op, a, b) => {
+                    let a = lowering.operand(a);
+                    Op::Binary(op, a, lowering.operand(b))
+                }
+                Node::Select(c, a, b) => {
+                    let (c, a) = (lowering.operand(c), lowering.operand(a));
+                    Op::Select(c, a, lowering.operand(b))
+                }
+                Node::Lerp(a, b, w) => {
+                    let (a, b) = (lowering.operand(a), lowering.operand(b));
+                    Op::Lerp(a, b, lowering.operand(w))
+                }
+                // Other nodes are never per element in a pass (lowering
+                // gives them other shapes; inputs and products are arrays).
+                _ => Op::Const(f32::NAN),
+            };
+            let op = lowering.push(op);
+            lowering.op_of.insert(h, op);
+        }
+        let mut partials = Vec::new();
+        let mut by_row = false;
+        for &r in &pass.reductions {
+            let (op, scope, a) = reduction(graph, r);
+            let argument = lowering.operand(a);
+            by_row |= matches!(scope, Scope::Rows | Scope::Cols);
+            partials.push(if scope == Scope::Cols {
+                lowering.buffers.push(Buffer::Columns);
+                let b = lowering.buffers.len() - 1;
+                lowering.kernel.stores.push((b as u32, argument));
+                Partial::Columns(b)
+            } else {
+                lowering.kernel.accumulators.push((op, argument));
+                Partial::Accumulator(lowering.kernel.accumulators.len() - 1)
+            });
+        }
+        let targets = (pass.materialize.iter().enumerate())
+            .map(|(k, &h)| (Buffer::Written(k), h))
+            .chain((schedule.outputs.iter().filter(|_| pass.stores)).map(
+                |&(target, h)| match target {
+                    Target::Param => (Buffer::Param, h),
+                    Target::State(j) => (Buffer::State(j), h),
+                },
+            ));
+        for (buffer, h) in targets.collect::<Vec<_>>() {
+            let value = lowering.operand(h);
+            let b = lowering.buffer(buffer);
+            lowering.kernel.stores.push((b, value));
+        }
+        let Lowering {
+            mut kernel,
+            buffers,
+            scalars,
+            ..
+        } = lowering;
+        kernel.buffers = buffers.len() as u32;
+        kernel.storage = vec![Storage::F32; buffers.len()];
+        kernel.scalars = scalars.len() as u32;
+        by_row |= buffers.iter().any(|b| matches!(b, Buffer::Cols(_)))
+            || scalars.iter().any(|&c| graph.ty(c).shape == Shape::Rows);
+        Ok(PassKernel {
+            code: kernels.compile(&kernel)?,
+            identities: (kernel.accumulators.iter())
+                .map(|&(op, _)| Kernel::identity(op))
+                .collect(),
+            buffers,
+            scalars,
+            partials,
+            by_row,
+        })
+    }
+
+    fn push(&mut self, op: Op) -> u32 {
+        self.kernel.ops.push(op);
+        self.kernel.ops.len() as u32 - 1
+    }
+
+    fn buffer(&mut self, buffer: Buffer) -> u32 {
+        let b = self.buffers.iter().position(|&b| b == buffer);
+        b.unwrap_or_else(|| {
+            self.buffers.push(buffer);
+            self.buffers.len() - 1
+        }) as u32
+    }
+
+    /// The op of node `c`'s value at an element: computed by the pass,
+    /// loaded from an array, or a scalar argument.
+    fn operand(&mut self, c: Handle) -> u32 {
+        let c = self.schedule.src(c);
+        if let Some(&op) = self.op_of.get(&c) {
+            return op;
+        }
+        let op = match (self.graph.ty(c).shape, self.graph.node(c)) {
+            (Shape::Elem, Node::Input(Input::Param, _)) => Op::Load(self.buffer(Buffer::Param)),
+            (Shape::Elem, Node::Input(Input::Grad, _)) => Op::Load(self.buffer(Buffer::Grad)),
+            (Shape::Elem, &Node::Input(Input::State(j), _)) if !self.schedule.first_step => {
+                Op::Load(self.buffer(Buffer::State(j as usize)))
+            }
+            (Shape::Elem, Node::Input(..) | Node::MatMul(..)) => {
+                Op::Load(self.buffer(Buffer::Values(c)))
+            }
+            (Shape::Elem, _) if self.written_earlier[c.index()] => {
+                Op::Load(self.buffer(Buffer::Values(c)))
+            }
+            (Shape::Cols, _) => Op::Load(self.buffer(Buffer::Cols(c))),
+            (Shape::Group | Shape::Tensor | Shape::Rows, _) => {
+                self.scalars.push(c);
+                Op::Scalar(self.scalars.len() as u32 - 1)
+            }
+            _ => Op::Const(f32::NAN),
+        };
+        let op = self.push(op);
+        self.op_of.insert(c, op);
+        op
+    }
+}
+
+/// Where one buffer of a pass kernel lies, per tensor of the part.
+enum Base {
+    /// Row-major elements (a row starts `cols` elements after the last).
+    Elements(Vec<*mut f32>),
+    /// One value per column.
+    PerColumn(Vec<*mut f32>),
+    /// The running thread's scratch (for a per-column reduction).
+    Scratch,
+}
+
+/// One pass, as every thread sees it.
+struct PassRun<'a> {
+    kernel: &'a PassKernel,
+    reductions: Vec<(ReduceOp, Scope)>,
     values: &'a [Value<f32>],
     views: &'a [MatrixView],
-    memory: &'a Memory,
-    /// Per materialised node: per tensor, where it is written.
-    written: Vec<Vec<*mut f32>>,
+    /// Per kernel buffer.
+    bases: Vec<Base>,
 }
 
 // SAFETY: the pointers address memory that outlives the pass, and units of
@@ -504,94 +736,14 @@ struct PassRun<'a> {
 // that element); everything else is only read.
 unsafe impl Sync for PassRun<'_> {}
 
-/// The position of a block: tensor, row, first column, length.
-#[derive(Clone, Copy)]
-struct Block {
-    tensor: usize,
-    row: usize,
-    col: usize,
-    len: usize,
-    /// Row-major index of its first element.
-    first: usize,
-}
-
 impl PassRun<'_> {
-    #[inline(always)]
-    fn operand<'b>(&'b self, h: Handle, at: Block, scratch: &'b [Vec<f32>]) -> Operand<'b> {
-        let h = self.schedule.src(h);
-        let (t, range) = (at.tensor, at.first..at.first + at.len);
-        match (&self.values[h.index()], self.schedule.place[h.index()]) {
-            (Value::Elem(xs), _) => Operand::Slice(&xs[t][range]),
-            (_, Place::Block) => Operand::Slice(&scratch[h.index()][..at.len]),
-            (_, Place::Array) => {
-                let base = match *self.graph.node(h) {
-                    Node::Input(Input::Param, _) => self.memory.params[t].cast_const(),
-                    Node::Input(Input::Grad, _) => self.memory.grads[t],
-                    Node::Input(Input::State(j), _) => {
-                        self.memory.state[j as usize][t].cast_const()
-                    }
-                    _ => return Operand::Splat(f32::NAN),
-                };
-                // SAFETY: the tensor has `first + len` elements at `base`.
-                Operand::Slice(unsafe { std::slice::from_raw_parts(base.add(at.first), at.len) })
-            }
-            (Value::Group(x), _) => Operand::Splat(*x as f32),
-            (Value::Tensor(xs), _) => Operand::Splat(xs[t] as f32),
-            (Value::Rows(xs), _) => Operand::Splat(xs[t][at.row]),
-            (Value::Cols(xs), _) => Operand::Slice(&xs[t][at.col..at.col + at.len]),
-            (Value::Gram(_), _) => Operand::Splat(f32::NAN),
-        }
-    }
-
-    /// Evaluates the pass over one unit of work; returns each reduction's
+    /// Runs the pass over one unit of work; returns each reduction's
     /// partial results (one value, or one per row or column of the unit).
-    /// Compiled twice: for the host's AVX2 where it has it (wider loops,
-    /// the same results), and for the baseline.
-    fn unit(
-        &self,
-        unit: &Unit,
-        scratch: &mut [Vec<f32>],
-        spare: &mut [Vec<f32>; 3],
-    ) -> Vec<Vec<f64>> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { self.unit_avx2(unit, scratch, spare) };
-        }
-        self.unit_portable(unit, scratch, spare)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn unit_avx2(
-        &self,
-        unit: &Unit,
-        scratch: &mut [Vec<f32>],
-        spare: &mut [Vec<f32>; 3],
-    ) -> Vec<Vec<f64>> {
-        self.unit_portable(unit, scratch, spare)
-    }
-
-    #[inline(always)]
-    fn unit_portable(
-        &self,
-        unit: &Unit,
-        scratch: &mut [Vec<f32>],
-        spare: &mut [Vec<f32>; 3],
-    ) -> Vec<Vec<f64>> {
-        let view = self.views[unit.tensor];
-        let reductions: Vec<(ReduceOp, Scope, Handle)> = self
-            .pass
-            .reductions
-            .iter()
-            .map(|&r| match *self.graph.node(r) {
-                Node::Reduce(op, scope, a) => (op, scope, a),
-                _ => (ReduceOp::Sum, Scope::Tensor, r),
-            })
-            .collect();
-        let mut sums: Vec<Vec<f64>> = reductions
-            .iter()
-            .map(|&(op, scope, _)| {
+    /// `columns` is the thread's scratch, per kernel buffer.
+    fn unit(&self, unit: &Unit, columns: &mut [Vec<f32>]) -> Vec<Vec<f64>> {
+        let (t, view, kernel) = (unit.tensor, self.views[unit.tensor], self.kernel);
+        let mut sums: Vec<Vec<f64>> = (self.reductions.iter())
+            .map(|&(op, scope)| {
                 let len = match scope {
                     Scope::Rows => unit.rows.len(),
                     Scope::Cols => unit.cols.len(),
@@ -600,95 +752,74 @@ impl PassRun<'_> {
                 vec![Kernel::identity(op); len]
             })
             .collect();
-        let mut lanes: Vec<[f64; LANES]> = reductions
-            .iter()
-            .map(|&(op, ..)| [Kernel::identity(op); LANES])
-            .collect();
-        let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); self.schedule.outputs.len()];
-        for row in unit.rows.clone() {
-            for col in unit.cols.clone().step_by(BLOCK) {
-                let len = BLOCK.min(unit.cols.end - col);
-                let at = Block {
-                    tensor: unit.tensor,
-                    row,
-                    col,
-                    len,
-                    first: row * view.cols + col,
+        let mut accumulators = kernel.identities.clone();
+        let mut pointers = vec![std::ptr::null_mut::<f32>(); self.bases.len()];
+        let mut scalars = vec![0.0f32; kernel.scalars.len()];
+        // A call per row, or one for the whole unit (then its first row's
+        // pointers, and the unit's elements as the range).
+        let (calls, range) = if kernel.by_row {
+            (unit.rows.clone(), unit.cols.clone())
+        } else {
+            let start = unit.rows.start * view.cols;
+            let end = (unit.rows.end - 1) * view.cols;
+            (
+                unit.rows.start..unit.rows.start + 1,
+                start + unit.cols.start..end + unit.cols.end,
+            )
+        };
+        for row in calls {
+            let row_start = if kernel.by_row { row * view.cols } else { 0 };
+            for (b, (pointer, base)) in pointers.iter_mut().zip(&self.bases).enumerate() {
+                *pointer = match base {
+                    // SAFETY: the row lies inside the tensor.
+                    Base::Elements(per_tensor) => unsafe { per_tensor[t].add(row_start) },
+                    Base::PerColumn(per_tensor) => per_tensor[t],
+                    // The unit's first column is the scratch's first element.
+                    Base::Scratch => columns[b].as_mut_ptr().wrapping_sub(unit.cols.start),
                 };
-                for &h in &self.pass.nodes {
-                    let mut out = std::mem::take(&mut scratch[h.index()]);
-                    out.resize(len, 0.0);
-                    let operand = |c: Handle| self.operand(c, at, scratch);
-                    arithmetic(self.graph.node(h), &mut out, operand, spare);
-                    scratch[h.index()] = out;
-                }
-                for (q, &(op, scope, arg)) in reductions.iter().enumerate() {
-                    let xs = slice(self.operand(arg, at, scratch), len, &mut spare[0]);
-                    match scope {
-                        Scope::Cols => {
-                            accumulate_columns(op, &mut sums[q][col - unit.cols.start..][..len], xs)
-                        }
-                        _ => accumulate(op, &mut lanes[q], xs),
-                    }
-                }
-                for (k, &h) in self.pass.materialize.iter().enumerate() {
-                    let target = self.written[k][unit.tensor];
-                    self.store(self.operand(h, at, scratch), target, at);
-                }
-                if self.pass.stores {
-                    // Outputs read from parameters or state (`state x0 = p`)
-                    // are copied before anything is stored over them.
-                    for (&(_, h), copy) in self.schedule.outputs.iter().zip(outputs.iter_mut()) {
-                        if self.schedule.place[h.index()] == Place::Array {
-                            copy.clear();
-                            copy.extend_from_slice(slice(
-                                self.operand(h, at, scratch),
-                                len,
-                                &mut spare[0],
-                            ));
-                        }
-                    }
-                    for (&(target, h), copy) in self.schedule.outputs.iter().zip(outputs.iter()) {
-                        let base = match target {
-                            Target::Param => self.memory.params[unit.tensor],
-                            Target::State(j) => self.memory.state[j][unit.tensor],
-                        };
-                        let value = match self.schedule.place[h.index()] {
-                            Place::Array => Operand::Slice(copy),
-                            _ => self.operand(h, at, scratch),
-                        };
-                        self.store(value, base, at);
-                    }
+            }
+            for (x, &c) in scalars.iter_mut().zip(&kernel.scalars) {
+                *x = match &self.values[c.index()] {
+                    Value::Group(x) => *x as f32,
+                    Value::Tensor(xs) => xs[t] as f32,
+                    Value::Rows(xs) => xs[t][row],
+                    _ => f32::NAN,
+                };
+            }
+            for (&(op, scope), &partial) in self.reductions.iter().zip(&kernel.partials) {
+                if let (Scope::Rows, Partial::Accumulator(a)) = (scope, partial) {
+                    accumulators[a] = Kernel::identity(op);
                 }
             }
-            for (q, &(op, scope, _)) in reductions.iter().enumerate() {
-                if scope == Scope::Rows {
-                    sums[q][row - unit.rows.start] = fold(op, &lanes[q]);
-                    lanes[q] = [Kernel::identity(op); LANES];
+            // SAFETY: every pointer addresses the range's elements of its
+            // buffer (arrays at the row, per-column values and the scratch
+            // by column); the unit's elements are this thread's alone.
+            unsafe {
+                kernel
+                    .code
+                    .call(&pointers, &scalars, &mut accumulators, range.clone())
+            };
+            for (q, (&(op, scope), &partial)) in
+                self.reductions.iter().zip(&kernel.partials).enumerate()
+            {
+                match (scope, partial) {
+                    (Scope::Rows, Partial::Accumulator(a)) => {
+                        sums[q][row - unit.rows.start] = accumulators[a]
+                    }
+                    (_, Partial::Columns(b)) => {
+                        accumulate_columns(op, &mut sums[q], &columns[b][..unit.cols.len()])
+                    }
+                    _ => {}
                 }
             }
         }
-        for (q, &(op, scope, _)) in reductions.iter().enumerate() {
-            if matches!(scope, Scope::Tensor | Scope::Group) {
-                sums[q][0] = fold(op, &lanes[q]);
+        for (q, (&(_, scope), &partial)) in self.reductions.iter().zip(&kernel.partials).enumerate()
+        {
+            if let (Scope::Tensor | Scope::Group, Partial::Accumulator(a)) = (scope, partial) {
+                sums[q][0] = accumulators[a];
             }
         }
         sums
-    }
-
-    /// Writes a block's values to `base` (a tensor's elements).
-    #[inline(always)]
-    fn store(&self, value: Operand<'_>, base: *mut f32, at: Block) {
-        // SAFETY: `base` has the tensor's elements; this block's are written
-        // by this unit only, after every read of them (a value read from the
-        // same memory is the same element: `copy` allows the overlap).
-        unsafe {
-            let target = base.add(at.first);
-            match value {
-                Operand::Slice(xs) => std::ptr::copy(xs.as_ptr(), target, at.len),
-                Operand::Splat(x) => std::slice::from_raw_parts_mut(target, at.len).fill(x),
-            }
-        }
     }
 }
 
@@ -705,34 +836,26 @@ fn slice<'a>(operand: Operand<'a>, len: usize, spare: &'a mut Vec<f32>) -> &'a [
     }
 }
 
-/// Adds `xs` to eight lanes: element k of the block to lane k mod 8.
-#[inline(always)]
-fn accumulate(op: ReduceOp, lanes: &mut [f64; LANES], xs: &[f32]) {
-    #[inline(always)]
-    fn each(lanes: &mut [f64; LANES], xs: &[f32], f: impl Fn(f64, f64) -> f64) {
-        // In registers: the lanes do not alias the elements.
-        let mut local = *lanes;
-        let mut chunks = xs.chunks_exact(LANES);
-        for chunk in &mut chunks {
-            for k in 0..LANES {
-                local[k] = f(local[k], f64::from(chunk[k]));
-            }
-        }
-        for (lane, &x) in local.iter_mut().zip(chunks.remainder()) {
-            *lane = f(*lane, f64::from(x));
-        }
-        *lanes = local;
+/// Adds `xs` to one accumulator per column; compiled twice: for the
+/// host's AVX2 where it has it (wider loops, the same results), and for the
+/// baseline.
+fn accumulate_columns(op: ReduceOp, columns: &mut [f64], xs: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { accumulate_columns_avx2(op, columns, xs) };
     }
-    per_variant!(op, ReduceOp { Sum, Max, Min }, |o| each(
-        lanes,
-        xs,
-        |a, x| Kernel::combine(o, a, x)
-    ))
+    accumulate_columns_portable(op, columns, xs)
 }
 
-/// Adds `xs` to one accumulator per column.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn accumulate_columns_avx2(op: ReduceOp, columns: &mut [f64], xs: &[f32]) {
+    accumulate_columns_portable(op, columns, xs)
+}
+
 #[inline(always)]
-fn accumulate_columns(op: ReduceOp, columns: &mut [f64], xs: &[f32]) {
+fn accumulate_columns_portable(op: ReduceOp, columns: &mut [f64], xs: &[f32]) {
     #[inline(always)]
     fn each(columns: &mut [f64], xs: &[f32], f: impl Fn(f64, f64) -> f64) {
         columns
@@ -745,12 +868,6 @@ fn accumulate_columns(op: ReduceOp, columns: &mut [f64], xs: &[f32]) {
         xs,
         |a, x| Kernel::combine(o, a, x)
     ))
-}
-
-fn fold(op: ReduceOp, partials: &[f64]) -> f64 {
-    partials
-        .iter()
-        .fold(Kernel::identity(op), |acc, &x| Kernel::combine(op, acc, x))
 }
 
 #[inline(always)]
@@ -1057,6 +1174,8 @@ pub struct StagedExecutor {
     storage: InterpExecutor<f32>,
     /// The first step's schedule and every later step's.
     schedules: [Schedule; 2],
+    /// Each schedule's passes compiled (`None` for a pass with no work).
+    kernels: [Vec<Option<PassKernel>>; 2],
     f32_nodes: Vec<bool>,
     pool: Pool,
     /// Arrays of earlier steps (products, values written out), reused: a
@@ -1094,12 +1213,30 @@ impl StagedExecutor {
         }
     }
 
-    pub fn new(rule: Arc<Rule>, scalars: Scalars, threads: usize) -> Result<StagedExecutor, Error> {
+    /// The executor of `rule`, its passes compiled by `kernels` (a kernel
+    /// backend).
+    pub fn new(
+        rule: Arc<Rule>,
+        scalars: Scalars,
+        threads: usize,
+        kernels: &Backend,
+    ) -> Result<StagedExecutor, Error> {
         let schedules = [Schedule::new(&rule, true), Schedule::new(&rule, false)];
+        let compile = |schedule: &Schedule| -> Result<Vec<Option<PassKernel>>, Error> {
+            (0..schedule.passes.len())
+                .map(|s| {
+                    (schedule.passes[s].has_work())
+                        .then(|| Lowering::pass(&rule.graph, schedule, s, kernels))
+                        .transpose()
+                })
+                .collect()
+        };
+        let kernels = [compile(&schedules[0])?, compile(&schedules[1])?];
         let f32_nodes = scalars.f32_nodes(&rule.graph);
         Ok(StagedExecutor {
             storage: InterpExecutor::new(rule, "staged", scalars),
             schedules,
+            kernels,
             f32_nodes,
             pool: Pool::new(threads)?,
             spare: RefCell::new(Vec::new()),
@@ -1167,7 +1304,7 @@ impl StagedExecutor {
         step: u64,
         hypers: &[f64],
         memory: &Memory,
-    ) {
+    ) -> Result<(), Error> {
         let rule = self.storage.rule.clone();
         let graph = &rule.graph;
         let schedule = &self.schedules[usize::from(step > 1)];
@@ -1187,17 +1324,22 @@ impl StagedExecutor {
                 .iter()
                 .map(|_| views.iter().map(|v| self.array(v.numel())).collect())
                 .collect();
+            let Some(kernel) = &self.kernels[usize::from(step > 1)][s] else {
+                continue;
+            };
             let run = PassRun {
-                graph,
-                schedule,
-                pass,
+                kernel,
+                reductions: (pass.reductions.iter())
+                    .map(|&r| {
+                        let (op, scope, _) = reduction(graph, r);
+                        (op, scope)
+                    })
+                    .collect(),
                 values: &values,
                 views: &views,
-                memory,
-                written: written
-                    .iter_mut()
-                    .map(|per_tensor| per_tensor.iter_mut().map(|x| x.as_mut_ptr()).collect())
-                    .collect(),
+                bases: (kernel.buffers.iter())
+                    .map(|&buffer| base(buffer, &values, memory, &mut written))
+                    .collect::<Result<_, Error>>()?,
             };
             let results = run.all_units(&self.pool);
             let finished: Vec<(Handle, Value<f32>)> = pass
@@ -1227,6 +1369,7 @@ impl StagedExecutor {
             .collect();
         self.storage.scatter(tensors, group, new_state);
         self.recycle(values);
+        Ok(())
     }
 
     /// The value of host node `h` (stage work before a pass).
@@ -1332,26 +1475,65 @@ impl StagedExecutor {
     }
 }
 
+/// Where `buffer` of a pass kernel lies for each tensor of the part:
+/// `values` are the step's so far, `written` the arrays the pass writes out.
+fn base(
+    buffer: Buffer,
+    values: &[Value<f32>],
+    memory: &Memory,
+    written: &mut [Vec<Vec<f32>>],
+) -> Result<Base, Error> {
+    let arrays = |xs: &[Vec<f32>]| xs.iter().map(|x| x.as_ptr().cast_mut()).collect();
+    Ok(match buffer {
+        Buffer::Param => Base::Elements(memory.params.clone()),
+        Buffer::Grad => Base::Elements(memory.grads.iter().map(|g| g.cast_mut()).collect()),
+        Buffer::State(j) => Base::Elements(memory.state[j].clone()),
+        Buffer::Written(k) => {
+            Base::Elements(written[k].iter_mut().map(|x| x.as_mut_ptr()).collect())
+        }
+        Buffer::Values(h) => match &values[h.index()] {
+            Value::Elem(xs) => Base::Elements(arrays(xs)),
+            _ => {
+                return Err(Error::Internal(format!(
+                    "{h:?} was not computed before its pass"
+                )))
+            }
+        },
+        Buffer::Cols(h) => match &values[h.index()] {
+            Value::Cols(xs) => Base::PerColumn(arrays(xs)),
+            _ => {
+                return Err(Error::Internal(format!(
+                    "{h:?} was not computed before its pass"
+                )))
+            }
+        },
+        Buffer::Columns => Base::Scratch,
+    })
+}
+
 impl PassRun<'_> {
     /// Runs the pass over every unit of work on the pool's threads; each
     /// unit's partial results, in unit order.
     fn all_units(&self, pool: &Pool) -> Vec<(Unit, Vec<Vec<f64>>)> {
-        if !self.pass.has_work() {
-            return Vec::new();
-        }
-        let units = units(self.views);
+        let per_column = self
+            .kernel
+            .partials
+            .iter()
+            .any(|p| matches!(p, Partial::Columns(_)));
+        let units = units(self.views, if per_column { COLUMN_UNIT } else { CHUNK });
         let results: Vec<OnceLock<Vec<Vec<f64>>>> = units.iter().map(|_| OnceLock::new()).collect();
         let next = AtomicUsize::new(0);
         pool.run(pool.threads(), &|_| {
-            let mut scratch: Vec<Vec<f32>> = vec![Vec::new(); self.graph.len()];
-            for &h in &self.pass.nodes {
-                scratch[h.index()] = Vec::with_capacity(BLOCK);
-            }
-            let mut spare: [Vec<f32>; 3] = Default::default();
+            let mut columns: Vec<Vec<f32>> = (self.bases.iter())
+                .map(|base| match base {
+                    Base::Scratch => vec![0.0; CHUNK],
+                    _ => Vec::new(),
+                })
+                .collect();
             loop {
                 let u = next.fetch_add(1, Ordering::Relaxed);
                 let Some(unit) = units.get(u) else { break };
-                let _ = results[u].set(self.unit(unit, &mut scratch, &mut spare));
+                let _ = results[u].set(self.unit(unit, &mut columns));
             }
         });
         units
@@ -1382,6 +1564,9 @@ impl Executor for StagedExecutor {
         if matches!(params, Params::Owned) && self.storage.params.is_none() {
             return Err(Error::Internal("no parameters were uploaded".into()));
         }
+        for kernel in self.kernels.iter().flatten().flatten() {
+            kernel.code.settle();
+        }
         for (member, part) in request.members.iter().enumerate() {
             let tensors: Vec<usize> = request.tensors_of(member).collect();
             let (memory, widened) = self.memory(&tensors, &mut params, grads);
@@ -1392,7 +1577,7 @@ impl Executor for StagedExecutor {
                 part.step,
                 &part.hypers,
                 &memory,
-            );
+            )?;
             if let Params::Borrowed(p @ HostTensorsMut::Bf16(_)) = &mut params {
                 for (&t, values) in tensors.iter().zip(widened.params) {
                     p.write(t, values.into_iter());
