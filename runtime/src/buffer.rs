@@ -48,18 +48,21 @@ impl<T: Word> Buffer<T> {
                     crate::memory::show(crate::memory::bytes_of(len, size).unwrap_or(u128::MAX))
                 ))
             })?;
-        storage.resize(len + padding, T::default());
         if !huge {
+            storage.resize(len, T::default());
             return Ok(Buffer {
                 storage,
                 offset: 0,
                 len,
             });
         }
+        // The advice comes before the zeros are written: pages the zeros
+        // fault in first would stay small pages.
         let address = storage.as_ptr() as usize;
         let aligned = address.next_multiple_of(HUGE_PAGE);
         let offset = (aligned + shift - address) / size;
         advise_huge_pages(aligned, (len * size + shift) / HUGE_PAGE * HUGE_PAGE);
+        storage.resize(len + padding, T::default());
         Ok(Buffer {
             storage,
             offset,
