@@ -516,10 +516,10 @@ impl Engine {
         Ok(scalars)
     }
 
-    /// Replaces the state and each tensor's step count: per-element (and per-row or per-column) slots
-    /// from `elems[slot]` (one address per tensor, of the state's element
-    /// type, f32 for f64 state), tensor and group slots from
-    /// `scalars[slot]`. On error nothing changes.
+    /// Replaces the state and each tensor's step count: per-element,
+    /// per-row and per-column slots from `elems[slot]` (one address per
+    /// tensor, of the state's element type, f32 for f64 state), tensor and
+    /// group slots from `scalars[slot]`. On error nothing changes.
     fn import_state(
         &self,
         steps: Vec<u64>,

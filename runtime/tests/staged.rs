@@ -1,9 +1,10 @@
 //! The staged executor (`--backend staged`) against the interpreter: rules
-//! without reductions or products bit for bit (its elementwise values are
-//! the interpreter's operations), matrix-shaped rules within the rounding
-//! of their other summation order, on every orientation of a matrix and on
-//! tensors that span several units of work; results independent of the
-//! thread count; passes as the reductions require.
+//! without reductions, products or approximated transcendentals bit for bit
+//! (its passes' kernels compute the interpreter's operations), matrix-shaped
+//! rules within the rounding of their other summation order, on every
+//! orientation of a matrix and on tensors that span several units of work;
+//! results independent of the thread count; passes as the reductions
+//! require.
 
 mod common;
 
