@@ -78,20 +78,20 @@ fn golden(case: &Case) -> Trace {
     Trace::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Whether compiled kernels run the case's rule (rules with per-row or
-/// per-column values run on the interpreter only, for now).
+/// Whether a pass plan runs the case's rule (rules with per-row or
+/// per-column values or matrix products run on the staged backend).
 fn runs_compiled(case: &Case) -> bool {
     let rule = optc_stdlib::prelude().compile(&case.rule).unwrap();
     optc_compiler::plan::unsupported(&rule).is_none()
 }
 
-/// A kernel backend refuses a rule compiled kernels do not run, naming the
+/// A kernel backend refuses a rule pass plans do not run, naming the
 /// backend that does.
 fn assert_refused(case: &Case, backend: &Backend) {
     let refusal = builder(case).backend(backend.clone()).build().unwrap_err();
     let message = refusal.to_string();
     assert!(
-        message.contains("compiled kernels do not run yet") && message.contains("`staged`"),
+        message.contains("pass plans do not run") && message.contains("`staged`"),
         "{} on {}: {message}",
         case.name,
         backend.name()

@@ -53,11 +53,12 @@ pub struct Plan {
     pub fill: Vec<Option<f32>>,
 }
 
-/// Why pass plans cannot run `rule` yet, if they cannot: per-row and
+/// Why pass plans cannot run `rule`, if they cannot: per-row and
 /// per-column values (`row_*`/`col_*` reductions, `: rows`/`: cols` state)
-/// need kernels that index a tensor by row and column, gram matrices and
-/// matrix products a GEMM between passes, neither of which the kernel IR
-/// has; the staged executor (and the interpreter) runs such rules.
+/// need a tensor indexed by row and column, gram matrices and matrix
+/// products a GEMM between passes, neither of which a pass plan has; the
+/// staged executor runs such rules (its passes compiled to kernels, per-row
+/// values as their scalars), as does the interpreter.
 pub fn unsupported(rule: &Rule) -> Option<String> {
     let graph = &rule.graph;
     let has = |what: fn(Shape) -> bool| graph.iter().any(|(h, _)| what(graph.ty(h).shape));
@@ -69,8 +70,8 @@ pub fn unsupported(rule: &Rule) -> Option<String> {
         return None;
     };
     Some(format!(
-        "`{}` has {what}, which compiled kernels do not run yet; the `staged` backend \
-         (and the interpreter) runs it",
+        "`{}` has {what}, which pass plans do not run; the `staged` backend runs it \
+         (its passes compiled by a kernel backend), as does the interpreter",
         rule.name
     ))
 }

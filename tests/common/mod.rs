@@ -778,7 +778,7 @@ pub fn compare_backends(
     let expected = interpret_steps(rule, overrides, &inputs)
         .map_err(|e| format!("{label}: interpreter: {e}"))?;
     let mut observed = Vec::new();
-    let interpreter_only = optc_compiler::plan::unsupported(rule);
+    let unplanned = optc_compiler::plan::unsupported(rule);
     for Entry {
         name,
         backend,
@@ -786,7 +786,7 @@ pub fn compare_backends(
         errors,
     } in &mut backends.list
     {
-        if let (Some(why), true) = (&interpreter_only, backend.runs_kernels()) {
+        if let (Some(why), true) = (&unplanned, backend.runs_kernels()) {
             // Every kernel backend refuses it, saying why; the staged executor and the interpreter run it.
             match fused_steps(rule, overrides, &inputs, backend, 1, errors.as_ref()) {
                 Err(e) if e.contains(why.as_str()) => continue,
