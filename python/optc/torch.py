@@ -35,8 +35,6 @@ _BOOKKEEPING = {
     "base_momentum", "foreach", "fused", "capturable", "differentiable",
 }
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
-# State slots held as arrays per tensor (the others are one number per tensor or group).
-_ARRAY_SLOTS = ("elem", "rows", "cols")
 _STATE_DTYPES = {"f32": torch.float32, "f64": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -266,19 +264,23 @@ class Optimizer(torch.optim.Optimizer):
 
     # -- state ------------------------------------------------------------
 
-    def _slot_sizes(self, k):
-        """The shape of state slot ``k``'s tensor per parameter: the
-        parameter's for per-element slots; for per-row and per-column ones
-        (leading dimensions fold into the rows) torch.optim.Adafactor's
-        layout, ``(..., rows, 1)`` and ``(1, ..., cols)`` for a matrix, flat
-        for a vector."""
-        slot = self._spec.rule.native.states[k][1]
-        if slot == "elem":
-            return list(self._shapes)
-        lengths = self._engine.state_lengths()[k]
-        return [(n,) if len(shape) < 2
-                else (*shape[:-1], 1) if slot == "rows" else (*(1,) * (len(shape) - 1), n)
-                for shape, n in zip(self._shapes, lengths)]
+    def _slot_sizes(self):
+        """Per state slot, the shape of its tensor per parameter, or None for
+        slots of one number per tensor or group: the parameter's shape for
+        per-element slots; for per-row and per-column ones (leading
+        dimensions fold into the rows) torch.optim.Adafactor's layout,
+        ``(..., rows, 1)`` and ``(1, ..., cols)`` for a matrix, flat for a
+        vector."""
+        def shaped(slot, lengths):
+            if lengths is None:
+                return None
+            if slot == "elem":
+                return list(self._shapes)
+            return [(n,) if len(shape) < 2
+                    else (*shape[:-1], 1) if slot == "rows" else (*(1,) * (len(shape) - 1), n)
+                    for shape, n in zip(self._shapes, lengths)]
+        return [shaped(slot, lengths) for (_, slot), lengths
+                in zip(self._spec.rule.native.states, self._engine.state_lengths())]
 
     def _slot_names(self):
         return [(slot, shape, self._spec.state_names.get(slot, slot))
@@ -290,8 +292,8 @@ class Optimizer(torch.optim.Optimizer):
         dtype = _STATE_DTYPES[self._engine.state_dtype()]
         slots = self._slot_names()
         # Sized by the engine's tensors (a parameter's data may have been replaced since).
-        outs = [[torch.empty(size, dtype=dtype) for size in self._slot_sizes(k)]
-                if shape in _ARRAY_SLOTS else None for k, (_, shape, _) in enumerate(slots)]
+        outs = [None if sizes is None else [torch.empty(size, dtype=dtype) for size in sizes]
+                for sizes in self._slot_sizes()]
         scalars = self._engine.export_state(
             [None if o is None else [t.data_ptr() for t in o] for o in outs])
         group_of = [g for g, group in enumerate(self.param_groups) for _ in group["params"]]
@@ -301,7 +303,7 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             entry = {"step": torch.tensor(float(steps), dtype=torch.float32)}
             for k, (_, shape, name) in enumerate(slots):
-                if shape in _ARRAY_SLOTS:
+                if outs[k] is not None:
                     entry[name] = outs[k][i]
                 elif shape == "tensor":
                     entry[name] = torch.tensor(scalars[k][i], dtype=torch.float32)
@@ -314,10 +316,9 @@ class Optimizer(torch.optim.Optimizer):
         dtype = _STATE_DTYPES[self._engine.state_dtype()]
         slots = self._slot_names()
         steps, keep = [], []
-        elems = [[] if shape in _ARRAY_SLOTS else None for _, shape, _ in slots]
-        scalars = [None if shape in _ARRAY_SLOTS else [] for _, shape, _ in slots]
-        sizes = [self._slot_sizes(k) if shape in _ARRAY_SLOTS else None
-                 for k, (_, shape, _) in enumerate(slots)]
+        sizes = self._slot_sizes()
+        elems = [None if n is None else [] for n in sizes]
+        scalars = [[] if n is None else None for n in sizes]
         groups = len(self.param_groups) + 1
         for k, (_, shape, _) in enumerate(slots):
             if shape == "group":
@@ -335,7 +336,7 @@ class Optimizer(torch.optim.Optimizer):
                 if steps[i] > 0 and name not in entry:
                     raise _optc.OptimizerError(
                         f"state of parameter {i} has no `{name}` (it has: {', '.join(entry)})")
-                if shape in _ARRAY_SLOTS:
+                if sizes[k] is not None:
                     if value is None:
                         value = torch.zeros(sizes[k][i], dtype=dtype)
                     value = value.detach().to(device="cpu", dtype=dtype).contiguous()

@@ -541,8 +541,9 @@ struct PassKernel {
     buffers: Vec<Buffer>,
     /// The node each scalar argument reads (a group, tensor or per-row value).
     scalars: Vec<Handle>,
-    /// Per reduction of the pass, in order.
-    partials: Vec<Partial>,
+    /// Per reduction of the pass, in order: its operation, its scope and
+    /// where it accumulates.
+    reductions: Vec<(ReduceOp, Scope, Partial)>,
     /// The starting value of each accumulator.
     identities: Vec<f64>,
     /// Whether a call covers one row at a time.
@@ -614,13 +615,13 @@ impl Lowering<'_> {
             let op = lowering.push(op);
             lowering.op_of.insert(h, op);
         }
-        let mut partials = Vec::new();
+        let mut reductions = Vec::new();
         let mut by_row = false;
         for &r in &pass.reductions {
             let (op, scope, a) = reduction(graph, r);
             let argument = lowering.operand(a);
             by_row |= matches!(scope, Scope::Rows | Scope::Cols);
-            partials.push(if scope == Scope::Cols {
+            let partial = if scope == Scope::Cols {
                 lowering.buffers.push(Buffer::Columns);
                 let b = lowering.buffers.len() - 1;
                 lowering.kernel.stores.push((b as u32, argument));
@@ -628,7 +629,8 @@ impl Lowering<'_> {
             } else {
                 lowering.kernel.accumulators.push((op, argument));
                 Partial::Accumulator(lowering.kernel.accumulators.len() - 1)
-            });
+            };
+            reductions.push((op, scope, partial));
         }
         let targets = (pass.materialize.iter().enumerate())
             .map(|(k, &h)| (Buffer::Written(k), h))
@@ -661,7 +663,7 @@ impl Lowering<'_> {
                 .collect(),
             buffers,
             scalars,
-            partials,
+            reductions,
             by_row,
         })
     }
@@ -724,7 +726,6 @@ enum Base {
 /// One pass, as every thread sees it.
 struct PassRun<'a> {
     kernel: &'a PassKernel,
-    reductions: Vec<(ReduceOp, Scope)>,
     values: &'a [Value<f32>],
     views: &'a [MatrixView],
     /// Per kernel buffer.
@@ -742,8 +743,8 @@ impl PassRun<'_> {
     /// `columns` is the thread's scratch, per kernel buffer.
     fn unit(&self, unit: &Unit, columns: &mut [Vec<f32>]) -> Vec<Vec<f64>> {
         let (t, view, kernel) = (unit.tensor, self.views[unit.tensor], self.kernel);
-        let mut sums: Vec<Vec<f64>> = (self.reductions.iter())
-            .map(|&(op, scope)| {
+        let mut sums: Vec<Vec<f64>> = (kernel.reductions.iter())
+            .map(|&(op, scope, _)| {
                 let len = match scope {
                     Scope::Rows => unit.rows.len(),
                     Scope::Cols => unit.cols.len(),
@@ -786,7 +787,7 @@ impl PassRun<'_> {
                     _ => f32::NAN,
                 };
             }
-            for (&(op, scope), &partial) in self.reductions.iter().zip(&kernel.partials) {
+            for &(op, scope, partial) in &kernel.reductions {
                 if let (Scope::Rows, Partial::Accumulator(a)) = (scope, partial) {
                     accumulators[a] = Kernel::identity(op);
                 }
@@ -799,9 +800,7 @@ impl PassRun<'_> {
                     .code
                     .call(&pointers, &scalars, &mut accumulators, range.clone())
             };
-            for (q, (&(op, scope), &partial)) in
-                self.reductions.iter().zip(&kernel.partials).enumerate()
-            {
+            for (q, &(op, scope, partial)) in kernel.reductions.iter().enumerate() {
                 match (scope, partial) {
                     (Scope::Rows, Partial::Accumulator(a)) => {
                         sums[q][row - unit.rows.start] = accumulators[a]
@@ -813,8 +812,7 @@ impl PassRun<'_> {
                 }
             }
         }
-        for (q, (&(_, scope), &partial)) in self.reductions.iter().zip(&kernel.partials).enumerate()
-        {
+        for (q, &(_, scope, partial)) in kernel.reductions.iter().enumerate() {
             if let (Scope::Tensor | Scope::Group, Partial::Accumulator(a)) = (scope, partial) {
                 sums[q][0] = accumulators[a];
             }
@@ -1319,22 +1317,16 @@ impl StagedExecutor {
                     );
                 }
             }
+            let Some(kernel) = &self.kernels[usize::from(step > 1)][s] else {
+                continue;
+            };
             let mut written: Vec<Vec<Vec<f32>>> = pass
                 .materialize
                 .iter()
                 .map(|_| views.iter().map(|v| self.array(v.numel())).collect())
                 .collect();
-            let Some(kernel) = &self.kernels[usize::from(step > 1)][s] else {
-                continue;
-            };
             let run = PassRun {
                 kernel,
-                reductions: (pass.reductions.iter())
-                    .map(|&r| {
-                        let (op, scope, _) = reduction(graph, r);
-                        (op, scope)
-                    })
-                    .collect(),
                 values: &values,
                 views: &views,
                 bases: (kernel.buffers.iter())
@@ -1491,16 +1483,9 @@ fn base(
         Buffer::Written(k) => {
             Base::Elements(written[k].iter_mut().map(|x| x.as_mut_ptr()).collect())
         }
-        Buffer::Values(h) => match &values[h.index()] {
-            Value::Elem(xs) => Base::Elements(arrays(xs)),
-            _ => {
-                return Err(Error::Internal(format!(
-                    "{h:?} was not computed before its pass"
-                )))
-            }
-        },
-        Buffer::Cols(h) => match &values[h.index()] {
-            Value::Cols(xs) => Base::PerColumn(arrays(xs)),
+        Buffer::Values(h) | Buffer::Cols(h) => match (buffer, &values[h.index()]) {
+            (Buffer::Values(_), Value::Elem(xs)) => Base::Elements(arrays(xs)),
+            (Buffer::Cols(_), Value::Cols(xs)) => Base::PerColumn(arrays(xs)),
             _ => {
                 return Err(Error::Internal(format!(
                     "{h:?} was not computed before its pass"
@@ -1515,11 +1500,8 @@ impl PassRun<'_> {
     /// Runs the pass over every unit of work on the pool's threads; each
     /// unit's partial results, in unit order.
     fn all_units(&self, pool: &Pool) -> Vec<(Unit, Vec<Vec<f64>>)> {
-        let per_column = self
-            .kernel
-            .partials
-            .iter()
-            .any(|p| matches!(p, Partial::Columns(_)));
+        let per_column = (self.kernel.reductions.iter())
+            .any(|&(.., partial)| matches!(partial, Partial::Columns(_)));
         let units = units(self.views, if per_column { COLUMN_UNIT } else { CHUNK });
         let results: Vec<OnceLock<Vec<Vec<f64>>>> = units.iter().map(|_| OnceLock::new()).collect();
         let next = AtomicUsize::new(0);
